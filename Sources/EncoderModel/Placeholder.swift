@@ -1,0 +1,2 @@
+// EncoderModel: implemented by its own issue.
+enum EncoderModelPlaceholder {}

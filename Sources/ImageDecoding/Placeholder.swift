@@ -1,0 +1,2 @@
+// ImageDecoding: implemented by its own issue.
+enum ImageDecodingPlaceholder {}
