@@ -1,0 +1,115 @@
+internal import CLMDB
+
+/// An LMDB environment: one memory-mapped file (always opened with `MDB_NOSUBDIR`).
+///
+/// Owns the `MDB_env` handle and closes it in `deinit`. Open each file once per process
+/// (lmdb.h: "Do not have open an LMDB database twice in the same process at the same time").
+/// Read transactions may run on several threads at once; write transactions must be serialized
+/// by the caller (one writer per environment).
+public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-safe for read txns with MDB_NOTLS
+    public struct Options: Sendable {
+        /// `MDB_RDONLY | MDB_NOLOCK | MDB_NORDAHEAD`: no lock file, no reader table, so caches
+        /// open on read-only and network file systems. The caller guarantees no concurrent writer.
+        public static let readOnly = Options(readOnly: true, mapSize: 0)
+
+        public var readOnly: Bool
+        /// Virtual address space reserved for the map, in bytes (0 = the file's current size).
+        public var mapSize: Int
+        /// Write with `MDB_NOSYNC`: commits are not flushed; `sync()` must be called before the
+        /// data is relied on. Used for bulk writes where the caller syncs at checkpoints.
+        public var noSync: Bool = false
+        public var maxDatabases: UInt32 = 4
+
+        public init(readOnly: Bool, mapSize: Int, noSync: Bool = false) {
+            self.readOnly = readOnly
+            self.mapSize = mapSize
+            self.noSync = noSync
+        }
+    }
+
+    public let path: String
+    let env: OpaquePointer
+
+    public init(path: String, options: Options) throws(LMDBError) {
+        self.path = path
+        var handle: OpaquePointer?
+        try check(mdb_env_create(&handle), "mdb_env_create")
+        guard let handle else { throw LMDBError(code: -1, function: "mdb_env_create") }
+        do {
+            try check(mdb_env_set_maxdbs(handle, options.maxDatabases), "mdb_env_set_maxdbs")
+            if options.mapSize > 0 {
+                try check(mdb_env_set_mapsize(handle, options.mapSize), "mdb_env_set_mapsize")
+            }
+            var flags = UInt32(MDB_NOSUBDIR) | UInt32(MDB_NOTLS)
+            if options.readOnly {
+                flags |= UInt32(MDB_RDONLY) | UInt32(MDB_NOLOCK) | UInt32(MDB_NORDAHEAD)
+            } else if options.noSync {
+                flags |= UInt32(MDB_NOSYNC)
+            }
+            try check(mdb_env_open(handle, path, flags, options.readOnly ? 0o444 : 0o644), "mdb_env_open")
+        } catch {
+            mdb_env_close(handle)  // a half-built handle must not leak
+            throw error
+        }
+        env = handle
+    }
+
+    deinit { mdb_env_close(env) }
+
+    /// Grows (or sets) the map size. lmdb.h: may only be called when no transaction is active in
+    /// this process.
+    public func setMapSize(_ bytes: Int) throws(LMDBError) {
+        try check(mdb_env_set_mapsize(env, bytes), "mdb_env_set_mapsize")
+    }
+
+    public var mapSize: Int {
+        var info = MDB_envinfo()
+        mdb_env_info(env, &info)
+        return info.me_mapsize
+    }
+
+    /// Bytes of the file in use: (last page number + 1) × page size.
+    public var usedBytes: Int {
+        var info = MDB_envinfo()
+        mdb_env_info(env, &info)
+        var st = MDB_stat()
+        mdb_env_stat(env, &st)
+        return (info.me_last_pgno + 1) * Int(st.ms_psize)
+    }
+
+    /// Flushes written data to disk (`mdb_env_sync` with force).
+    public func sync() throws(LMDBError) {
+        try check(mdb_env_sync(env, 1), "mdb_env_sync")
+    }
+
+    /// Writes a compacted copy (`mdb_env_copy2` with `MDB_CP_COMPACT`): free pages are omitted
+    /// and the B-trees are rewritten in order.
+    public func copyCompacted(to destination: String) throws(LMDBError) {
+        try check(mdb_env_copy2(env, destination, UInt32(MDB_CP_COMPACT)), "mdb_env_copy2")
+    }
+
+    /// Runs `body` in a read-only transaction, aborted when `body` returns.
+    public func read<T>(_ body: (LMDBTransaction) throws -> T) throws -> T {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin")
+        let transaction = LMDBTransaction(txn: txn!)
+        defer { mdb_txn_abort(txn) }
+        return try body(transaction)
+    }
+
+    /// Runs `body` in a write transaction, committed when `body` returns and aborted when it throws.
+    public func write<T>(_ body: (LMDBTransaction) throws -> T) throws -> T {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin")
+        let transaction = LMDBTransaction(txn: txn!)
+        let result: T
+        do {
+            result = try body(transaction)
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
+        }
+        try check(mdb_txn_commit(txn), "mdb_txn_commit")
+        return result
+    }
+}

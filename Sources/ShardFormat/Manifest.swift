@@ -1,0 +1,173 @@
+import Foundation
+public import TensorFiles
+
+/// `manifest.json` at the cache root (Schemas/manifest.schema.json).
+///
+/// The manifest is the table of contents: shards in global index order with their record
+/// counts, sizes and (once sealed) SHA-256; the settings the cache was made with; totals; and,
+/// once complete, the content digest. It is replaced atomically after every commit.
+public struct Manifest: Codable, Sendable, Equatable {
+    public static let formatName = "mtok.cache"
+    public static let currentVersion = 1
+    public static let fileName = "manifest.json"
+
+    public var format: String = Manifest.formatName
+    public var formatVersion: Int = Manifest.currentVersion
+    public var createdBy: String
+    /// True once the writer finished: every shard sealed and `contentDigest` set.
+    public var complete: Bool = false
+    public var recordsPerChunk: Int
+    public var compression: Compression
+    public var shardCapBytes: Int
+    /// What produced the records: model, preprocessing, views, latent dtype. A writer resuming a
+    /// cache refuses different settings.
+    public var settings: JSONValue
+    /// Class names by label, when the dataset has labels.
+    public var classes: [String]?
+    /// For one rank's part of a scaled-out run: which part this is.
+    public var part: Part?
+    public var shards: [Shard] = []
+    public var totals: Totals = Totals()
+    /// "sha256:" + hex SHA-256 over the concatenated SHA-256 digests of every record's
+    /// uncompressed payload, in global index order. Independent of sharding and compression.
+    public var contentDigest: String?
+
+    public struct Compression: Codable, Sendable, Equatable {
+        public var codec: String = "zstd"
+        public var level: Int
+        public var checksum: Bool = true
+        public init(level: Int) { self.level = level }
+    }
+
+    public struct Part: Codable, Sendable, Equatable {
+        public var rank: Int
+        public var worldSize: Int
+        public init(rank: Int, worldSize: Int) {
+            self.rank = rank
+            self.worldSize = worldSize
+        }
+    }
+
+    public struct Shard: Codable, Sendable, Equatable {
+        /// Path relative to the cache root.
+        public var file: String
+        public var records: Int
+        public var payloadBytes: Int
+        public var compressedBytes: Int
+        /// File size; exact once sealed.
+        public var bytes: Int
+        public var sealed: Bool
+        /// Hex SHA-256 of the sealed file.
+        public var sha256: String?
+
+        public init(file: String, records: Int = 0, payloadBytes: Int = 0, compressedBytes: Int = 0,
+                    bytes: Int = 0, sealed: Bool = false, sha256: String? = nil) {
+            self.file = file
+            self.records = records
+            self.payloadBytes = payloadBytes
+            self.compressedBytes = compressedBytes
+            self.bytes = bytes
+            self.sealed = sealed
+            self.sha256 = sha256
+        }
+    }
+
+    public struct Totals: Codable, Sendable, Equatable {
+        public var records: Int = 0
+        public var payloadBytes: Int = 0
+        public var compressedBytes: Int = 0
+        public var bytesOnDisk: Int = 0
+        public init() {}
+    }
+
+    public init(createdBy: String, recordsPerChunk: Int, compressionLevel: Int, shardCapBytes: Int,
+                settings: JSONValue, classes: [String]? = nil, part: Part? = nil) {
+        self.createdBy = createdBy
+        self.recordsPerChunk = recordsPerChunk
+        self.compression = Compression(level: compressionLevel)
+        self.shardCapBytes = shardCapBytes
+        self.settings = settings
+        self.classes = classes
+        self.part = part
+    }
+
+    /// Recomputes `totals` from `shards`.
+    public mutating func updateTotals() {
+        totals.records = shards.reduce(0) { $0 + $1.records }
+        totals.payloadBytes = shards.reduce(0) { $0 + $1.payloadBytes }
+        totals.compressedBytes = shards.reduce(0) { $0 + $1.compressedBytes }
+        totals.bytesOnDisk = shards.reduce(0) { $0 + $1.bytes }
+    }
+
+    /// Global index of each shard's first record.
+    public var firstIndices: [Int] {
+        var out: [Int] = []
+        var n = 0
+        for s in shards {
+            out.append(n)
+            n += s.records
+        }
+        return out
+    }
+}
+
+extension Manifest {
+    static func makeEncoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        e.keyEncodingStrategy = .convertToSnakeCase
+        return e
+    }
+
+    public func encoded() throws -> Data {
+        var data = try Self.makeEncoder().encode(self)
+        data.append(0x0A)
+        return data
+    }
+
+    /// Parses and checks a manifest: format name and version first, so an unknown version is
+    /// reported as such rather than as a missing field.
+    public static func decode(_ data: Data) throws(FormatError) -> Manifest {
+        let header: JSONValue
+        do {
+            header = try JSONValue.parse(Array(data))
+        } catch {
+            throw FormatError(.badContainer, "manifest is not JSON: \(error)")
+        }
+        guard header["format"]?.stringValue == formatName else {
+            throw FormatError(.badContainer, "manifest format is not \(formatName)")
+        }
+        guard let version = header["format_version"]?.intValue else {
+            throw FormatError(.unknownVersion, "manifest has no format_version")
+        }
+        guard version == currentVersion else {
+            throw FormatError(.unknownVersion, "cache format version \(version), this build reads \(currentVersion)")
+        }
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        let m: Manifest
+        do {
+            m = try d.decode(Manifest.self, from: data)
+        } catch {
+            throw FormatError(.badContainer, "manifest: \(error)")
+        }
+        guard m.recordsPerChunk > 0, m.recordsPerChunk <= 65536 else {
+            throw FormatError(.badValue, "records_per_chunk \(m.recordsPerChunk) out of range")
+        }
+        for s in m.shards where s.records < 0 || s.file.contains("..") || s.file.hasPrefix("/") {
+            throw FormatError(.badValue, "shard entry \(s.file) is invalid")
+        }
+        return m
+    }
+
+    /// Writes the manifest atomically: a temporary file, fsync, rename, fsync of the directory.
+    public func write(toCache root: String) throws {
+        let data = try encoded()
+        try AtomicFile.write(data, to: root + "/" + Self.fileName)
+    }
+
+    public static func read(fromCache root: String) throws -> Manifest {
+        let url = URL(fileURLWithPath: root + "/" + fileName)
+        return try decode(try Data(contentsOf: url))
+    }
+}

@@ -1,0 +1,329 @@
+import Crypto
+import Dispatch
+public import Foundation
+internal import LMDBCore
+public import ShardFormat
+internal import ZstdCore
+
+/// One problem `CacheVerifier` found, with its location.
+public struct VerifyFault: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var kind: CacheError.Kind
+    public var message: String
+    public var shard: String?
+    public var chunk: Int?
+    public var index: Int?
+    public var id: String?
+    public var view: Int?
+
+    init(_ error: CacheError) {
+        kind = error.kind
+        message = error.message
+        shard = error.location.shard
+        chunk = error.location.chunk
+        index = error.location.index
+        id = error.location.id
+        view = error.location.view
+    }
+
+    public var description: String {
+        CacheError(kind, message, at: CacheLocation(shard: shard, chunk: chunk, index: index, id: id, view: view)).description
+    }
+}
+
+/// What `CacheVerifier.verify` checked and found.
+public struct VerifyReport: Encodable, Sendable {
+    public var path: String
+    public var deep: Bool
+    public var records: Int = 0
+    public var shards: Int = 0
+    public var recordsChecked: Int = 0
+    public var payloadBytesChecked: Int = 0
+    public var contentDigest: String?
+    public var seconds: Double = 0
+    public var faults: [VerifyFault] = []
+    public var isClean: Bool { faults.isEmpty }
+
+    enum CodingKeys: String, CodingKey {
+        case path, deep, records, shards, recordsChecked = "records_checked", payloadBytesChecked = "payload_bytes_checked"
+        case contentDigest = "content_digest", seconds, faults, isClean = "clean"
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(path, forKey: .path)
+        try c.encode(deep, forKey: .deep)
+        try c.encode(records, forKey: .records)
+        try c.encode(shards, forKey: .shards)
+        try c.encode(recordsChecked, forKey: .recordsChecked)
+        try c.encode(payloadBytesChecked, forKey: .payloadBytesChecked)
+        try c.encode(contentDigest, forKey: .contentDigest)
+        try c.encode(seconds, forKey: .seconds)
+        try c.encode(faults, forKey: .faults)
+        try c.encode(isClean, forKey: .isClean)
+    }
+}
+
+/// Checks a cache against its manifest (fast) and, with `deep`, every record.
+///
+/// Fast: the manifest parses; every listed shard exists, opens, and holds the listed count;
+/// sealed shards have the listed size and SHA-256; no unlisted shard files; the cache is complete.
+/// Deep, in addition: every chunk present and full; every record decompresses (zstd checksum),
+/// matches its stored SHA-256, and follows the schema; the id index maps each (id, view) to its
+/// record and nothing else (a bijection); no (id, view) twice in the cache; the content digest
+/// recomputed from the records equals the manifest's.
+public enum CacheVerifier {
+    public static func verify(path root: String, deep: Bool,
+                              threads: Int = ProcessInfo.processInfo.activeProcessorCount) -> VerifyReport {
+        let started = Date()
+        var report = VerifyReport(path: root, deep: deep)
+        defer { report.seconds = Date().timeIntervalSince(started) }
+        let manifest: Manifest
+        do {
+            manifest = try Manifest.read(fromCache: root)
+        } catch let e as FormatError {
+            report.faults.append(VerifyFault(CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(root)/\(Manifest.fileName): \(e)")))
+            return report
+        } catch {
+            report.faults.append(VerifyFault(CacheError(.notACache, "\(root) has no readable \(Manifest.fileName)")))
+            return report
+        }
+        report.records = manifest.shards.reduce(0) { $0 + $1.records }
+        report.shards = manifest.shards.count
+        report.contentDigest = manifest.contentDigest
+        var faults: [CacheError] = []
+        if !manifest.complete {
+            faults.append(CacheError(.shardMismatch, "the cache is incomplete: its writer has not finished"))
+        }
+        var sums = Manifest.Totals()
+        for s in manifest.shards {
+            sums.records += s.records
+            sums.payloadBytes += s.payloadBytes
+            sums.compressedBytes += s.compressedBytes
+            sums.bytesOnDisk += s.bytes
+        }
+        if sums != manifest.totals {
+            faults.append(CacheError(.shardMismatch, "manifest totals disagree with its shard list"))
+        }
+        let listed = Set(manifest.shards.map { $0.file })
+        let onDisk = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/shards")) ?? [])
+            .filter { $0.hasSuffix(".mdb") }.map { "shards/" + $0 }
+        for file in onDisk.sorted() where !listed.contains(file) {
+            faults.append(CacheError(.shardMismatch, "shard file is not listed in the manifest", at: CacheLocation(shard: file)))
+        }
+
+        var opened: [(Int, Shard)] = []
+        var first = 0
+        for entry in manifest.shards {
+            defer { first += entry.records }
+            let path = root + "/" + entry.file
+            let loc = CacheLocation(shard: entry.file)
+            guard let attrs = try? FileManager.default.attributesOfItem(atPath: path), let size = attrs[.size] as? Int else {
+                faults.append(CacheError(.missingShard, "\(path) does not exist", at: loc))
+                continue
+            }
+            if entry.sealed {
+                if size != entry.bytes {
+                    faults.append(CacheError(.shardMismatch, "file is \(size) bytes, manifest says \(entry.bytes)", at: loc))
+                    continue
+                }
+                do {
+                    let (hex, _) = try sha256(ofFile: path)
+                    if hex != entry.sha256 {
+                        faults.append(CacheError(.checksumMismatch, "SHA-256 \(hex) differs from the manifest's \(entry.sha256 ?? "none")", at: loc))
+                    }
+                } catch {
+                    faults.append(CacheError(.io, "\(error)", at: loc))
+                    continue
+                }
+            }
+            do {
+                opened.append((first, try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk)))
+            } catch {
+                faults.append(error)
+            }
+        }
+
+        if deep && opened.count == manifest.shards.count {
+            var hasher = SHA256()
+            var seen = Set<IdHash>()
+            for (firstIndex, shard) in opened {
+                let result = checkRecords(shard, firstIndex: firstIndex, threads: max(1, threads))
+                faults += result.faults
+                report.recordsChecked += result.checked
+                report.payloadBytesChecked += result.payloadBytes
+                result.digests.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+                for (h, loc) in result.idHashes where !seen.insert(h).inserted {
+                    faults.append(CacheError(.duplicateId, "(id, view) is stored more than once in the cache", at: loc))
+                }
+            }
+            let digest = "sha256:" + hex(hasher.finalize())
+            if manifest.complete, manifest.contentDigest != digest, faults.isEmpty {
+                faults.append(CacheError(.checksumMismatch, "content digest of the records is \(digest), manifest says \(manifest.contentDigest ?? "none")"))
+            }
+        } else if deep {
+            faults.append(CacheError(.missingShard, "deep checks skipped: not every shard opens"))
+        }
+        report.faults = faults.map(VerifyFault.init)
+        return report
+    }
+
+    struct IdHash: Hashable {
+        let a: UInt64
+        let b: UInt64
+    }
+
+    struct ShardResult {
+        var faults: [CacheError] = []
+        var checked = 0
+        var payloadBytes = 0
+        var digests: [UInt8] = []
+        var idHashes: [(IdHash, CacheLocation)] = []
+    }
+
+    /// Checks every record of one shard, chunks spread over `threads` threads.
+    static func checkRecords(_ shard: Shard, firstIndex: Int, threads: Int) -> ShardResult {
+        let rpc = shard.recordsPerChunk
+        let chunks = (shard.count + rpc - 1) / rpc
+        let parts = (0..<threads).map { _ in PartResult() }
+        let box = PartsBox(parts)
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let part = box.parts[t]
+            let decompressor = ZstdDecompressor()
+            var chunk = t
+            while chunk < chunks {
+                checkChunk(shard, chunk: chunk, firstIndex: firstIndex, decompressor: decompressor, into: part)
+                chunk += threads
+            }
+        }
+        var out = ShardResult()
+        out.digests = [UInt8](repeating: 0, count: shard.count * 32)
+        for part in parts {
+            out.faults += part.faults
+            out.checked += part.checked
+            out.payloadBytes += part.payloadBytes
+            out.idHashes += part.idHashes
+            for (local, d) in part.digests { out.digests.replaceSubrange((local * 32)..<(local * 32 + 32), with: d) }
+        }
+        // Chunk keys beyond the count, and the id index's size (with every record's key found
+        // pointing at it, equal sizes make the index a bijection).
+        do {
+            try shard.env.read { txn in
+                let stored = try txn.count(shard.records)
+                if stored != chunks {
+                    out.faults.append(CacheError(.shardMismatch, "\(stored) chunks stored, \(chunks) expected for \(shard.count) records",
+                                                 at: CacheLocation(shard: shard.file)))
+                }
+                let idCount = try txn.count(shard.ids)
+                if idCount != shard.count {
+                    out.faults.append(CacheError(.idIndexMismatch, "id index has \(idCount) entries for \(shard.count) records",
+                                                 at: CacheLocation(shard: shard.file)))
+                }
+            }
+        } catch {
+            out.faults.append(CacheError(.io, "\(error)", at: CacheLocation(shard: shard.file)))
+        }
+        out.faults.sort { ($0.location.index ?? -1) < ($1.location.index ?? -1) }
+        return out
+    }
+
+    final class PartResult: @unchecked Sendable {  // each instance is used by one thread
+        var faults: [CacheError] = []
+        var checked = 0
+        var payloadBytes = 0
+        var digests: [(Int, [UInt8])] = []
+        var idHashes: [(IdHash, CacheLocation)] = []
+    }
+
+    struct PartsBox: @unchecked Sendable {  // thread t touches only parts[t]
+        let parts: [PartResult]
+        init(_ parts: [PartResult]) { self.parts = parts }
+    }
+
+    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, decompressor: ZstdDecompressor, into part: PartResult) {
+        let rpc = shard.recordsPerChunk
+        let expected = min(rpc, shard.count - chunk * rpc)
+        let chunkLoc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + chunk * rpc)
+        do {
+            try shard.env.read { txn in
+                let key = ShardLayout.chunkKey(chunk)
+                guard let storedDigests = try txn.get(shard.digests, key: key, { Array($0) }) else {
+                    part.faults.append(CacheError(.corruptRecord, "digests of chunk \(chunk) are missing", at: chunkLoc))
+                    return
+                }
+                let found: Void? = try txn.get(shard.records, key: key) { value in
+                    let n: Int
+                    do { n = try Chunk.count(value) } catch let e as FormatError {
+                        part.faults.append(CacheError(.corruptRecord, e.description, at: chunkLoc))
+                        return
+                    }
+                    guard n == expected, storedDigests.count == 32 * n else {
+                        part.faults.append(CacheError(.corruptRecord, "chunk holds \(n) records (\(storedDigests.count / 32) digests), expected \(expected)", at: chunkLoc))
+                        return
+                    }
+                    for slot in 0..<n {
+                        let local = chunk * rpc + slot
+                        let loc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + local)
+                        do {
+                            let frame = try Chunk.frame(value, slot: slot)
+                            let payload = try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
+                            let digest = Array(SHA256.hash(data: payload))
+                            part.digests.append((local, digest))
+                            part.payloadBytes += payload.count
+                            part.checked += 1
+                            guard digest[...] == storedDigests[(slot * 32)..<(slot * 32 + 32)] else {
+                                part.faults.append(CacheError(.checksumMismatch, "payload SHA-256 differs from the stored digest", at: loc))
+                                continue
+                            }
+                            let record = try RecordCodec.decode(payload)
+                            var idLoc = loc
+                            idLoc.id = record.id
+                            idLoc.view = record.view
+                            let idKey = try ShardLayout.idKey(id: record.id, view: record.view)
+                            let mapped = try txn.get(shard.ids, key: idKey) { ShardLayout.localIndex(fromValue: $0) }
+                            if mapped == nil {
+                                part.faults.append(CacheError(.idIndexMismatch, "(id, view) is missing from the id index", at: idLoc))
+                            } else if mapped! != local {
+                                part.faults.append(CacheError(.idIndexMismatch, "id index points at local record \(mapped!.map(String.init) ?? "?"), not \(local)", at: idLoc))
+                            }
+                            let h = Array(SHA256.hash(data: idKey))
+                            let a = h[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                            let b = h[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                            part.idHashes.append((IdHash(a: a, b: b), idLoc))
+                        } catch let e as ZstdError {
+                            part.faults.append(CacheError(e.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, e.description, at: loc))
+                        } catch let e as FormatError {
+                            part.faults.append(CacheError(e, at: loc))
+                        }
+                    }
+                }
+                if found == nil { part.faults.append(CacheError(.corruptRecord, "chunk \(chunk) is missing", at: chunkLoc)) }
+            }
+        } catch {
+            part.faults.append(CacheError(.io, "\(error)", at: chunkLoc))
+        }
+    }
+
+    /// Lower-case hexadecimal of `bytes`.
+    public static func hex<D: Sequence>(_ bytes: D) -> String where D.Element == UInt8 {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// SHA-256 and size of a file, read in 4 MiB blocks.
+    public static func sha256(ofFile path: String) throws -> (hex: String, size: Int) {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw CacheError(.io, "cannot open \(path)") }
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        var size = 0
+        while let block = try handle.read(upToCount: 4 << 20), !block.isEmpty {
+            hasher.update(data: block)
+            size += block.count
+        }
+        return (hex(hasher.finalize()), size)
+    }
+}

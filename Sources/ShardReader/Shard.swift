@@ -1,0 +1,111 @@
+import Foundation
+internal import LMDBCore
+import ShardFormat
+internal import ZstdCore
+
+/// One shard opened read-only (no lock file, no readahead), with its named databases.
+///
+/// Thread-safe: every call runs in its own short read transaction.
+package final class Shard: Sendable {
+    package let file: String
+    let env: LMDBEnvironment
+    let records: LMDBDatabase
+    let ids: LMDBDatabase
+    let digests: LMDBDatabase
+    let recordsPerChunk: Int
+    package let count: Int
+
+    package init(root: String, entry: Manifest.Shard, recordsPerChunk: Int) throws(CacheError) {
+        file = entry.file
+        let path = root + "/" + entry.file
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw CacheError(.missingShard, "\(path) does not exist", at: CacheLocation(shard: entry.file))
+        }
+        do {
+            env = try LMDBEnvironment(path: path, options: .readOnly)
+            let opened = try env.read { txn -> (LMDBDatabase, LMDBDatabase, LMDBDatabase, [String: String])? in
+                guard let r = try txn.openDatabase(ShardLayout.recordsDatabase),
+                      let i = try txn.openDatabase(ShardLayout.idsDatabase),
+                      let d = try txn.openDatabase(ShardLayout.digestsDatabase),
+                      let m = try txn.openDatabase(ShardLayout.metaDatabase) else { return nil }
+                var meta: [String: String] = [:]
+                try txn.forEach(m) { k, v in
+                    meta[String(decoding: k, as: UTF8.self)] = String(decoding: v, as: UTF8.self)
+                    return true
+                }
+                return (r, i, d, meta)
+            }
+            guard let (r, i, d, meta) = opened else {
+                throw CacheError(.shardMismatch, "not an mtok shard (named databases missing)", at: CacheLocation(shard: entry.file))
+            }
+            guard meta["format"] == ShardLayout.shardFormat else {
+                throw CacheError(.unknownVersion, "shard format \(meta["format"] ?? "none"), expected \(ShardLayout.shardFormat)",
+                                 at: CacheLocation(shard: entry.file))
+            }
+            guard let rpc = meta["records_per_chunk"].flatMap(Int.init), rpc == recordsPerChunk else {
+                throw CacheError(.shardMismatch, "records_per_chunk \(meta["records_per_chunk"] ?? "none") differs from the manifest's \(recordsPerChunk)",
+                                 at: CacheLocation(shard: entry.file))
+            }
+            guard let n = meta["count"].flatMap(Int.init), n == entry.records else {
+                throw CacheError(.shardMismatch, "holds \(meta["count"] ?? "no count") records, manifest says \(entry.records)",
+                                 at: CacheLocation(shard: entry.file))
+            }
+            records = r
+            ids = i
+            digests = d
+            self.recordsPerChunk = rpc
+            count = n
+        } catch let e as CacheError {
+            throw e
+        } catch {
+            throw CacheError(.shardMismatch, "cannot open as LMDB: \(error)", at: CacheLocation(shard: entry.file))
+        }
+    }
+
+    /// Passes the compressed frame of local record `local` to `body`, inside the read transaction.
+    func withFrame<T>(local: Int, globalIndex: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        let chunk = local / recordsPerChunk
+        let loc = CacheLocation(shard: file, chunk: chunk, index: globalIndex)
+        let result: T?
+        do {
+            result = try env.read { txn in
+                try txn.get(records, key: ShardLayout.chunkKey(chunk)) { value in
+                    let frame: UnsafeRawBufferPointer
+                    do {
+                        frame = try Chunk.frame(value, slot: local % recordsPerChunk)
+                    } catch let error as FormatError {
+                        throw CacheError(.corruptRecord, error.description, at: loc)
+                    }
+                    return try body(frame)
+                }
+            }
+        } catch let e as CacheError {
+            throw e
+        } catch {
+            throw CacheError(.io, "\(error)", at: loc)
+        }
+        guard let result else { throw CacheError(.corruptRecord, "chunk \(chunk) is missing", at: loc) }
+        return result
+    }
+
+    /// Local record number of (id, view), or nil.
+    package func localIndex(id: String, view: Int) throws -> Int? {
+        let key: [UInt8]
+        do { key = try ShardLayout.idKey(id: id, view: view) } catch { return nil }
+        return try env.read { txn in
+            try txn.get(ids, key: key) { value in ShardLayout.localIndex(fromValue: value) }
+        } ?? nil
+    }
+}
+
+extension Shard {
+    /// Visits the stored payload digests (32 bytes per record) in record order.
+    package func forEachDigest(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try env.read { txn in
+            try txn.forEach(digests) { _, value in
+                try body(value)
+                return true
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+public import Foundation
+public import ShardFormat
+import Crypto
+internal import ZstdCore
+
+/// A finished token cache opened for reading.
+///
+/// Thread-safe: any number of threads may read at once. Shards are opened read-only without a
+/// lock file (`MDB_NOLOCK`), so caches work on read-only and network file systems; the caller
+/// guarantees that no writer is active. In a forked child, open the cache again (LMDB handles
+/// must not cross `fork`).
+public final class TokenCache: Sendable {
+    public let root: String
+    public let manifest: Manifest
+    let shards: [Shard]
+    /// Global index of each shard's first record, plus the total at the end.
+    let bounds: [Int]
+    let decompressors = DecompressorPool()
+
+    /// Opens the cache at `root`.
+    /// - Throws: `CacheError` (`.notACache`, `.unknownVersion`, `.missingShard`, `.shardMismatch`).
+    public init(path root: String) throws(CacheError) {
+        self.root = root
+        let manifestPath = root + "/" + Manifest.fileName
+        guard let data = FileManager.default.contents(atPath: manifestPath) else {
+            throw CacheError(.notACache, "\(root) has no readable \(Manifest.fileName)")
+        }
+        do {
+            manifest = try Manifest.decode(data)
+        } catch {
+            throw CacheError(error.kind == .unknownVersion ? .unknownVersion : .notACache, "\(manifestPath): \(error)")
+        }
+        var opened: [Shard] = []
+        for entry in manifest.shards {
+            opened.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk))
+        }
+        shards = opened
+        bounds = manifest.firstIndices + [manifest.shards.reduce(0) { $0 + $1.records }]
+    }
+
+    /// Number of records.
+    public var count: Int { bounds.last ?? 0 }
+
+    /// (shard number, local record number) of a global index.
+    func locate(_ index: Int) throws(CacheError) -> (shard: Int, local: Int) {
+        guard index >= 0, index < count else {
+            throw CacheError(.outOfRange, "index \(index) not in 0..<\(count)", at: CacheLocation(index: index))
+        }
+        // Binary search: the last shard whose first index is <= index.
+        var lo = 0
+        var hi = shards.count - 1
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if bounds[mid] <= index { lo = mid } else { hi = mid - 1 }
+        }
+        return (lo, index - bounds[lo])
+    }
+
+    /// The uncompressed payload (a safetensors blob) of record `index`; the zstd frame's
+    /// checksum is verified.
+    public func payload(at index: Int) throws -> [UInt8] {
+        let (s, local) = try locate(index)
+        let shard = shards[s]
+        return try shard.withFrame(local: local, globalIndex: index) { frame in
+            try decompressors.withDecompressor { d in
+                do {
+                    return try d.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
+                } catch let error as ZstdError {
+                    let kind: CacheError.Kind = error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord
+                    throw CacheError(kind, error.description, at: CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index))
+                }
+            }
+        }
+    }
+
+    /// Record `index`, decompressed and schema-checked.
+    public func record(at index: Int) throws -> TokenRecord {
+        let bytes = try payload(at: index)
+        do {
+            return try RecordCodec.decode(bytes)
+        } catch {
+            let (s, local) = try locate(index)
+            throw CacheError(error, at: CacheLocation(shard: shards[s].file, chunk: local / manifest.recordsPerChunk, index: index))
+        }
+    }
+
+    /// Global index of (id, view), or nil if the cache does not hold it.
+    public func index(of id: String, view: Int = 0) throws -> Int? {
+        for (s, shard) in shards.enumerated() {
+            if let local = try shard.localIndex(id: id, view: view) { return bounds[s] + local }
+        }
+        return nil
+    }
+
+    /// The record of (id, view), or nil if the cache does not hold it.
+    public func record(id: String, view: Int = 0) throws -> TokenRecord? {
+        guard let i = try index(of: id, view: view) else { return nil }
+        return try record(at: i)
+    }
+
+    /// Visits every record in index order.
+    public func forEach(_ body: (Int, TokenRecord) throws -> Void) throws {
+        for i in 0..<count { try body(i, try record(at: i)) }
+    }
+}
+
+/// zstd decompression contexts are single-threaded; readers on several threads borrow one each.
+final class DecompressorPool: @unchecked Sendable {  // `free` is only touched under `lock`
+    private let lock = NSLock()
+    private var free: [ZstdDecompressor] = []
+
+    func withDecompressor<T>(_ body: (ZstdDecompressor) throws -> T) rethrows -> T {
+        lock.lock()
+        let d = free.popLast() ?? ZstdDecompressor()
+        lock.unlock()
+        defer {
+            lock.lock()
+            free.append(d)
+            lock.unlock()
+        }
+        return try body(d)
+    }
+}

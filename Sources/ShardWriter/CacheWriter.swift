@@ -1,0 +1,312 @@
+import Crypto
+import Dispatch
+public import Foundation
+internal import LMDBCore
+public import ShardFormat
+public import ShardReader
+public import TensorFiles
+internal import ZstdCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Appends records to a cache: compresses them in parallel, writes them in batches (one LMDB
+/// transaction each), seals shards as they fill, and keeps the manifest current.
+///
+/// Crash safety: each `append` commits one transaction, syncs the shard, then replaces the
+/// manifest atomically. Opening a cache that a killed writer left behind continues after the
+/// last committed batch; nothing committed is lost. Only one writer may hold a cache (an
+/// advisory `flock` on `.writer.lock`). Not thread-safe: call from one thread.
+public final class CacheWriter {
+    public struct Options: Sendable {
+        /// A shard is sealed once its data reaches this size (it may exceed it by one batch).
+        public var shardCapBytes: Int = 1 << 30
+        /// Records packed into one LMDB value; fixed for the life of a cache.
+        public var recordsPerChunk: Int = 16
+        public var compressionLevel: Int = 3
+        /// Threads for encoding, hashing and compressing a batch.
+        public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        public var createdBy: String = "mtok"
+        public init() {}
+    }
+
+    public let root: String
+    public private(set) var manifest: Manifest
+    let options: Options
+    var current: WritableShard?
+    var sealed: [Shard] = []
+    let lockFD: Int32
+    let compressors: [ZstdCompressor]
+
+    /// Opens the cache at `path` for appending, creating it if needed.
+    ///
+    /// - Parameters:
+    ///   - settings: what produced the records (model, preprocessing, ...). An existing cache
+    ///     made with other settings is refused with `CacheError.settingsMismatch`.
+    ///   - classes: class names by label, if the dataset has labels.
+    ///   - part: for one rank of a scaled-out run.
+    public init(path: String, settings: JSONValue, classes: [String]? = nil, part: Manifest.Part? = nil,
+                options: Options = Options()) throws {
+        root = path
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: path + "/shards", withIntermediateDirectories: true)
+        let fd = open(path + "/.writer.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CacheError(.io, "\(path)/.writer.lock: \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            throw CacheError(.busy, "another process is writing \(path)")
+        }
+        lockFD = fd
+        var opts = options
+        if fm.fileExists(atPath: path + "/" + Manifest.fileName) {
+            let existing: Manifest
+            do {
+                existing = try Manifest.read(fromCache: path)
+            } catch let e as FormatError {
+                throw CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(path)/\(Manifest.fileName): \(e)")
+            }
+            guard existing.settings == settings else {
+                throw CacheError(.settingsMismatch, "\(path) was written with other settings; use another output or the same settings")
+            }
+            guard existing.part == part else {
+                throw CacheError(.settingsMismatch, "\(path) is a different part (rank/world size) of a scaled-out run")
+            }
+            // The layout of an existing cache wins over the options.
+            opts.recordsPerChunk = existing.recordsPerChunk
+            opts.compressionLevel = existing.compression.level
+            opts.shardCapBytes = existing.shardCapBytes
+            manifest = existing
+        } else {
+            manifest = Manifest(createdBy: opts.createdBy, recordsPerChunk: opts.recordsPerChunk,
+                                compressionLevel: opts.compressionLevel, shardCapBytes: opts.shardCapBytes,
+                                settings: settings, classes: classes, part: part)
+        }
+        self.options = opts
+        compressors = (0..<max(1, opts.threads)).map { _ in ZstdCompressor(level: Int32(opts.compressionLevel)) }
+        try recover()
+    }
+
+    deinit {
+        current = nil
+        close(lockFD)  // releases the flock
+    }
+
+    /// Records committed so far.
+    public var count: Int { manifest.shards.reduce(0) { $0 + $1.records } }
+
+    // MARK: Recovery
+
+    /// Brings the directory in line with what was committed: removes temporary files of an
+    /// interrupted seal or manifest write, adopts a shard created just before a crash, and
+    /// reopens the unsealed shard, whose own `count` (committed with its data) is the truth.
+    func recover() throws {
+        let fm = FileManager.default
+        let shardDir = root + "/shards"
+        for name in (try? fm.contentsOfDirectory(atPath: shardDir)) ?? [] where name.hasSuffix(".compact") {
+            try? fm.removeItem(atPath: shardDir + "/" + name)
+        }
+        try? fm.removeItem(atPath: root + "/" + Manifest.fileName + ".tmp")
+
+        let next = Self.shardFile(manifest.shards.count)
+        if fm.fileExists(atPath: root + "/" + next) {
+            manifest.shards.append(Manifest.Shard(file: next))
+        }
+        for (i, entry) in manifest.shards.enumerated() {
+            if entry.sealed {
+                sealed.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk))
+                continue
+            }
+            guard i == manifest.shards.count - 1 else {
+                throw CacheError(.shardMismatch, "only the last shard may be unsealed", at: CacheLocation(shard: entry.file))
+            }
+            let shard = try WritableShard(root: root, file: entry.file, recordsPerChunk: manifest.recordsPerChunk,
+                                          mapSize: mapSize(forBatchBytes: 0))
+            current = shard
+            manifest.shards[i] = shard.entry
+        }
+        if manifest.complete, current != nil || manifest.shards.contains(where: { !$0.sealed }) {
+            manifest.complete = false
+        }
+        manifest.updateTotals()
+        try manifest.write(toCache: root)
+        if let c = current, c.estimatedBytes >= options.shardCapBytes { try sealCurrent() }
+    }
+
+    static func shardFile(_ n: Int) -> String { String(format: "shards/shard-%05d.mdb", n) }
+
+    func mapSize(forBatchBytes batch: Int) -> Int {
+        // A virtual reservation: the shard's data never exceeds the cap plus one batch.
+        2 * options.shardCapBytes + 4 * batch + (64 << 20)
+    }
+
+    // MARK: Appending
+
+    /// Appends `records` after the last committed one, as one or more committed transactions
+    /// (one per shard touched). On return they are durable and listed in the manifest.
+    ///
+    /// - Throws: `CacheError.badRecord` for a record that breaks the schema,
+    ///   `CacheError.duplicateId` for an (id, view) already in the cache or twice in the batch;
+    ///   nothing of the batch is written then.
+    public func append(_ records: [TokenRecord]) throws {
+        guard !records.isEmpty else { return }
+        var keys: [[UInt8]] = []
+        keys.reserveCapacity(records.count)
+        var seen = Set<[UInt8]>()
+        for r in records {
+            let loc = CacheLocation(id: r.id, view: r.view)
+            let key: [UInt8]
+            do {
+                try RecordCodec.validate(latents: r.latents, logvar: r.logvar, indices: r.indices, groups: r.groups)
+                key = try ShardLayout.idKey(id: r.id, view: r.view)
+            } catch {
+                throw CacheError(error, at: loc)
+            }
+            guard seen.insert(key).inserted else { throw CacheError(.duplicateId, "appears twice in one batch", at: loc) }
+            for s in sealed {
+                if try s.localIndex(id: r.id, view: r.view) != nil {
+                    throw CacheError(.duplicateId, "already stored in \(s.file)", at: loc)
+                }
+            }
+            keys.append(key)
+        }
+        let encoded = try encode(records)
+        manifest.complete = false
+        manifest.contentDigest = nil
+        var start = 0
+        while start < records.count {
+            if current == nil { try openNewShard(batchBytes: encoded.totalCompressed) }
+            let shard = current!
+            // Take records until this shard reaches its cap.
+            var end = start
+            var estimate = shard.estimatedBytes
+            while end < records.count && (end == start || estimate < options.shardCapBytes) {
+                estimate += encoded.frames[end].count + WritableShard.perRecordOverhead
+                end += 1
+            }
+            try shard.write(frames: Array(encoded.frames[start..<end]), digests: Array(encoded.digests[start..<end]),
+                            payloadBytes: Array(encoded.payloadSizes[start..<end]), idKeys: Array(keys[start..<end]),
+                            ids: records[start..<end].map { ($0.id, $0.view) })
+            manifest.shards[manifest.shards.count - 1] = shard.entry
+            manifest.updateTotals()
+            try manifest.write(toCache: root)
+            if shard.estimatedBytes >= options.shardCapBytes { try sealCurrent() }
+            start = end
+        }
+    }
+
+    struct Encoded {
+        var frames: [[UInt8]]
+        var digests: [[UInt8]]
+        var payloadSizes: [Int]
+        var totalCompressed: Int
+    }
+
+    /// Serializes, hashes and compresses records on `options.threads` threads.
+    func encode(_ records: [TokenRecord]) throws -> Encoded {
+        let n = records.count
+        let results = ResultSlots(count: n)
+        let threads = min(compressors.count, n)
+        let work = UncheckedBox((records, compressors))
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let (records, compressors) = work.value
+            var i = t
+            while i < n {
+                let payload = RecordCodec.encode(records[i])
+                let digest = Array(SHA256.hash(data: payload))
+                do {
+                    let frame = try compressors[t].compress(payload)
+                    results.set(i, .success((frame, digest, payload.count)))
+                } catch {
+                    results.set(i, .failure(error))
+                }
+                i += threads
+            }
+        }
+        var out = Encoded(frames: [], digests: [], payloadSizes: [], totalCompressed: 0)
+        for i in 0..<n {
+            let (frame, digest, size) = try results.get(i)
+            out.frames.append(frame)
+            out.digests.append(digest)
+            out.payloadSizes.append(size)
+            out.totalCompressed += frame.count
+        }
+        return out
+    }
+
+    func openNewShard(batchBytes: Int) throws {
+        let file = Self.shardFile(manifest.shards.count)
+        let shard = try WritableShard(root: root, file: file, recordsPerChunk: options.recordsPerChunk,
+                                      mapSize: mapSize(forBatchBytes: batchBytes))
+        current = shard
+        manifest.shards.append(shard.entry)
+        manifest.updateTotals()
+        try manifest.write(toCache: root)
+    }
+
+    // MARK: Sealing and finishing
+
+    /// Seals the open shard: a compacted copy replaces it, the lock file goes, its SHA-256 enters
+    /// the manifest, and the file becomes read-only. An empty shard is removed instead.
+    func sealCurrent() throws {
+        guard let shard = current else { return }
+        let file = shard.file
+        let path = root + "/" + file
+        let isEmpty = shard.count == 0
+        if !isEmpty { try shard.compact(to: path + ".compact") }
+        current = nil  // closes the environment before the file is replaced
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: path + "-lock")
+        if isEmpty {
+            try fm.removeItem(atPath: path)
+            manifest.shards.removeLast()
+            manifest.updateTotals()
+            try manifest.write(toCache: root)
+            return
+        }
+        guard rename(path + ".compact", path) == 0 else {
+            throw CacheError(.io, "rename: \(String(cString: strerror(errno)))", at: CacheLocation(shard: file))
+        }
+        AtomicFile.syncDirectory(of: path)
+        let (digest, size) = try CacheVerifier.sha256(ofFile: path)
+        var entry = manifest.shards[manifest.shards.count - 1]
+        entry.sealed = true
+        entry.sha256 = digest
+        entry.bytes = size
+        manifest.shards[manifest.shards.count - 1] = entry
+        manifest.updateTotals()
+        try manifest.write(toCache: root)
+        chmod(path, 0o444)
+        sealed.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk))
+    }
+
+    /// Seals every shard, computes the content digest, and marks the cache complete.
+    @discardableResult
+    public func finish() throws -> Manifest {
+        try sealCurrent()
+        var hasher = SHA256()
+        for shard in sealed {
+            try shard.forEachDigest { hasher.update(bufferPointer: $0) }
+        }
+        manifest.contentDigest = "sha256:" + CacheVerifier.hex(hasher.finalize())
+        manifest.complete = true
+        manifest.updateTotals()
+        try manifest.write(toCache: root)
+        return manifest
+    }
+}
+
+/// Per-index result slots filled from several threads, each slot by exactly one thread.
+final class ResultSlots: @unchecked Sendable {  // each index is written once, by one thread, before any read
+    private var slots: [Result<([UInt8], [UInt8], Int), any Error>?]
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ r: Result<([UInt8], [UInt8], Int), any Error>) {
+        slots.withUnsafeMutableBufferPointer { $0[i] = r }
+    }
+    func get(_ i: Int) throws -> ([UInt8], [UInt8], Int) { try slots[i]!.get() }
+}
+
+/// Hands values to `concurrentPerform`; each thread uses only its own compressor.
+struct UncheckedBox<T>: @unchecked Sendable {  // compressors are used by one thread each
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,101 @@
+internal import CZstd
+
+/// An error from libzstd: the C function and zstd's error name.
+public struct ZstdError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable { case checksumMismatch, corrupt, tooLarge, library }
+    public let kind: Kind
+    public let function: String
+    public let message: String
+    public var description: String { "\(function): \(message)" }
+}
+
+@inline(__always)
+func check(_ rc: Int, _ function: String) throws(ZstdError) -> Int {
+    if ZSTD_isError(rc) != 0 {
+        let kind: ZstdError.Kind
+        switch ZSTD_getErrorCode(rc) {
+        case ZSTD_error_checksum_wrong: kind = .checksumMismatch
+        case ZSTD_error_memory_allocation, ZSTD_error_GENERIC, ZSTD_error_parameter_unsupported: kind = .library
+        default: kind = .corrupt
+        }
+        throw ZstdError(kind: kind, function: function, message: String(cString: ZSTD_getErrorName(rc)))
+    }
+    return rc
+}
+
+/// A compression context (`ZSTD_CCtx`) producing single frames with the content size and the
+/// XXH64 content checksum, so every later read verifies every byte.
+///
+/// Owns its context; not thread-safe: use one per thread.
+public final class ZstdCompressor {
+    private let cctx: OpaquePointer
+    public let level: Int32
+
+    public init(level: Int32 = 3) {
+        guard let c = ZSTD_createCCtx() else { fatalError("ZSTD_createCCtx: out of memory") }
+        cctx = c
+        self.level = level
+        _ = ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
+        _ = ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)
+        _ = ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1)
+    }
+
+    deinit { ZSTD_freeCCtx(cctx) }
+
+    /// Compresses `input` into one frame (`ZSTD_compress2`).
+    public func compress(_ input: UnsafeRawBufferPointer) throws(ZstdError) -> [UInt8] {
+        let bound = ZSTD_compressBound(input.count)
+        var out = [UInt8](repeating: 0, count: bound)
+        let n: Int = out.withUnsafeMutableBytes { dst in
+            ZSTD_compress2(cctx, dst.baseAddress, bound, input.baseAddress, input.count)
+        }
+        out.removeLast(out.count - (try check(n, "ZSTD_compress2")))
+        return out
+    }
+
+    public func compress(_ input: [UInt8]) throws(ZstdError) -> [UInt8] {
+        let r: Result<[UInt8], ZstdError> = input.withUnsafeBytes { raw in
+            Result { () throws(ZstdError) in try compress(raw) }
+        }
+        return try r.get()
+    }
+}
+
+/// A decompression context (`ZSTD_DCtx`). Not thread-safe: use one per thread.
+public final class ZstdDecompressor {
+    private let dctx: OpaquePointer
+
+    public init() {
+        guard let d = ZSTD_createDCtx() else { fatalError("ZSTD_createDCtx: out of memory") }
+        dctx = d
+    }
+
+    deinit { ZSTD_freeDCtx(dctx) }
+
+    /// The decompressed size a frame declares, or nil if it declares none or is not a frame.
+    public static func declaredSize(of frame: UnsafeRawBufferPointer) -> Int? {
+        let n = ZSTD_getFrameContentSize(frame.baseAddress, frame.count)
+        // ZSTD_CONTENTSIZE_UNKNOWN / ZSTD_CONTENTSIZE_ERROR are the two largest values.
+        if n >= UInt64.max - 1 { return nil }
+        return n > UInt64(Int.max) ? Int.max : Int(n)
+    }
+
+    /// Decompresses exactly one frame whose declared size must be at most `maxSize`: untrusted
+    /// bytes never make us allocate beyond that bound. The frame's checksum is verified.
+    public func decompress(_ frame: UnsafeRawBufferPointer, maxSize: Int) throws(ZstdError) -> [UInt8] {
+        guard let size = Self.declaredSize(of: frame) else {
+            throw ZstdError(kind: .corrupt, function: "ZSTD_getFrameContentSize", message: "not a zstd frame with a declared size")
+        }
+        guard size <= maxSize else {
+            throw ZstdError(kind: .tooLarge, function: "ZSTD_getFrameContentSize", message: "frame declares \(size) bytes, limit is \(maxSize)")
+        }
+        var out = [UInt8](repeating: 0, count: size)
+        let n: Int = out.withUnsafeMutableBytes { dst in
+            ZSTD_decompressDCtx(dctx, dst.baseAddress, size, frame.baseAddress, frame.count)
+        }
+        guard try check(n, "ZSTD_decompressDCtx") == size else {
+            throw ZstdError(kind: .corrupt, function: "ZSTD_decompressDCtx", message: "frame produced \(n) bytes, declared \(size)")
+        }
+        return out
+    }
+}
