@@ -88,6 +88,24 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         try check(mdb_env_copy2(env, destination, UInt32(MDB_CP_COMPACT)), "mdb_env_copy2")
     }
 
+    /// Opens named databases in a read-only transaction that is committed, so the handles stay
+    /// valid for the environment's lifetime (lmdb.h: handles opened in an aborted transaction
+    /// are closed with it). Returns nil for a name that does not exist.
+    public func openDatabases(_ names: [String]) throws(LMDBError) -> [LMDBDatabase?] {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin")
+        let transaction = LMDBTransaction(txn: txn!)
+        var out: [LMDBDatabase?] = []
+        do {
+            for name in names { out.append(try transaction.openDatabase(name)) }
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
+        }
+        try check(mdb_txn_commit(txn), "mdb_txn_commit")
+        return out
+    }
+
     /// Runs `body` in a read-only transaction, aborted when `body` returns.
     public func read<T>(_ body: (LMDBTransaction) throws -> T) throws -> T {
         var txn: OpaquePointer?

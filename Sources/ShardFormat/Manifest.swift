@@ -32,6 +32,12 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// uncompressed payload, in global index order. Independent of sharding and compression.
     public var contentDigest: String?
 
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion = "format_version", createdBy = "created_by", complete
+        case recordsPerChunk = "records_per_chunk", compression, shardCapBytes = "shard_cap_bytes", settings, classes
+        case part, shards, totals, contentDigest = "content_digest"
+    }
+
     public struct Compression: Codable, Sendable, Equatable {
         public var codec: String = "zstd"
         public var level: Int
@@ -42,6 +48,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public struct Part: Codable, Sendable, Equatable {
         public var rank: Int
         public var worldSize: Int
+        enum CodingKeys: String, CodingKey { case rank, worldSize = "world_size" }
         public init(rank: Int, worldSize: Int) {
             self.rank = rank
             self.worldSize = worldSize
@@ -59,6 +66,10 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var sealed: Bool
         /// Hex SHA-256 of the sealed file.
         public var sha256: String?
+
+        enum CodingKeys: String, CodingKey {
+            case file, records, payloadBytes = "payload_bytes", compressedBytes = "compressed_bytes", bytes, sealed, sha256
+        }
 
         public init(file: String, records: Int = 0, payloadBytes: Int = 0, compressedBytes: Int = 0,
                     bytes: Int = 0, sealed: Bool = false, sha256: String? = nil) {
@@ -78,6 +89,9 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var compressedBytes: Int = 0
         public var bytesOnDisk: Int = 0
         public init() {}
+        enum CodingKeys: String, CodingKey {
+            case records, payloadBytes = "payload_bytes", compressedBytes = "compressed_bytes", bytesOnDisk = "bytes_on_disk"
+        }
     }
 
     public init(createdBy: String, recordsPerChunk: Int, compressionLevel: Int, shardCapBytes: Int,
@@ -115,7 +129,6 @@ extension Manifest {
     static func makeEncoder() -> JSONEncoder {
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        e.keyEncodingStrategy = .convertToSnakeCase
         return e
     }
 
@@ -144,7 +157,6 @@ extension Manifest {
             throw FormatError(.unknownVersion, "cache format version \(version), this build reads \(currentVersion)")
         }
         let d = JSONDecoder()
-        d.keyDecodingStrategy = .convertFromSnakeCase
         let m: Manifest
         do {
             m = try d.decode(Manifest.self, from: data)

@@ -75,8 +75,13 @@ public enum CacheVerifier {
     public static func verify(path root: String, deep: Bool,
                               threads: Int = ProcessInfo.processInfo.activeProcessorCount) -> VerifyReport {
         let started = Date()
+        var report = check(root, deep: deep, threads: threads)
+        report.seconds = Date().timeIntervalSince(started)
+        return report
+    }
+
+    static func check(_ root: String, deep: Bool, threads: Int) -> VerifyReport {
         var report = VerifyReport(path: root, deep: deep)
-        defer { report.seconds = Date().timeIntervalSince(started) }
         let manifest: Manifest
         do {
             manifest = try Manifest.read(fromCache: root)

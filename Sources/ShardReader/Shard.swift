@@ -23,20 +23,17 @@ package final class Shard: Sendable {
         }
         do {
             env = try LMDBEnvironment(path: path, options: .readOnly)
-            let opened = try env.read { txn -> (LMDBDatabase, LMDBDatabase, LMDBDatabase, [String: String])? in
-                guard let r = try txn.openDatabase(ShardLayout.recordsDatabase),
-                      let i = try txn.openDatabase(ShardLayout.idsDatabase),
-                      let d = try txn.openDatabase(ShardLayout.digestsDatabase),
-                      let m = try txn.openDatabase(ShardLayout.metaDatabase) else { return nil }
-                var meta: [String: String] = [:]
+            let dbs = try env.openDatabases([ShardLayout.recordsDatabase, ShardLayout.idsDatabase,
+                                             ShardLayout.digestsDatabase, ShardLayout.metaDatabase])
+            guard let r = dbs[0], let i = dbs[1], let d = dbs[2], let m = dbs[3] else {
+                throw CacheError(.shardMismatch, "not an mtok shard (named databases missing)", at: CacheLocation(shard: entry.file))
+            }
+            var meta: [String: String] = [:]
+            try env.read { txn in
                 try txn.forEach(m) { k, v in
                     meta[String(decoding: k, as: UTF8.self)] = String(decoding: v, as: UTF8.self)
                     return true
                 }
-                return (r, i, d, meta)
-            }
-            guard let (r, i, d, meta) = opened else {
-                throw CacheError(.shardMismatch, "not an mtok shard (named databases missing)", at: CacheLocation(shard: entry.file))
             }
             guard meta["format"] == ShardLayout.shardFormat else {
                 throw CacheError(.unknownVersion, "shard format \(meta["format"] ?? "none"), expected \(ShardLayout.shardFormat)",

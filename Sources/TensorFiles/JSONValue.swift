@@ -19,7 +19,9 @@ public enum JSONValue: Sendable, Equatable {
         case let (.number(a), .number(b)): a == b
         case let (.string(a), .string(b)): a == b
         case let (.array(a), .array(b)): a == b
-        case let (.object(a), .object(b)): a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        // Objects are equal as maps: member order carries no meaning in JSON.
+        case let (.object(a), .object(b)):
+            a.count == b.count && a.allSatisfy { key, value in b.first { $0.0 == key }?.1 == value }
         default: false
         }
     }

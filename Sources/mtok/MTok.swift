@@ -6,6 +6,10 @@ struct MTok: ParsableCommand {
         commandName: "mtok",
         abstract: "Tokenize image datasets once into a verified MergeTok token cache, and serve it.",
         subcommands: [
+            InfoCommand.self,
+            GetCommand.self,
+            VerifyCommand.self,
+            SynthCacheCommand.self,
         ]
     )
 }

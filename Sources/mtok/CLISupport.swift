@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import ShardReader
+
+/// Prints a one-line error to stderr and exits with `code`: how every command reports bad input.
+func fail(_ message: String, code: Int32 = 1) -> ExitCode {
+    FileHandle.standardError.write(Data(("mtok: " + message + "\n").utf8))
+    return ExitCode(code)
+}
+
+/// Opens a cache for reading or exits with a one-line reason.
+func openCache(_ path: String) throws -> TokenCache {
+    do {
+        return try TokenCache(path: path)
+    } catch {
+        throw fail("\(error)")
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    print(String(decoding: try e.encode(value), as: UTF8.self))
+}
+
+func formatBytes(_ n: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 {
+        v /= 1024
+        u += 1
+    }
+    return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import ShardFormat
+import ShardReader
+import TensorFiles
+
+struct InfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info", abstract: "Show a cache's format, settings, counts, sizes and content digest.")
+
+    @Argument(help: "The cache directory.") var cache: String
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let c = try openCache(cache)
+        let m = c.manifest
+        let ratio = m.totals.compressedBytes > 0 ? Double(m.totals.payloadBytes) / Double(m.totals.compressedBytes) : 0
+        if json {
+            struct Info: Encodable {
+                let path: String
+                let formatVersion: Int
+                let complete: Bool
+                let records: Int
+                let shards: Int
+                let payloadBytes: Int
+                let compressedBytes: Int
+                let bytesOnDisk: Int
+                let compressionRatio: Double
+                let contentDigest: String?
+                let settings: JSONValue
+                let classes: Int?
+                let part: Manifest.Part?
+                enum CodingKeys: String, CodingKey {
+                    case path, formatVersion = "format_version", complete, records, shards, payloadBytes = "payload_bytes"
+                    case compressedBytes = "compressed_bytes", bytesOnDisk = "bytes_on_disk", compressionRatio = "compression_ratio"
+                    case contentDigest = "content_digest", settings, classes, part
+                }
+            }
+            try printJSON(Info(path: cache, formatVersion: m.formatVersion, complete: m.complete, records: c.count,
+                               shards: m.shards.count, payloadBytes: m.totals.payloadBytes,
+                               compressedBytes: m.totals.compressedBytes, bytesOnDisk: m.totals.bytesOnDisk,
+                               compressionRatio: ratio, contentDigest: m.contentDigest, settings: m.settings,
+                               classes: m.classes?.count, part: m.part))
+            return
+        }
+        print("cache           \(cache)")
+        print("format          \(m.format) v\(m.formatVersion)\(m.complete ? "" : " (incomplete: writer not finished)")")
+        print("records         \(c.count) in \(m.shards.count) shard(s), \(m.recordsPerChunk) per chunk")
+        print("payload         \(formatBytes(m.totals.payloadBytes)) uncompressed")
+        print("compressed      \(formatBytes(m.totals.compressedBytes)) (zstd level \(m.compression.level), ratio \(String(format: "%.2f", ratio)))")
+        print("on disk         \(formatBytes(m.totals.bytesOnDisk)) (\(String(format: "%.3f", Double(m.totals.bytesOnDisk) / Double(max(1, m.totals.compressedBytes))))× compressed)")
+        print("content digest  \(m.contentDigest ?? "(none until finished)")")
+        if let classes = m.classes { print("classes         \(classes.count)") }
+        if let p = m.part { print("part            rank \(p.rank) of \(p.worldSize)") }
+        print("settings        \(settingsLine(m.settings))")
+    }
+
+    func settingsLine(_ v: JSONValue) -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? String(decoding: e.encode(v), as: UTF8.self)) ?? "?"
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import ShardFormat
+import ShardReader
+import ShardWriter
+import TensorFiles
+
+struct SynthCacheCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synth-cache",
+        abstract: "Write a cache of generated records with realistic shapes and statistics (no encoder needed).")
+
+    @Argument(help: "Output cache directory.") var out: String
+    @Option(help: "Number of records.") var records: Int
+    @Option(help: "Tokens per record (K).") var tokens = 256
+    @Option(name: .customLong("groups-from"), help: "Patch tokens before merging (N ≥ K; default K).") var groupsFrom: Int?
+    @Option(help: "Latent channels (C).") var channels = 16
+    @Option(name: .customLong("latent-dtype"), help: "f32, f16 or bf16.") var latentDType = "bf16"
+    @Option(name: .customLong("codebook-size"), help: "VQ codebook size; indices are u16 up to 65536, else u32.") var codebookSize = 16384
+    @Flag(name: .customLong("u32-indices"), help: "Store indices as u32 even when u16 would do.") var u32Indices = false
+    @Option(name: .customLong("group-dtype"), help: "u8 or u16 (default: u8 when K ≤ 256).") var groupDType: String?
+    @Flag(help: "Also store a log-variance tensor.") var logvar = false
+    @Option(help: "Seed.") var seed: UInt64 = 0
+    @Option(name: .customLong("batch-size"), help: "Records per committed batch.") var batchSize = 1024
+    @Option(name: .customLong("shard-size-mb"), help: "Seal shards at this size (MiB).") var shardSizeMB = 1024
+    @Option(name: .customLong("records-per-chunk"), help: "Records packed per LMDB value.") var recordsPerChunk = 16
+    @Option(name: .customLong("compression-level"), help: "zstd level.") var compressionLevel = 3
+    @Option(help: "Threads for compression.") var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    func validate() throws {
+        guard records >= 0, tokens > 0, channels > 0, batchSize > 0, shardSizeMB > 0, recordsPerChunk > 0 else {
+            throw ValidationError("counts and sizes must be positive")
+        }
+        guard (groupsFrom ?? tokens) >= tokens else { throw ValidationError("--groups-from must be ≥ --tokens") }
+        if let g = groupDType {
+            guard let d = TensorDType(userName: g), d == .u8 || d == .u16, d == .u16 || tokens <= 256 else {
+                throw ValidationError("--group-dtype must be u8 (K ≤ 256) or u16")
+            }
+        }
+        guard let d = TensorDType(userName: latentDType), [.f32, .f16, .bf16].contains(d) else {
+            throw ValidationError("--latent-dtype must be f32, f16 or bf16")
+        }
+    }
+
+    func run() throws {
+        var gen = SyntheticRecords()
+        gen.tokens = tokens
+        gen.patches = groupsFrom ?? tokens
+        gen.channels = channels
+        gen.latentDType = TensorDType(userName: latentDType)!
+        gen.codebookSize = codebookSize
+        gen.indexDType = (u32Indices || codebookSize > 65536) ? .u32 : .u16
+        gen.groupDType = groupDType.flatMap(TensorDType.init(userName:)) ?? (tokens <= 256 ? .u8 : .u16)
+        gen.withLogvar = logvar
+        gen.seed = seed
+        var options = CacheWriter.Options()
+        options.shardCapBytes = shardSizeMB << 20
+        options.recordsPerChunk = recordsPerChunk
+        options.compressionLevel = compressionLevel
+        options.threads = threads
+        let start = Date()
+        let writer: CacheWriter
+        do {
+            writer = try CacheWriter(path: out, settings: gen.settings, options: options)
+        } catch {
+            throw fail("\(error)")
+        }
+        var i = writer.count
+        let m: Manifest
+        do {
+            while i < records {
+                let n = min(batchSize, records - i)
+                try writer.append((i..<(i + n)).map(gen.record))
+                i += n
+            }
+            m = try writer.finish()
+        } catch {
+            throw fail("\(error)")
+        }
+        let secs = Date().timeIntervalSince(start)
+        print("wrote \(m.totals.records) records to \(out) in \(String(format: "%.2f", secs)) s (\(Int(Double(records) / max(secs, 1e-9))) records/s), \(formatBytes(m.totals.bytesOnDisk)) on disk")
+    }
+}

@@ -1,0 +1,29 @@
+import ArgumentParser
+import Foundation
+import ShardReader
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check a cache: manifest vs files and hashes (fast), or every record too (--deep). Exit 0 only if clean.")
+
+    @Argument(help: "The cache directory.") var cache: String
+    @Flag(help: "Read, checksum and schema-check every record; check the id index and the content digest.") var deep = false
+    @Flag(help: "Print JSON.") var json = false
+    @Option(help: "Threads for the deep check (default: all cores).") var threads: Int?
+
+    func run() throws {
+        let report = CacheVerifier.verify(path: cache, deep: deep,
+                                          threads: threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        if json {
+            try printJSON(report)
+        } else {
+            for f in report.faults { print("FAULT  \(f)") }
+            let rate = report.seconds > 0 ? Double(report.payloadBytesChecked) / report.seconds / 1e9 : 0
+            let what = deep ? "deep: \(report.recordsChecked) records, \(formatBytes(report.payloadBytesChecked)) payload, \(String(format: "%.2f", rate)) GB/s"
+                            : "fast: \(report.shards) shard(s), \(report.records) records"
+            print(report.isClean ? "OK     \(cache) (\(what))" : "FAILED \(cache): \(report.faults.count) fault(s) (\(what))")
+        }
+        if !report.isClean { throw ExitCode(1) }
+    }
+}
