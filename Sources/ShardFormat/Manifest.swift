@@ -10,6 +10,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public static let formatName = "mtok.cache"
     public static let currentVersion = 1
     public static let fileName = "manifest.json"
+    public static let byteShuffle = "byte-planes"
 
     public var format: String = Manifest.formatName
     public var formatVersion: Int = Manifest.currentVersion
@@ -42,7 +43,12 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var codec: String = "zstd"
         public var level: Int
         public var checksum: Bool = true
-        public init(level: Int) { self.level = level }
+        /// "byte-planes" (`ByteShuffle`) or "none": the transform between payload and frame.
+        public var shuffle: String = Manifest.byteShuffle
+        public init(level: Int, shuffle: Bool = true) {
+            self.level = level
+            self.shuffle = shuffle ? Manifest.byteShuffle : "none"
+        }
     }
 
     public struct Part: Codable, Sendable, Equatable {
@@ -94,11 +100,11 @@ public struct Manifest: Codable, Sendable, Equatable {
         }
     }
 
-    public init(createdBy: String, recordsPerChunk: Int, compressionLevel: Int, shardCapBytes: Int,
+    public init(createdBy: String, recordsPerChunk: Int, compressionLevel: Int, shuffle: Bool = true, shardCapBytes: Int,
                 settings: JSONValue, classes: [String]? = nil, part: Part? = nil) {
         self.createdBy = createdBy
         self.recordsPerChunk = recordsPerChunk
-        self.compression = Compression(level: compressionLevel)
+        self.compression = Compression(level: compressionLevel, shuffle: shuffle)
         self.shardCapBytes = shardCapBytes
         self.settings = settings
         self.classes = classes
@@ -162,6 +168,9 @@ extension Manifest {
             m = try d.decode(Manifest.self, from: data)
         } catch {
             throw FormatError(.badContainer, "manifest: \(error)")
+        }
+        guard m.compression.codec == "zstd", [byteShuffle, "none"].contains(m.compression.shuffle) else {
+            throw FormatError(.unknownVersion, "compression \(m.compression.codec)/\(m.compression.shuffle) is not known to this build")
         }
         guard m.recordsPerChunk > 0, m.recordsPerChunk <= 65536 else {
             throw FormatError(.badValue, "records_per_chunk \(m.recordsPerChunk) out of range")

@@ -152,7 +152,8 @@ public enum CacheVerifier {
             var hasher = SHA256()
             var seen = Set<IdHash>()
             for (firstIndex, shard) in opened {
-                let result = checkRecords(shard, firstIndex: firstIndex, threads: max(1, threads))
+                let result = checkRecords(shard, firstIndex: firstIndex, shuffled: manifest.compression.shuffle == Manifest.byteShuffle,
+                                          threads: max(1, threads))
                 faults += result.faults
                 report.recordsChecked += result.checked
                 report.payloadBytesChecked += result.payloadBytes
@@ -186,7 +187,7 @@ public enum CacheVerifier {
     }
 
     /// Checks every record of one shard, chunks spread over `threads` threads.
-    static func checkRecords(_ shard: Shard, firstIndex: Int, threads: Int) -> ShardResult {
+    static func checkRecords(_ shard: Shard, firstIndex: Int, shuffled: Bool, threads: Int) -> ShardResult {
         let rpc = shard.recordsPerChunk
         let chunks = (shard.count + rpc - 1) / rpc
         let parts = (0..<threads).map { _ in PartResult() }
@@ -196,7 +197,7 @@ public enum CacheVerifier {
             let decompressor = ZstdDecompressor()
             var chunk = t
             while chunk < chunks {
-                checkChunk(shard, chunk: chunk, firstIndex: firstIndex, decompressor: decompressor, into: part)
+                checkChunk(shard, chunk: chunk, firstIndex: firstIndex, shuffled: shuffled, decompressor: decompressor, into: part)
                 chunk += threads
             }
         }
@@ -244,7 +245,8 @@ public enum CacheVerifier {
         init(_ parts: [PartResult]) { self.parts = parts }
     }
 
-    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, decompressor: ZstdDecompressor, into part: PartResult) {
+    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, decompressor: ZstdDecompressor,
+                           into part: PartResult) {
         let rpc = shard.recordsPerChunk
         let expected = min(rpc, shard.count - chunk * rpc)
         let chunkLoc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + chunk * rpc)
@@ -270,7 +272,7 @@ public enum CacheVerifier {
                         let loc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + local)
                         do {
                             let frame = try Chunk.frame(value, slot: slot)
-                            let payload = try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
+                            let payload = try TokenCache.payload(fromFrame: frame, decompressor: decompressor, shuffled: shuffled, at: loc)
                             let digest = Array(SHA256.hash(data: payload))
                             part.digests.append((local, digest))
                             part.payloadBytes += payload.count
@@ -294,8 +296,8 @@ public enum CacheVerifier {
                             let a = h[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                             let b = h[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                             part.idHashes.append((IdHash(a: a, b: b), idLoc))
-                        } catch let e as ZstdError {
-                            part.faults.append(CacheError(e.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, e.description, at: loc))
+                        } catch let e as CacheError {
+                            part.faults.append(e)
                         } catch let e as FormatError {
                             part.faults.append(CacheError(e, at: loc))
                         }

@@ -61,15 +61,29 @@ public final class TokenCache: Sendable {
     public func payload(at index: Int) throws -> [UInt8] {
         let (s, local) = try locate(index)
         let shard = shards[s]
+        let shuffled = manifest.compression.shuffle == Manifest.byteShuffle
         return try shard.withFrame(local: local, globalIndex: index) { frame in
             try decompressors.withDecompressor { d in
-                do {
-                    return try d.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
-                } catch let error as ZstdError {
-                    let kind: CacheError.Kind = error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord
-                    throw CacheError(kind, error.description, at: CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index))
-                }
+                try Self.payload(fromFrame: frame, decompressor: d, shuffled: shuffled,
+                                 at: CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index))
             }
+        }
+    }
+
+    /// Decompresses a frame (verifying its checksum) and undoes the byte shuffle.
+    static func payload(fromFrame frame: UnsafeRawBufferPointer, decompressor: ZstdDecompressor, shuffled: Bool,
+                        at location: CacheLocation) throws(CacheError) -> [UInt8] {
+        let stored: [UInt8]
+        do {
+            stored = try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
+        } catch {
+            throw CacheError(error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, error.description, at: location)
+        }
+        guard shuffled else { return stored }
+        do {
+            return try ByteShuffle.unshuffle(stored)
+        } catch {
+            throw CacheError(error, at: location)
         }
     }
 

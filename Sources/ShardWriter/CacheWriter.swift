@@ -24,6 +24,8 @@ public final class CacheWriter {
         /// Records packed into one LMDB value; fixed for the life of a cache.
         public var recordsPerChunk: Int = 16
         public var compressionLevel: Int = 3
+        /// Byte-plane shuffle of tensors before compression (`ByteShuffle`).
+        public var shuffle: Bool = true
         /// Threads for encoding, hashing and compressing a batch.
         public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
         public var createdBy: String = "mtok"
@@ -74,11 +76,13 @@ public final class CacheWriter {
             // The layout of an existing cache wins over the options.
             opts.recordsPerChunk = existing.recordsPerChunk
             opts.compressionLevel = existing.compression.level
+            opts.shuffle = existing.compression.shuffle == Manifest.byteShuffle
             opts.shardCapBytes = existing.shardCapBytes
             manifest = existing
         } else {
             manifest = Manifest(createdBy: opts.createdBy, recordsPerChunk: opts.recordsPerChunk,
-                                compressionLevel: opts.compressionLevel, shardCapBytes: opts.shardCapBytes,
+                                compressionLevel: opts.compressionLevel, shuffle: opts.shuffle,
+                                shardCapBytes: opts.shardCapBytes,
                                 settings: settings, classes: classes, part: part)
         }
         self.options = opts
@@ -207,6 +211,7 @@ public final class CacheWriter {
         let results = ResultSlots(count: n)
         let threads = min(compressors.count, n)
         let work = UncheckedBox((records, compressors))
+        let shuffle = options.shuffle
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             let (records, compressors) = work.value
             var i = t
@@ -214,7 +219,7 @@ public final class CacheWriter {
                 let payload = RecordCodec.encode(records[i])
                 let digest = Array(SHA256.hash(data: payload))
                 do {
-                    let frame = try compressors[t].compress(payload)
+                    let frame = try compressors[t].compress(shuffle ? try ByteShuffle.shuffle(payload) : payload)
                     results.set(i, .success((frame, digest, payload.count)))
                 } catch {
                     results.set(i, .failure(error))

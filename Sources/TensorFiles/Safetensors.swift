@@ -29,7 +29,7 @@ public struct SafetensorsHeader: Sendable, Equatable {
     }
 }
 
-public struct SafetensorsError: Error, CustomStringConvertible, Sendable {
+public struct SafetensorsError: Error, CustomStringConvertible, Sendable, Equatable {
     public let reason: String
     public init(_ reason: String) { self.reason = reason }
     public var description: String { "invalid safetensors: \(reason)" }
