@@ -4,6 +4,12 @@ public struct TensorEntry: Sendable, Equatable {
     public let shape: [Int]
     /// Byte range relative to the start of the data section (`SafetensorsHeader.dataOffset`).
     public let byteRange: Range<Int>
+
+    public init(dtype: TensorDType, shape: [Int], byteRange: Range<Int>) {
+        self.dtype = dtype
+        self.shape = shape
+        self.byteRange = byteRange
+    }
 }
 
 /// The parsed header of a safetensors blob.

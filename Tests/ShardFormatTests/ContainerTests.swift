@@ -1,0 +1,98 @@
+import Foundation
+import ShardFormat
+import TensorFiles
+import Testing
+
+struct JSONParserTests {
+    @Test func parsesEscapesNumbersAndNesting() throws {
+        let v = try JSONValue.parse(Array(#"{"a":[1,-2,3.5e2,true,false,null],"b":"x\"\\\/\n\u00e9\ud83d\ude00","c":{}}"#.utf8))
+        #expect(v["a"] == .array([.number(1), .number(-2), .number(350), .bool(true), .bool(false), .null]))
+        #expect(v["b"]?.stringValue == "x\"\\/\né😀")
+        #expect(v["c"] == .object([]))
+    }
+
+    @Test func rejectsMalformedInput() {
+        for text in ["", "{", "{\"a\":}", "[1,]", "{\"a\":1} x", "\"\\q\"", "\"\u{01}\"", "{\"a\" 1}", "nul", "\"\\ud800\""] {
+            #expect(throws: JSONParseError.self, "\(text)") { try JSONValue.parse(Array(text.utf8)) }
+        }
+    }
+
+    @Test func boundsNestingDepth() {
+        let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(Array(deep.utf8)) }
+    }
+
+    @Test func objectEqualityIgnoresMemberOrder() {
+        #expect(JSONValue.object([("a", .number(1)), ("b", .null)]) == .object([("b", .null), ("a", .number(1))]))
+        #expect(JSONValue.object([("a", .number(1))]) != .object([("a", .number(2))]))
+    }
+}
+
+struct SafetensorsTests {
+    @Test func headerIsAlignedAndDeterministic() throws {
+        let t = [NamedTensor(name: "x", dtype: .f32, shape: [2, 3], bytes: Array(repeating: 1, count: 24)),
+                 NamedTensor(name: "y", dtype: .u8, shape: [5], bytes: [1, 2, 3, 4, 5])]
+        let a = Safetensors.serialize(t, metadata: ["k": "v", "a": "b"])
+        let b = Safetensors.serialize(t, metadata: ["a": "b", "k": "v"])
+        #expect(a == b)
+        let h = try a.withUnsafeBytes { try Safetensors.parseHeader($0) }
+        #expect(h.dataOffset % 8 == 0)
+        #expect(h.entry("x") == TensorEntry(dtype: .f32, shape: [2, 3], byteRange: 0..<24))
+        #expect(h.entry("y")?.byteRange == 24..<29)
+    }
+
+    @Test func rejectsOverlapsGapsAndOversizedHeaders() {
+        func blob(_ header: String, data: Int) -> [UInt8] {
+            var out = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { Array($0) }
+            out += Array(header.utf8) + Array(repeating: 0, count: data)
+            return out
+        }
+        let overlap = blob(#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#, data: 6)
+        let gap = blob(#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#, data: 6)
+        let tail = blob(#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#, data: 9)
+        let overflow = blob(#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}}"#, data: 4)
+        for b in [overlap, gap, tail, overflow] {
+            #expect(throws: SafetensorsError.self) { try b.withUnsafeBytes { try Safetensors.parseHeader($0) } }
+        }
+        var lying = blob("{}", data: 0)
+        lying.replaceSubrange(0..<8, with: withUnsafeBytes(of: UInt64(1 << 40).littleEndian) { Array($0) })
+        #expect(throws: SafetensorsError.self) { try lying.withUnsafeBytes { try Safetensors.parseHeader($0) } }
+    }
+
+    @Test func npyHeaderIsAlignedAndReadBack() throws {
+        let bytes = FloatConversion.encode([1, 2, 3, 4, 5, 6], as: .f32)
+        let npy = NumpyFiles.npy(dtype: .f32, shape: [2, 3], bytes: bytes)
+        #expect((npy.count - bytes.count) % 64 == 0)
+        let back = try npy.withUnsafeBytes { try NumpyFiles.readNpy($0) }
+        #expect(back.dtype == .f32 && back.shape == [2, 3] && back.data == bytes)
+    }
+}
+
+struct ManifestTests {
+    func manifest() -> Manifest {
+        var m = Manifest(createdBy: "test", recordsPerChunk: 16, compressionLevel: 3, shardCapBytes: 1 << 20,
+                         settings: .object([("model", .string("tiny"))]), classes: ["a", "b"])
+        m.shards = [Manifest.Shard(file: "shards/shard-00000.mdb", records: 5, payloadBytes: 100, compressedBytes: 50, bytes: 4096, sealed: true, sha256: "00")]
+        m.updateTotals()
+        return m
+    }
+
+    @Test func roundTripsThroughJSON() throws {
+        let m = manifest()
+        #expect(try Manifest.decode(m.encoded()) == m)
+        let text = String(decoding: try m.encoded(), as: UTF8.self)
+        #expect(text.contains("\"records_per_chunk\" : 16"))
+    }
+
+    @Test func unknownVersionIsReportedAsSuch() throws {
+        let text = String(decoding: try manifest().encoded(), as: UTF8.self)
+            .replacingOccurrences(of: "\"format_version\" : 1", with: "\"format_version\" : 7")
+        do { _ = try Manifest.decode(Data(text.utf8)); Issue.record("accepted v7") } catch { #expect(error.kind == .unknownVersion) }
+    }
+
+    @Test func refusesPathsOutsideTheCache() throws {
+        let text = String(decoding: try manifest().encoded(), as: UTF8.self)
+            .replacingOccurrences(of: "shards/shard-00000.mdb", with: "../../etc/passwd")
+        #expect(throws: FormatError.self) { try Manifest.decode(Data(text.utf8)) }
+    }
+}
