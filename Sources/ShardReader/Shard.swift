@@ -23,6 +23,13 @@ package final class Shard: Sendable {
         }
         do {
             env = try LMDBEnvironment(path: path, options: .readOnly)
+            // A truncated file still opens (its meta pages come first), but touching a mapped page
+            // past its end would kill the process with SIGBUS: refuse it here instead.
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            guard size >= env.usedBytes else {
+                throw CacheError(.shardMismatch, "file is truncated: \(size) bytes, its pages need \(env.usedBytes)",
+                                 at: CacheLocation(shard: entry.file))
+            }
             let dbs = try env.openDatabases([ShardLayout.recordsDatabase, ShardLayout.idsDatabase,
                                              ShardLayout.digestsDatabase, ShardLayout.metaDatabase])
             guard let r = dbs[0], let i = dbs[1], let d = dbs[2], let m = dbs[3] else {

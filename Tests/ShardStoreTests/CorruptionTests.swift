@@ -1,0 +1,127 @@
+import Foundation
+import ShardFormat
+import ShardReader
+import ShardWriter
+import TestSupport
+import Testing
+
+/// Caches damaged in the ways real ones are: each fault must be found by verify, located, and
+/// refused by the reader with a typed error — never a crash or silently wrong data.
+struct CorruptionTests {
+    let gen = synthetic()
+
+    func freshCache(count: Int = 40, cap: Int = 40 << 10) throws -> (String, Manifest) {
+        let dir = try TestSupport.temporaryDirectory()
+        let m = try writeCache(dir, gen, count: count, batch: 13, options: smallOptions(cap: cap))
+        #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
+        return (dir, m)
+    }
+
+    func patch(_ path: String, _ edit: (inout Data) -> Void) throws {
+        chmod(path, 0o644)
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        edit(&data)
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test func flippedByteInARecordIsFoundLocatedAndRefused() throws {
+        let (dir, m) = try freshCache()
+        let file = m.shards[0].file
+        try patch(dir + "/" + file) { data in
+            // The third zstd frame in the file: flip a byte well inside it.
+            let magic: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD]
+            var found = 0
+            var at = 0
+            for i in 0..<(data.count - 4) where Array(data[i..<(i + 4)]) == magic {
+                found += 1
+                if found == 3 { at = i; break }
+            }
+            data[at + 60] ^= 0x5A
+        }
+        let fast = CacheVerifier.verify(path: dir, deep: false)
+        #expect(fast.faults.contains { $0.kind == .checksumMismatch && $0.shard == file })
+        let deep = CacheVerifier.verify(path: dir, deep: true)
+        let recordFaults = deep.faults.filter { $0.index != nil }
+        #expect(recordFaults.count == 1)
+        let fault = try #require(recordFaults.first)
+        #expect(fault.shard == file && fault.chunk != nil)
+        #expect([.checksumMismatch, .corruptRecord].contains(fault.kind))
+        let cache = try TokenCache(path: dir)
+        do {
+            _ = try cache.record(at: fault.index!)
+            Issue.record("corrupt record \(fault.index!) was read")
+        } catch let e as CacheError {
+            #expect(e.location.shard == file && e.location.index == fault.index)
+        }
+        // Every other record still reads.
+        for i in 0..<m.totals.records where i != fault.index! { #expect(try cache.record(at: i) == gen.record(i)) }
+    }
+
+    @Test func truncatedShardIsRefused() throws {
+        let (dir, m) = try freshCache()
+        let file = m.shards[1].file
+        try patch(dir + "/" + file) { $0 = $0.prefix($0.count / 2) }
+        let report = CacheVerifier.verify(path: dir, deep: true)
+        #expect(report.faults.contains { $0.shard == file && $0.kind == .shardMismatch })
+        do {
+            _ = try TokenCache(path: dir)
+            Issue.record("truncated shard opened")
+        } catch {
+            #expect(error.kind == .shardMismatch && error.location.shard == file)
+        }
+    }
+
+    @Test func missingShardIsRefused() throws {
+        let (dir, m) = try freshCache()
+        try FileManager.default.removeItem(atPath: dir + "/" + m.shards[1].file)
+        let report = CacheVerifier.verify(path: dir, deep: true)
+        #expect(report.faults.contains { $0.kind == .missingShard && $0.shard == m.shards[1].file })
+        do { _ = try TokenCache(path: dir); Issue.record("opened") } catch { #expect(error.kind == .missingShard) }
+    }
+
+    @Test func manifestThatDisagreesIsRefused() throws {
+        let (dir, m) = try freshCache()
+        var edited = m
+        edited.shards[0].records -= 1
+        edited.updateTotals()
+        try edited.write(toCache: dir)
+        let report = CacheVerifier.verify(path: dir, deep: false)
+        #expect(report.faults.contains { $0.kind == .shardMismatch && $0.shard == m.shards[0].file })
+        do { _ = try TokenCache(path: dir); Issue.record("opened") } catch { #expect(error.kind == .shardMismatch) }
+        // A stray shard file that the manifest does not list.
+        try m.write(toCache: dir)
+        try FileManager.default.copyItem(atPath: dir + "/" + m.shards[0].file, toPath: dir + "/shards/shard-09999.mdb")
+        #expect(CacheVerifier.verify(path: dir, deep: false).faults.contains { $0.shard == "shards/shard-09999.mdb" })
+    }
+
+    @Test func duplicateIdAcrossShardsIsFound() throws {
+        // Two caches holding ids 0..<20 and 10..<30, spliced into one: what a bad merge would do.
+        let a = try TestSupport.temporaryDirectory(), b = try TestSupport.temporaryDirectory()
+        let ma = try writeCache(a, gen, count: 20, batch: 20, options: smallOptions(cap: 1 << 30))
+        let wb = try CacheWriter(path: b, settings: gen.settings, options: smallOptions(cap: 1 << 30))
+        try wb.append((10..<30).map(gen.record))
+        let mb = try wb.finish()
+        try FileManager.default.copyItem(atPath: b + "/" + mb.shards[0].file, toPath: a + "/shards/shard-00001.mdb")
+        var spliced = ma
+        var second = mb.shards[0]
+        second.file = "shards/shard-00001.mdb"
+        spliced.shards.append(second)
+        spliced.updateTotals()
+        try spliced.write(toCache: a)
+        let report = CacheVerifier.verify(path: a, deep: true)
+        let dups = report.faults.filter { $0.kind == .duplicateId }
+        #expect(dups.count == 10)
+        #expect(Set(dups.compactMap(\.id)) == Set((10..<20).map { gen.record($0).id }))
+        #expect(dups.allSatisfy { $0.shard == "shards/shard-00001.mdb" })
+    }
+
+    @Test func unknownCacheVersionIsRefused() throws {
+        let (dir, _) = try freshCache(count: 5)
+        let path = dir + "/manifest.json"
+        let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "\"format_version\" : 1", with: "\"format_version\" : 2")
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        do { _ = try TokenCache(path: dir); Issue.record("opened") } catch { #expect(error.kind == .unknownVersion) }
+        #expect(CacheVerifier.verify(path: dir, deep: false).faults.first?.kind == .unknownVersion)
+        do { _ = try TokenCache(path: dir + "/shards"); Issue.record("opened") } catch { #expect(error.kind == .notACache) }
+    }
+}

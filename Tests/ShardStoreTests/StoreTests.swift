@@ -1,0 +1,235 @@
+import Foundation
+import ShardFormat
+import ShardReader
+import ShardWriter
+import TensorFiles
+import TestSupport
+import Testing
+
+func synthetic(_ configure: (inout SyntheticRecords) -> Void = { _ in }) -> SyntheticRecords {
+    var g = SyntheticRecords()
+    g.tokens = 64
+    g.patches = 100
+    g.channels = 8
+    configure(&g)
+    return g
+}
+
+func smallOptions(cap: Int = 96 << 10, perChunk: Int = 4, shuffle: Bool = true) -> CacheWriter.Options {
+    var o = CacheWriter.Options()
+    o.shardCapBytes = cap
+    o.recordsPerChunk = perChunk
+    o.shuffle = shuffle
+    o.threads = 2
+    return o
+}
+
+/// Writes `count` records of `gen` in batches of `batch`, finishes, and returns the path.
+@discardableResult
+func writeCache(_ path: String, _ gen: SyntheticRecords, count: Int, batch: Int, options: CacheWriter.Options) throws -> Manifest {
+    let w = try CacheWriter(path: path, settings: gen.settings, options: options)
+    var i = w.count
+    while i < count {
+        let n = min(batch, count - i)
+        try w.append((i..<(i + n)).map(gen.record))
+        i += n
+    }
+    return try w.finish()
+}
+
+struct StoreRoundTripTests {
+    @Test func everyRecordReadsBackExactlyAcrossShards() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic { $0.withLogvar = true }
+        let m = try writeCache(dir, gen, count: 150, batch: 37, options: smallOptions())
+        #expect(m.shards.count > 2, "small cap must spread records over several shards")
+        #expect(m.complete && m.contentDigest != nil)
+        let cache = try TokenCache(path: dir)
+        #expect(cache.count == 150)
+        for i in 0..<150 {
+            #expect(try cache.record(at: i) == gen.record(i))
+        }
+        #expect(try cache.index(of: gen.record(77).id) == 77)
+        #expect(try cache.record(id: gen.record(149).id) == gen.record(149))
+        #expect(try cache.record(id: "no/such/id") == nil)
+        #expect(try cache.record(id: gen.record(3).id, view: 1) == nil)
+        #expect(throws: CacheError.self) { try cache.record(at: 150) }
+        #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
+    }
+
+    @Test(arguments: [TensorDType.f32, .f16, .bf16])
+    func batchesAreContiguousArrays(dtype: TensorDType) throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic { $0.latentDType = dtype }
+        try writeCache(dir, gen, count: 20, batch: 20, options: smallOptions())
+        let cache = try TokenCache(path: dir)
+        let b = try cache.batch([5, 0, 19])
+        #expect(b.count == 3 && b.tokens == 64 && b.channels == 8 && b.patches == 100)
+        #expect(b.latents.count == 3 * 64 * 8)
+        #expect(Array(b.latents[(64 * 8)..<(2 * 64 * 8)]) == gen.record(0).latentsAsFloat())
+        #expect(Array(b.indices[(2 * 64)...]) == gen.record(19).indicesAsUInt32())
+        #expect(b.labels == [5, 0, 19].map { Int32(gen.record($0).label) })
+        #expect(b.logvar == nil)
+    }
+
+    @Test func batchOfMixedShapesIsRefused() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let a = synthetic()
+        var b = synthetic { $0.tokens = 49 }
+        b.seed = 9
+        let w = try CacheWriter(path: dir, settings: .null, options: smallOptions())
+        try w.append([a.record(0)])
+        var other = b.record(0)
+        other.id = "other"
+        try w.append([other])
+        try w.finish()
+        let cache = try TokenCache(path: dir)
+        #expect(throws: CacheError.self) { try cache.batch([0, 1]) }
+    }
+
+    @Test func contentDigestIgnoresShardingChunkingAndCompression() throws {
+        let gen = synthetic()
+        let a = try TestSupport.temporaryDirectory(), b = try TestSupport.temporaryDirectory()
+        let ma = try writeCache(a, gen, count: 90, batch: 90, options: smallOptions(cap: 1 << 30, perChunk: 16))
+        var ob = smallOptions(cap: 40 << 10, perChunk: 3, shuffle: false)
+        ob.compressionLevel = 1
+        let mb = try writeCache(b, gen, count: 90, batch: 7, options: ob)
+        #expect(ma.shards.count == 1 && mb.shards.count > 2)
+        #expect(ma.contentDigest == mb.contentDigest)
+        let c = try TestSupport.temporaryDirectory()
+        let mc = try writeCache(c, synthetic { $0.seed = 1 }, count: 90, batch: 90, options: smallOptions())
+        #expect(mc.contentDigest != ma.contentDigest)
+    }
+
+    @Test func readsFromManyThreadsAgree() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        try writeCache(dir, gen, count: 64, batch: 64, options: smallOptions())
+        let cache = try TokenCache(path: dir)
+        let expected = try (0..<64).map { try cache.payload(at: $0) }
+        let mismatches = Counter()
+        DispatchQueue.concurrentPerform(iterations: 8) { t in
+            for round in 0..<50 {
+                let i = (t * 31 + round * 17) % 64
+                if (try? cache.payload(at: i)) != expected[i] { mismatches.increment() }
+            }
+        }
+        #expect(mismatches.value == 0)
+    }
+
+    @Test func bytesOnDiskStayCloseToCompressedBytes() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        var gen = SyntheticRecords()  // ImageNet-256 shape: K = 256, C = 16 bf16
+        gen.groupDType = .u16
+        let m = try writeCache(dir, gen, count: 400, batch: 200, options: smallOptions(cap: 1 << 30, perChunk: 16))
+        let ratio = Double(m.totals.bytesOnDisk) / Double(m.totals.compressedBytes)
+        #expect(ratio < 1.10, "on disk \(m.totals.bytesOnDisk) vs compressed \(m.totals.compressedBytes)")
+        #expect(m.totals.compressedBytes < m.totals.payloadBytes)
+    }
+}
+
+final class Counter: @unchecked Sendable {  // guarded by `lock`
+    private let lock = NSLock()
+    private var n = 0
+    func increment() { lock.lock(); n += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+}
+
+struct WriterRulesTests {
+    @Test func duplicateIdsAreRefusedAndTheBatchIsNotWritten() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        let w = try CacheWriter(path: dir, settings: gen.settings, options: smallOptions(cap: 40 << 10))
+        try w.append((0..<30).map(gen.record))  // spans sealed shards
+        #expect(w.manifest.shards.filter(\.sealed).count >= 1)
+        for dup in [0, 29] {
+            do {
+                try w.append([gen.record(100), gen.record(dup)])
+                Issue.record("duplicate \(dup) accepted")
+            } catch let e as CacheError {
+                #expect(e.kind == .duplicateId)
+                #expect(e.location.id == gen.record(dup).id)
+            }
+        }
+        do {
+            try w.append([gen.record(200), gen.record(200)])
+            Issue.record("duplicate within a batch accepted")
+        } catch let e as CacheError {
+            #expect(e.kind == .duplicateId)
+        }
+        #expect(w.count == 30)
+        try w.append([gen.record(100)])  // the refused batch left nothing behind
+        try w.finish()
+        let cache = try TokenCache(path: dir)
+        #expect(cache.count == 31)
+        #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
+    }
+
+    @Test func sameViewOfAnotherIdAndOtherViewsAreFine() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        let w = try CacheWriter(path: dir, settings: .null, options: smallOptions())
+        var flipped = gen.record(0)
+        flipped.view = 1
+        try w.append([gen.record(0), flipped])
+        try w.finish()
+        let cache = try TokenCache(path: dir)
+        #expect(try cache.index(of: gen.record(0).id, view: 1) == 1)
+    }
+
+    @Test func otherSettingsAndASecondWriterAreRefused() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        do {
+            let w = try CacheWriter(path: dir, settings: gen.settings, options: smallOptions())
+            try w.append([gen.record(0)])
+            do {
+                _ = try CacheWriter(path: dir, settings: gen.settings, options: smallOptions())
+                Issue.record("second writer accepted")
+            } catch let e as CacheError {
+                #expect(e.kind == .busy)
+            }
+        }
+        do {
+            _ = try CacheWriter(path: dir, settings: synthetic { $0.channels = 4 }.settings, options: smallOptions())
+            Issue.record("other settings accepted")
+        } catch let e as CacheError {
+            #expect(e.kind == .settingsMismatch)
+        }
+    }
+
+    @Test func badRecordsAreRefusedWithTheirId() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let w = try CacheWriter(path: dir, settings: .null, options: smallOptions())
+        var r = synthetic().record(0)
+        r.id = ""
+        #expect(throws: CacheError.self) { try w.append([r]) }
+        r = synthetic().record(0)
+        r.indices = NamedTensor(name: "indices", dtype: .u32, shape: [3], bytes: Array(repeating: 0, count: 12))
+        do {
+            try w.append([r])
+            Issue.record("K mismatch accepted")
+        } catch let e as CacheError {
+            #expect(e.kind == .badRecord && e.location.id == r.id)
+        }
+    }
+
+    @Test func resumingAfterAbandonedWriterKeepsEverythingCommitted() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        do {
+            let w = try CacheWriter(path: dir, settings: gen.settings, options: smallOptions(cap: 40 << 10))
+            try w.append((0..<23).map(gen.record))
+            try w.append((23..<41).map(gen.record))
+            // Dropped without finish(): as if the process had stopped here.
+        }
+        let w = try CacheWriter(path: dir, settings: gen.settings, options: smallOptions(cap: 40 << 10))
+        #expect(w.count == 41)
+        try w.append((41..<60).map(gen.record))
+        let m = try w.finish()
+        let clean = try TestSupport.temporaryDirectory()
+        let mc = try writeCache(clean, gen, count: 60, batch: 60, options: smallOptions())
+        #expect(m.contentDigest == mc.contentDigest)
+        #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
+    }
+}
