@@ -1,3 +1,5 @@
+internal import CImageShims
+
 /// Separable resampling with Pillow's arithmetic (`ImagingResample` on 8-bit images), so that
 /// results match Pillow's `Image.resize` pixel for pixel.
 ///
@@ -39,6 +41,7 @@ enum PillowResampler {
         }
     }
 
+    /// Pillow's PRECISION_BITS for 8-bit images (MTOK_RESAMPLE_PRECISION_BITS in the C kernels).
     static let precisionBits = 22
 
     /// Windows and fixed-point weights for the outputs `range` of one axis.
@@ -147,35 +150,16 @@ enum PillowResampler {
 
     private static func horizontal(_ t: Tile, axis: Axis, rows: Range<Int>, outWidth: Int) -> Tile {
         let ow = axis.range.count, oh = rows.count
-        var out = [UInt8](repeating: 0, count: ow * oh * 3)
-        let inW = t.image.width
-        let half = Int32(1 << (precisionBits - 1))
-        let taps = axis.taps
-        t.image.pixels.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                axis.weights.withUnsafeBufferPointer { kk in
-                    for (ry, y) in rows.enumerated() {
-                        let srcRow = src.baseAddress! + ((y - t.originY) * inW - t.originX) * 3
-                        let dstRow = dst.baseAddress! + ry * ow * 3
-                        for xx in 0..<ow {
-                            let xmin = axis.start[xx], n = axis.count[xx]
-                            let k = kk.baseAddress! + xx * taps
-                            var s0 = half, s1 = half, s2 = half
-                            var p = srcRow + xmin * 3
-                            for i in 0..<n {
-                                let w = k[i]
-                                s0 &+= Int32(p[0]) &* w
-                                s1 &+= Int32(p[1]) &* w
-                                s2 &+= Int32(p[2]) &* w
-                                p += 3
-                            }
-                            dstRow[xx * 3] = clip8(s0)
-                            dstRow[xx * 3 + 1] = clip8(s1)
-                            dstRow[xx * 3 + 2] = clip8(s2)
-                        }
-                    }
-                }
+        let stride = t.image.width * 3
+        let starts = axis.start.map { Int32($0 - t.originX) }
+        let counts = axis.count.map { Int32($0) }
+        let out = [UInt8](unsafeUninitializedCapacity: ow * oh * 3) { dst, initialized in
+            t.image.pixels.withUnsafeBufferPointer { src in
+                let first = src.baseAddress! + (rows.lowerBound - t.originY) * stride
+                mtok_resample_horizontal_rgb(first, stride, src.baseAddress! + src.count, dst.baseAddress!, ow * 3,
+                                             Int32(oh), Int32(ow), starts, counts, axis.weights, Int32(axis.taps))
             }
+            initialized = ow * oh * 3
         }
         return Tile(image: RGBImage(width: ow, height: oh, pixels: out), originX: axis.range.lowerBound,
                     originY: rows.lowerBound, fullWidth: outWidth, fullHeight: t.fullHeight)
@@ -184,35 +168,17 @@ enum PillowResampler {
     private static func vertical(_ t: Tile, axis: Axis, outHeight: Int) -> Tile {
         let rowBytes = t.image.width * 3
         let oh = axis.range.count
-        var out = [UInt8](repeating: 0, count: rowBytes * oh)
+        let starts = axis.start.map { Int32($0 - t.originY) }
+        let counts = axis.count.map { Int32($0) }
         var acc = [Int32](repeating: 0, count: rowBytes)
-        let half = Int32(1 << (precisionBits - 1))
-        let taps = axis.taps
-        t.image.pixels.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                acc.withUnsafeMutableBufferPointer { acc in
-                    for yy in 0..<oh {
-                        // Accumulate whole rows at a time: contiguous and easy to vectorise.
-                        for i in 0..<rowBytes { acc[i] = half }
-                        let ymin = axis.start[yy], n = axis.count[yy]
-                        for j in 0..<n {
-                            let w = axis.weights[yy * taps + j]
-                            let row = src.baseAddress! + (ymin + j - t.originY) * rowBytes
-                            for i in 0..<rowBytes { acc[i] &+= Int32(row[i]) &* w }
-                        }
-                        let d = dst.baseAddress! + yy * rowBytes
-                        for i in 0..<rowBytes { d[i] = clip8(acc[i]) }
-                    }
-                }
+        let out = [UInt8](unsafeUninitializedCapacity: rowBytes * oh) { dst, initialized in
+            t.image.pixels.withUnsafeBufferPointer { src in
+                mtok_resample_vertical(src.baseAddress!, rowBytes, dst.baseAddress!, Int32(oh), starts, counts,
+                                       axis.weights, Int32(axis.taps), &acc)
             }
+            initialized = rowBytes * oh
         }
         return Tile(image: RGBImage(width: t.image.width, height: oh, pixels: out), originX: t.originX,
                     originY: axis.range.lowerBound, fullWidth: t.fullWidth, fullHeight: outHeight)
-    }
-
-    @inline(__always)
-    private static func clip8(_ v: Int32) -> UInt8 {
-        let s = v >> Int32(precisionBits)  // arithmetic shift: floor, like Pillow's lookup index
-        return s < 0 ? 0 : (s > 255 ? 255 : UInt8(truncatingIfNeeded: s))
     }
 }

@@ -102,4 +102,23 @@ void mtok_png_close(mtok_png *handle);
 int mtok_png_write_rgb(const char *path, const uint8_t *rgb, uint32_t width, uint32_t height,
                        mtok_img_result *result);
 
+// MARK: Resampling kernels
+
+/// Fixed-point fraction bits of the weights (Pillow's PRECISION_BITS for 8-bit images).
+#define MTOK_RESAMPLE_PRECISION_BITS 22
+
+/// Horizontal pass over packed RGB rows. Output pixel x of each row sums `counts[x]` input
+/// pixels from `starts[x]` (relative to the row start) with `weights[x * taps ...]`; sums start
+/// at half a unit, are shifted down by the precision and clamped to 0...255. `src_end` bounds
+/// every read.
+void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const uint8_t *src_end, uint8_t *dst,
+                                  size_t dst_stride, int rows, int out_width, const int32_t *starts,
+                                  const int32_t *counts, const int32_t *weights, int taps);
+
+/// Vertical pass: output row y sums `counts[y]` whole input rows from row `starts[y]`.
+/// `acc` is scratch space of `row_bytes` values.
+void mtok_resample_vertical(const uint8_t *src, size_t row_bytes, uint8_t *dst, int out_rows,
+                            const int32_t *starts, const int32_t *counts, const int32_t *weights, int taps,
+                            int32_t *acc);
+
 #endif
