@@ -69,6 +69,17 @@ public struct Preprocessor: Sendable, Equatable {
         self.decodeOptions = decodeOptions
     }
 
+    /// Reads, decodes and crops one file in one call, with default decode options.
+    ///
+    ///     let pixels = try Preprocessor.preprocessFile(atPath: p, resolution: 256, crop: .adm, view: .identity)
+    ///
+    /// - Returns: `resolution` × `resolution` RGB; call ``RGBImage/floatCHW()`` for the encoder's input.
+    /// - Throws: ``ImageDecodingError``.
+    public static func preprocessFile(atPath path: String, resolution: Int, crop: CropMode = .adm,
+                                      view: View = .identity) throws(ImageDecodingError) -> RGBImage {
+        try Preprocessor(resolution: resolution, crop: crop).preprocessFile(atPath: path, view: view)
+    }
+
     /// Reads, decodes and crops one file.
     /// - Throws: ``ImageDecodingError``.
     public func preprocessFile(atPath path: String, view: View = .identity) throws(ImageDecodingError) -> RGBImage {
@@ -80,14 +91,12 @@ public struct Preprocessor: Sendable, Equatable {
     public func preprocess(bytes: [UInt8], path: String = "", view: View = .identity) throws(ImageDecodingError)
         -> RGBImage
     {
-        var scaleUsed = 1
         let decoded = try ImageDecoder.decodeRegion(bytes: bytes, path: path, options: decodeOptions) { w, h in
             var denom = 1
             if usesDCTScaling && crop == .adm {
                 let plan = makePlan(width: w, height: h, view: view)
                 denom = 1 << min(plan.boxHalvings, 3)
             }
-            scaleUsed = denom
             guard usesRegionDecode else { return .init(scaleDenominator: denom) }
             let sw = (w + denom - 1) / denom, sh = (h + denom - 1) / denom
             let plan = makePlan(width: sw, height: sh, view: view)
@@ -98,7 +107,6 @@ public struct Preprocessor: Sendable, Equatable {
             let y0 = max(0, ys.lowerBound - margin), y1 = min(sh, ys.upperBound + margin)
             return .init(scaleDenominator: denom, x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
         }
-        _ = scaleUsed
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
                                         fullWidth: decoded.fullWidth, fullHeight: decoded.fullHeight)
         return makePlan(width: decoded.fullWidth, height: decoded.fullHeight, view: view).run(tile)
