@@ -11,6 +11,8 @@ struct MTok: ParsableCommand {
             VerifyCommand.self,
             SynthCacheCommand.self,
             BenchStoreCommand.self,
+            PreprocessCommand.self,
+            BenchPreprocessCommand.self,
         ]
     )
 }

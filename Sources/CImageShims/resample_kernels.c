@@ -1,0 +1,73 @@
+// Inner loops of the Pillow-exact resampler (see PillowResampler.swift for the arithmetic).
+//
+// They live in C for one reason: 32-bit lane multiplies. Baseline x86-64 (SSE2) has no pmulld,
+// so the Swift versions stayed scalar; here each kernel is compiled for several instruction
+// sets and the loader picks the best one the CPU has (GCC/Clang function multiversioning).
+// The arithmetic is the same integer arithmetic in every version, so results never depend on it.
+
+#include "image_shims.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || defined(__GNUC__))
+#define MTOK_MULTIVERSION __attribute__((target_clones("avx2", "sse4.1", "default")))
+#else
+#define MTOK_MULTIVERSION
+#endif
+
+typedef int32_t mtok_v4i __attribute__((vector_size(16)));
+typedef uint8_t mtok_v4u8 __attribute__((vector_size(4)));
+
+static inline uint8_t clip8(int32_t v) {
+    int32_t s = v >> MTOK_RESAMPLE_PRECISION_BITS; // arithmetic shift: floor
+    return (uint8_t)(s < 0 ? 0 : (s > 255 ? 255 : s));
+}
+
+MTOK_MULTIVERSION
+void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const uint8_t *src_end, uint8_t *dst,
+                                  size_t dst_stride, int rows, int out_width, const int32_t *starts,
+                                  const int32_t *counts, const int32_t *weights, int taps) {
+    const int32_t half = 1 << (MTOK_RESAMPLE_PRECISION_BITS - 1);
+    for (int y = 0; y < rows; y++) {
+        const uint8_t *row = src + (size_t)y * src_stride;
+        uint8_t *out = dst + (size_t)y * dst_stride;
+        for (int x = 0; x < out_width; x++) {
+            const uint8_t *p = row + (size_t)starts[x] * 3;
+            const int32_t *k = weights + (size_t)x * taps;
+            int n = counts[x];
+            mtok_v4i acc = {half, half, half, half};
+            int i = 0;
+            // Four-byte loads read one byte past the pixel; stay inside the buffer.
+            for (; i < n && p + 4 <= src_end; i++, p += 3) {
+                mtok_v4u8 b;
+                memcpy(&b, p, 4);
+                acc += __builtin_convertvector(b, mtok_v4i) * k[i];
+            }
+            for (; i < n; i++, p += 3) {
+                mtok_v4i v = {p[0], p[1], p[2], 0};
+                acc += v * k[i];
+            }
+            out[x * 3] = clip8(acc[0]);
+            out[x * 3 + 1] = clip8(acc[1]);
+            out[x * 3 + 2] = clip8(acc[2]);
+        }
+    }
+}
+
+MTOK_MULTIVERSION
+void mtok_resample_vertical(const uint8_t *src, size_t row_bytes, uint8_t *dst, int out_rows,
+                            const int32_t *starts, const int32_t *counts, const int32_t *weights, int taps,
+                            int32_t *acc) {
+    const int32_t half = 1 << (MTOK_RESAMPLE_PRECISION_BITS - 1);
+    for (int y = 0; y < out_rows; y++) {
+        for (size_t i = 0; i < row_bytes; i++) acc[i] = half;
+        const int32_t *k = weights + (size_t)y * taps;
+        for (int j = 0; j < counts[y]; j++) {
+            const uint8_t *r = src + (size_t)(starts[y] + j) * row_bytes;
+            int32_t w = k[j];
+            for (size_t i = 0; i < row_bytes; i++) acc[i] += (int32_t)r[i] * w;
+        }
+        uint8_t *out = dst + (size_t)y * row_bytes;
+        for (size_t i = 0; i < row_bytes; i++) out[i] = clip8(acc[i]);
+    }
+}

@@ -1,0 +1,184 @@
+internal import CImageShims
+
+/// Separable resampling with Pillow's arithmetic (`ImagingResample` on 8-bit images), so that
+/// results match Pillow's `Image.resize` pixel for pixel.
+///
+/// The facts reproduced: weights come from the filter evaluated at
+/// `(i + xmin − center + 0.5) / filterscale`, where `center = (x + 0.5) · scale` and the support
+/// grows with `filterscale = max(scale, 1)` when shrinking; bounds are truncated from
+/// `center ± support + 0.5`; weights are normalised in double precision, then turned into 22-bit
+/// fixed point rounding away from zero; sums start at half a unit and are shifted down and
+/// clamped. The horizontal pass runs first and is rounded to 8 bits before the vertical pass.
+/// A pass is skipped when its dimension does not change.
+///
+/// Every output pixel depends only on its own window, so a caller may ask for just a rectangle of
+/// the output; it comes out identical to the same rectangle of a full resize.
+enum PillowResampler {
+    enum Filter {
+        case box
+        case bicubic
+
+        var support: Double {
+            switch self {
+            case .box: return 0.5
+            case .bicubic: return 2.0
+            }
+        }
+
+        @inline(__always)
+        func weight(_ x: Double) -> Double {
+            switch self {
+            case .box:
+                return (x > -0.5 && x <= 0.5) ? 1.0 : 0.0
+            case .bicubic:
+                // Keys' cubic convolution with a = -0.5, evaluated in the same order as Pillow.
+                let a = -0.5
+                let t = x < 0 ? -x : x
+                if t < 1.0 { return ((a + 2.0) * t - (a + 3.0)) * t * t + 1 }
+                if t < 2.0 { return (((t - 5) * t + 8) * t - 4) * a }
+                return 0.0
+            }
+        }
+    }
+
+    /// Pillow's PRECISION_BITS for 8-bit images (MTOK_RESAMPLE_PRECISION_BITS in the C kernels).
+    static let precisionBits = 22
+
+    /// Windows and fixed-point weights for the outputs `range` of one axis.
+    struct Axis {
+        let range: Range<Int>
+        let taps: Int
+        var start: [Int]    // first input index per output
+        var count: [Int]    // inputs used per output
+        var weights: [Int32] // `taps` per output
+
+        init(inSize: Int, outSize: Int, filter: Filter, range: Range<Int>) {
+            self.range = range
+            let scale = Double(inSize) / Double(outSize)
+            let filterscale = max(scale, 1.0)
+            let support = filter.support * filterscale
+            taps = Int(support.rounded(.up)) * 2 + 1
+            start = []
+            count = []
+            start.reserveCapacity(range.count)
+            count.reserveCapacity(range.count)
+            weights = [Int32](repeating: 0, count: range.count * taps)
+            var k = [Double](repeating: 0, count: taps)
+            let one = Double(1 << PillowResampler.precisionBits)
+            for (slot, xx) in range.enumerated() {
+                let center = (Double(xx) + 0.5) * scale
+                let ss = 1.0 / filterscale
+                var xmin = Int(center - support + 0.5)  // truncation, as C's (int) cast
+                if xmin < 0 { xmin = 0 }
+                var xmax = Int(center + support + 0.5)
+                if xmax > inSize { xmax = inSize }
+                xmax -= xmin
+                var ww = 0.0
+                for x in 0..<xmax {
+                    let w = filter.weight((Double(x + xmin) - center + 0.5) * ss)
+                    k[x] = w
+                    ww += w
+                }
+                for x in 0..<xmax {
+                    let v = ww != 0.0 ? k[x] / ww : k[x]
+                    weights[slot * taps + x] = v < 0 ? Int32(-0.5 + v * one) : Int32(0.5 + v * one)
+                }
+                start.append(xmin)
+                count.append(xmax)
+            }
+        }
+
+        /// The input indices the outputs `range` read.
+        var inputSpan: Range<Int> {
+            guard !range.isEmpty else { return 0..<0 }
+            var lo = Int.max, hi = Int.min
+            for i in 0..<start.count where count[i] > 0 {
+                lo = min(lo, start[i])
+                hi = max(hi, start[i] + count[i])
+            }
+            return lo <= hi ? lo..<hi : 0..<0
+        }
+    }
+
+    /// The input span needed to produce `outRange` of an axis resized from `inSize` to `outSize`.
+    static func inputSpan(for outRange: Range<Int>, inSize: Int, outSize: Int, filter: Filter) -> Range<Int> {
+        if inSize == outSize { return outRange }
+        return Axis(inSize: inSize, outSize: outSize, filter: filter, range: outRange).inputSpan
+    }
+
+    /// A piece of a larger image: `image` holds the pixels whose top-left corner is at
+    /// (`originX`, `originY`) of an image `fullWidth` × `fullHeight`.
+    struct Tile {
+        var image: RGBImage
+        var originX: Int
+        var originY: Int
+        var fullWidth: Int
+        var fullHeight: Int
+    }
+
+    /// Resizes the full image that `tile` is part of to `outWidth` × `outHeight`, computing only
+    /// the output rectangle `xs` × `ys`. The tile must cover the inputs that rectangle reads.
+    static func resize(_ tile: Tile, outWidth: Int, outHeight: Int, filter: Filter,
+                       xs: Range<Int>, ys: Range<Int>) -> Tile {
+        var current = tile
+        let needH = outWidth != tile.fullWidth
+        let needV = outHeight != tile.fullHeight
+        // Rows the vertical pass reads (or, with no vertical pass, the rows wanted).
+        let vAxis = needV ? Axis(inSize: tile.fullHeight, outSize: outHeight, filter: filter, range: ys) : nil
+        let rowSpan = vAxis?.inputSpan ?? ys
+        if needH {
+            let hAxis = Axis(inSize: tile.fullWidth, outSize: outWidth, filter: filter, range: xs)
+            current = horizontal(current, axis: hAxis, rows: rowSpan, outWidth: outWidth)
+        } else {
+            current = crop(current, xs: xs, ys: rowSpan)
+        }
+        if let vAxis {
+            current = vertical(current, axis: vAxis, outHeight: outHeight)
+        } else {
+            current = crop(current, xs: xs, ys: ys)
+        }
+        return current
+    }
+
+    /// The sub-rectangle `xs` × `ys` (full-image coordinates) of a tile that covers it.
+    static func crop(_ t: Tile, xs: Range<Int>, ys: Range<Int>) -> Tile {
+        let x = xs.lowerBound - t.originX, y = ys.lowerBound - t.originY
+        if x == 0 && y == 0 && xs.count == t.image.width && ys.count == t.image.height { return t }
+        return Tile(image: t.image.cropped(x: x, y: y, width: xs.count, height: ys.count),
+                    originX: xs.lowerBound, originY: ys.lowerBound, fullWidth: t.fullWidth, fullHeight: t.fullHeight)
+    }
+
+    private static func horizontal(_ t: Tile, axis: Axis, rows: Range<Int>, outWidth: Int) -> Tile {
+        let ow = axis.range.count, oh = rows.count
+        let stride = t.image.width * 3
+        let starts = axis.start.map { Int32($0 - t.originX) }
+        let counts = axis.count.map { Int32($0) }
+        let out = [UInt8](unsafeUninitializedCapacity: ow * oh * 3) { dst, initialized in
+            t.image.pixels.withUnsafeBufferPointer { src in
+                let first = src.baseAddress! + (rows.lowerBound - t.originY) * stride
+                mtok_resample_horizontal_rgb(first, stride, src.baseAddress! + src.count, dst.baseAddress!, ow * 3,
+                                             Int32(oh), Int32(ow), starts, counts, axis.weights, Int32(axis.taps))
+            }
+            initialized = ow * oh * 3
+        }
+        return Tile(image: RGBImage(width: ow, height: oh, pixels: out), originX: axis.range.lowerBound,
+                    originY: rows.lowerBound, fullWidth: outWidth, fullHeight: t.fullHeight)
+    }
+
+    private static func vertical(_ t: Tile, axis: Axis, outHeight: Int) -> Tile {
+        let rowBytes = t.image.width * 3
+        let oh = axis.range.count
+        let starts = axis.start.map { Int32($0 - t.originY) }
+        let counts = axis.count.map { Int32($0) }
+        var acc = [Int32](repeating: 0, count: rowBytes)
+        let out = [UInt8](unsafeUninitializedCapacity: rowBytes * oh) { dst, initialized in
+            t.image.pixels.withUnsafeBufferPointer { src in
+                mtok_resample_vertical(src.baseAddress!, rowBytes, dst.baseAddress!, Int32(oh), starts, counts,
+                                       axis.weights, Int32(axis.taps), &acc)
+            }
+            initialized = rowBytes * oh
+        }
+        return Tile(image: RGBImage(width: t.image.width, height: oh, pixels: out), originX: t.originX,
+                    originY: axis.range.lowerBound, fullWidth: t.fullWidth, fullHeight: outHeight)
+    }
+}

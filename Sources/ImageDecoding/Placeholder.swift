@@ -1,2 +1,0 @@
-// ImageDecoding: implemented by its own issue.
-enum ImageDecodingPlaceholder {}
