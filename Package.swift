@@ -35,8 +35,11 @@ let package = Package(
         systemLibrary("COpenBLAS", pkgConfig: "openblas", apt: "libopenblas-dev"),
         .target(name: "CImageShims", dependencies: ["CJPEG", "CPNG"]),
 
+        // Tensor files: safetensors, .npy/.npz, 16-bit float conversion. Pure Swift.
+        .target(name: "TensorFiles", swiftSettings: swiftSettings),
+
         // Store: format, C owners, reader, writer.
-        .target(name: "ShardFormat", dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+        .target(name: "ShardFormat", dependencies: ["TensorFiles", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: swiftSettings),
         .target(name: "LMDBCore", dependencies: ["CLMDB"], swiftSettings: swiftSettings),
         .target(name: "ZstdCore", dependencies: ["CZstd"], swiftSettings: swiftSettings),
@@ -54,13 +57,13 @@ let package = Package(
 
         .executableTarget(
             name: "mtok",
-            dependencies: ["ShardFormat", "ShardReader", "ShardWriter", "ImageDecoding", "TensorCore",
+            dependencies: ["TensorFiles", "ShardFormat", "ShardReader", "ShardWriter", "ImageDecoding", "TensorCore",
                            "EncoderModel", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings),
 
         // Tests: one target per library plus end-to-end CLI runs.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
-        .testTarget(name: "ShardFormatTests", dependencies: ["ShardFormat", "TestSupport"],
+        .testTarget(name: "ShardFormatTests", dependencies: ["ShardFormat", "TensorFiles", "TestSupport"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "ShardStoreTests", dependencies: ["ShardReader", "ShardWriter", "ShardFormat", "LMDBCore",
                                                             "ZstdCore", "TestSupport"],

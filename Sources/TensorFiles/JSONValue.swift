@@ -1,0 +1,249 @@
+/// A parsed JSON value, from a small strict parser for untrusted headers.
+///
+/// Safetensors headers are parsed once per record on every read, so Foundation's
+/// `JSONSerialization` (tens of microseconds per call) would dominate a 10 KB record's read.
+/// This parser works on raw bytes, bounds its nesting depth, and rejects anything that is not
+/// RFC 8259 JSON.
+public enum JSONValue: Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([(String, JSONValue)])
+
+    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+        switch (lhs, rhs) {
+        case (.null, .null): true
+        case let (.bool(a), .bool(b)): a == b
+        case let (.number(a), .number(b)): a == b
+        case let (.string(a), .string(b)): a == b
+        case let (.array(a), .array(b)): a == b
+        case let (.object(a), .object(b)): a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        default: false
+        }
+    }
+
+    public subscript(key: String) -> JSONValue? {
+        if case let .object(members) = self { return members.first { $0.0 == key }?.1 }
+        return nil
+    }
+
+    public var stringValue: String? {
+        if case let .string(s) = self { return s }
+        return nil
+    }
+
+    /// The value as an exact non-negative integer, if it is one.
+    public var intValue: Int? {
+        if case let .number(d) = self, d >= 0, d < 9.0e15, d.rounded(.towardZero) == d { return Int(d) }
+        return nil
+    }
+}
+
+public struct JSONParseError: Error, CustomStringConvertible, Sendable {
+    public let offset: Int
+    public let reason: String
+    public var description: String { "invalid JSON at byte \(offset): \(reason)" }
+}
+
+extension JSONValue {
+    public static let maxDepth = 32
+
+    /// Parses one JSON document that must fill `bytes` (trailing whitespace allowed).
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONParseError) -> JSONValue {
+        var parser = Parser(bytes: bytes)
+        let value = try parser.value(depth: 0)
+        parser.skipWhitespace()
+        guard parser.pos == bytes.count else { throw parser.fail("trailing characters") }
+        return value
+    }
+
+    public static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
+        let result: Result<JSONValue, JSONParseError> = bytes.withUnsafeBytes { raw in
+            Result { () throws(JSONParseError) in try parse(raw) }
+        }
+        return try result.get()
+    }
+
+    private struct Parser {
+        let bytes: UnsafeRawBufferPointer
+        var pos = 0
+
+        func fail(_ reason: String) -> JSONParseError { JSONParseError(offset: pos, reason: reason) }
+
+        mutating func skipWhitespace() {
+            while pos < bytes.count {
+                switch bytes[pos] {
+                case 0x20, 0x09, 0x0A, 0x0D: pos += 1
+                default: return
+                }
+            }
+        }
+
+        mutating func expect(_ literal: StaticString) throws(JSONParseError) {
+            let n = literal.utf8CodeUnitCount
+            guard pos + n <= bytes.count else { throw fail("unexpected end") }
+            for i in 0..<n where bytes[pos + i] != literal.utf8Start[i] { throw fail("bad literal") }
+            pos += n
+        }
+
+        mutating func value(depth: Int) throws(JSONParseError) -> JSONValue {
+            guard depth < JSONValue.maxDepth else { throw fail("nesting deeper than \(JSONValue.maxDepth)") }
+            skipWhitespace()
+            guard pos < bytes.count else { throw fail("unexpected end") }
+            switch bytes[pos] {
+            case UInt8(ascii: "{"):
+                pos += 1
+                var members: [(String, JSONValue)] = []
+                skipWhitespace()
+                if pos < bytes.count, bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
+                while true {
+                    skipWhitespace()
+                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail("expected a key") }
+                    let key = try string()
+                    skipWhitespace()
+                    try expect(":")
+                    members.append((key, try value(depth: depth + 1)))
+                    skipWhitespace()
+                    guard pos < bytes.count else { throw fail("unexpected end") }
+                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                    if bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
+                    throw fail("expected , or }")
+                }
+            case UInt8(ascii: "["):
+                pos += 1
+                var items: [JSONValue] = []
+                skipWhitespace()
+                if pos < bytes.count, bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
+                while true {
+                    items.append(try value(depth: depth + 1))
+                    skipWhitespace()
+                    guard pos < bytes.count else { throw fail("unexpected end") }
+                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                    if bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
+                    throw fail("expected , or ]")
+                }
+            case UInt8(ascii: "\""):
+                return .string(try string())
+            case UInt8(ascii: "t"): try expect("true"); return .bool(true)
+            case UInt8(ascii: "f"): try expect("false"); return .bool(false)
+            case UInt8(ascii: "n"): try expect("null"); return .null
+            default:
+                return .number(try number())
+            }
+        }
+
+        mutating func number() throws(JSONParseError) -> Double {
+            let start = pos
+            var isInteger = true
+            if pos < bytes.count, bytes[pos] == UInt8(ascii: "-") { pos += 1 }
+            let digitsStart = pos
+            while pos < bytes.count {
+                let c = bytes[pos]
+                if c >= 0x30 && c <= 0x39 { pos += 1; continue }
+                if c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E")
+                    || c == UInt8(ascii: "+") || c == UInt8(ascii: "-") { isInteger = false; pos += 1; continue }
+                break
+            }
+            guard pos > digitsStart else { throw fail("expected a value") }
+            if isInteger, pos - digitsStart <= 15 {
+                var v = 0
+                for i in digitsStart..<pos { v = v * 10 + Int(bytes[i] - 0x30) }
+                return bytes[start] == UInt8(ascii: "-") ? -Double(v) : Double(v)
+            }
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self)
+            guard let d = Double(text) else { throw fail("bad number \(text)") }
+            return d
+        }
+
+        mutating func string() throws(JSONParseError) -> String {
+            pos += 1  // opening quote
+            let start = pos
+            // Fast path: no escapes.
+            while pos < bytes.count {
+                let c = bytes[pos]
+                if c == UInt8(ascii: "\"") {
+                    let s = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self)
+                    pos += 1
+                    return s
+                }
+                if c == UInt8(ascii: "\\") { break }
+                if c < 0x20 { throw fail("control character in string") }
+                pos += 1
+            }
+            var out = Array(UnsafeRawBufferPointer(rebasing: bytes[start..<pos]))
+            while pos < bytes.count {
+                let c = bytes[pos]
+                if c == UInt8(ascii: "\"") { pos += 1; return String(decoding: out, as: UTF8.self) }
+                if c < 0x20 { throw fail("control character in string") }
+                if c != UInt8(ascii: "\\") { out.append(c); pos += 1; continue }
+                pos += 1
+                guard pos < bytes.count else { break }
+                let e = bytes[pos]
+                pos += 1
+                switch e {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(e)
+                case UInt8(ascii: "b"): out.append(0x08)
+                case UInt8(ascii: "f"): out.append(0x0C)
+                case UInt8(ascii: "n"): out.append(0x0A)
+                case UInt8(ascii: "r"): out.append(0x0D)
+                case UInt8(ascii: "t"): out.append(0x09)
+                case UInt8(ascii: "u"):
+                    var scalar = try hex4()
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        try expect("\\u")
+                        let low = try hex4()
+                        guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired surrogate") }
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let u = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
+                    out.append(contentsOf: Array(String(Character(u)).utf8))
+                default: throw fail("bad escape")
+                }
+            }
+            throw fail("unterminated string")
+        }
+
+        mutating func hex4() throws(JSONParseError) -> UInt32 {
+            guard pos + 4 <= bytes.count else { throw fail("short \\u escape") }
+            var v: UInt32 = 0
+            for _ in 0..<4 {
+                let c = bytes[pos]
+                let d: UInt32
+                switch c {
+                case 0x30...0x39: d = UInt32(c - 0x30)
+                case 0x41...0x46: d = UInt32(c - 0x41 + 10)
+                case 0x61...0x66: d = UInt32(c - 0x61 + 10)
+                default: throw fail("bad hex digit")
+                }
+                v = v << 4 | d
+                pos += 1
+            }
+            return v
+        }
+    }
+}
+
+extension JSONValue {
+    /// Serializes a JSON string literal (with quotes), escaping what RFC 8259 requires.
+    public static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    out += "\\u00" + String(u.value >> 4, radix: 16) + String(u.value & 0xF, radix: 16)
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

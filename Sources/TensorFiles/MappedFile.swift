@@ -1,0 +1,44 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public struct MappedFileError: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    public let reason: String
+    public var description: String { "\(path): \(reason)" }
+}
+
+/// A whole file mapped read-only into memory; unmapped when the object goes away.
+///
+/// Thread-safe for reading: the mapping never changes after `init`.
+public final class MappedFile: @unchecked Sendable {  // immutable after init; the mapping is read-only
+    public let path: String
+    private let base: UnsafeMutableRawPointer?
+    private let length: Int
+
+    public init(path: String) throws(MappedFileError) {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw MappedFileError(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw MappedFileError(path: path, reason: String(cString: strerror(errno))) }
+        length = Int(st.st_size)
+        if length == 0 {
+            base = nil
+            return
+        }
+        let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != MAP_FAILED else { throw MappedFileError(path: path, reason: "mmap: " + String(cString: strerror(errno))) }
+        base = p
+    }
+
+    deinit {
+        if let base { munmap(base, length) }
+    }
+
+    /// The file's bytes; valid while this object lives.
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
+}
