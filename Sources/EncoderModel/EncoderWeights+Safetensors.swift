@@ -68,7 +68,7 @@ extension EncoderWeights {
 
     private static func sidecarJSON(for path: String) -> String? {
         var candidates = [path + ".json"]
-        if path.hasSuffix(".safetensors") { candidates.insert(String(path.dropLast(12)) + "json", at: 0) }
+        if path.hasSuffix(".safetensors") { candidates.insert(String(path.dropLast("safetensors".count)) + "json", at: 0) }
         for c in candidates {
             if let data = FileManager.default.contents(atPath: c) { return String(decoding: data, as: UTF8.self) }
         }
