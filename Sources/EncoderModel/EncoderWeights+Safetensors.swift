@@ -76,13 +76,13 @@ extension EncoderWeights {
     }
 
     /// The weights as a safetensors blob (F32, spec order), with the config JSON and ``metadata``.
-    public func safetensorsBytes() -> [UInt8] {
+    public func safetensorsBytes(extraMetadata: [String: String] = [:]) -> [UInt8] {
         let tensors = config.tensorSpecs.map { spec in
             let values = self.tensors[spec.name]!
             return NamedTensor(name: spec.name, dtype: .f32, shape: spec.shape,
                                bytes: Array(UnsafeRawBufferPointer(values)))
         }
-        var meta = metadata
+        var meta = metadata.merging(extraMetadata) { _, new in new }
         meta[EncoderConfig.metadataKey] = config.jsonString()
         return Safetensors.serialize(tensors, metadata: meta)
     }
