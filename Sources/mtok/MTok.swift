@@ -8,6 +8,7 @@ struct MTok: ParsableCommand {
         subcommands: [
             ModelCommand.self,
             EncodeCommand.self,
+            BenchEncoderCommand.self,
         ]
     )
 }
