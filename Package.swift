@@ -53,7 +53,7 @@ let package = Package(
         // Images and the encoder.
         .target(name: "ImageDecoding", dependencies: ["CImageShims"], swiftSettings: swiftSettings),
         .target(name: "TensorCore", dependencies: ["COpenBLAS"], swiftSettings: swiftSettings),
-        .target(name: "EncoderModel", dependencies: ["TensorCore"], swiftSettings: swiftSettings),
+        .target(name: "EncoderModel", dependencies: ["TensorCore", "TensorFiles"], swiftSettings: swiftSettings),
 
         .executableTarget(
             name: "mtok",
@@ -70,7 +70,7 @@ let package = Package(
                     swiftSettings: swiftSettings),
         .testTarget(name: "ImageDecodingTests", dependencies: ["ImageDecoding", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
-        .testTarget(name: "EncoderModelTests", dependencies: ["EncoderModel", "TensorCore", "TestSupport"],
+        .testTarget(name: "EncoderModelTests", dependencies: ["EncoderModel", "TensorCore", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TestSupport"],
                     swiftSettings: swiftSettings),

@@ -13,6 +13,9 @@ struct MTok: ParsableCommand {
             BenchStoreCommand.self,
             PreprocessCommand.self,
             BenchPreprocessCommand.self,
+            ModelCommand.self,
+            EncodeCommand.self,
+            BenchEncoderCommand.self,
         ]
     )
 }

@@ -1,2 +1,0 @@
-// EncoderModel: implemented by its own issue.
-enum EncoderModelPlaceholder {}

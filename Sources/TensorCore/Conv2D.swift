@@ -1,0 +1,119 @@
+/// Geometry of a 2-D cross-correlation with square kernel, stride and symmetric zero padding.
+public struct ConvGeometry: Sendable, Hashable {
+    public var inChannels: Int
+    public var outChannels: Int
+    public var kernel: Int
+    public var stride: Int
+    public var padding: Int
+
+    public init(inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0) {
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = kernel
+        self.stride = stride
+        self.padding = padding
+    }
+
+    public func outputSide(_ side: Int) -> Int { (side + 2 * padding - kernel) / stride + 1 }
+
+    /// Multiply-accumulates for one image of `height × width`.
+    public func macs(height: Int, width: Int) -> Int {
+        outputSide(height) * outputSide(width) * outChannels * inChannels * kernel * kernel
+    }
+}
+
+/// Convolution of one channel-major image by im2col + sgemm.
+public enum Conv2D {
+    /// Output columns per im2col tile. It bounds the scratch buffer (K × 4096 floats) and keeps a
+    /// tile in the outer cache levels; it depends only on the layer's shape, never on the batch, so
+    /// every image runs the same sequence of GEMMs.
+    static let tileColumns = 4096
+
+    /// Scratch floats that ``forward(_:height:width:geometry:weight:bias:output:scratch:)`` needs.
+    public static func scratchCount(_ g: ConvGeometry, height: Int, width: Int) -> Int {
+        if g.kernel == 1 && g.stride == 1 && g.padding == 0 { return 0 }
+        let ow = g.outputSide(width)
+        let oh = g.outputSide(height)
+        let rows = min(oh, max(1, tileColumns / ow))
+        return rows * ow * g.inChannels * g.kernel * g.kernel
+    }
+
+    /// `output[co, y, x] = bias[co] + Σ weight[co, ci, ky, kx] · input[ci, y·s − p + ky, x·s − p + kx]`.
+    ///
+    /// - Parameters:
+    ///   - input: `inChannels × height × width`.
+    ///   - weight: `[outChannels, inChannels, k, k]` row-major (PyTorch's layout, no flip).
+    ///   - bias: `[outChannels]` or nil.
+    ///   - output: `outChannels × oh × ow`.
+    ///   - scratch: at least ``scratchCount(_:height:width:)`` floats.
+    public static func forward(
+        _ input: UnsafePointer<Float>, height: Int, width: Int, geometry g: ConvGeometry,
+        weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>?
+    ) {
+        let oh = g.outputSide(height), ow = g.outputSide(width)
+        let plane = oh * ow
+        let kk = g.inChannels * g.kernel * g.kernel
+        if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
+            BLAS.sgemm(.none, .none, m: g.outChannels, n: plane, k: g.inChannels,
+                       a: weight, lda: g.inChannels, b: input, ldb: height * width,
+                       c: output, ldc: plane)
+        } else {
+            guard let col = scratch else { preconditionFailure("Conv2D needs scratch for k>1") }
+            let rowsPerTile = min(oh, max(1, tileColumns / ow))
+            var y0 = 0
+            while y0 < oh {
+                let rows = min(rowsPerTile, oh - y0)
+                let n = rows * ow
+                im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: col)
+                BLAS.sgemm(.none, .none, m: g.outChannels, n: n, k: kk,
+                           a: weight, lda: kk, b: col, ldb: n,
+                           c: output + y0 * ow, ldc: plane)
+                y0 += rows
+            }
+        }
+        if let bias {
+            for co in 0..<g.outChannels {
+                let b = bias[co]
+                let p = output + co * plane
+                for i in 0..<plane { p[i] += b }
+            }
+        }
+    }
+
+    /// Column matrix `[(ci, ky, kx), (y − y0)·ow + x]` for output rows `y0 ..< y0 + rows`.
+    static func im2col(
+        _ input: UnsafePointer<Float>, height: Int, width: Int, g: ConvGeometry,
+        y0: Int, rows: Int, ow: Int, col: UnsafeMutablePointer<Float>
+    ) {
+        let k = g.kernel, s = g.stride, p = g.padding
+        let n = rows * ow
+        for ci in 0..<g.inChannels {
+            let src = input + ci * height * width
+            for ky in 0..<k {
+                for kx in 0..<k {
+                    let dstRow = col + ((ci * k + ky) * k + kx) * n
+                    // Output columns whose input column x·s − p + kx lies inside the image.
+                    let xLo = max(0, (p - kx + s - 1) / s)
+                    let xHi = min(ow, (width - 1 + p - kx) / s + 1)  // exclusive
+                    for r in 0..<rows {
+                        let iy = (y0 + r) * s - p + ky
+                        let d = dstRow + r * ow
+                        if iy < 0 || iy >= height || xHi <= xLo {
+                            d.update(repeating: 0, count: ow)
+                            continue
+                        }
+                        if xLo > 0 { d.update(repeating: 0, count: xLo) }
+                        let rowSrc = src + iy * width - p + kx
+                        if s == 1 {
+                            (d + xLo).update(from: rowSrc + xLo, count: xHi - xLo)
+                        } else {
+                            for x in xLo..<xHi { d[x] = rowSrc[x * s] }
+                        }
+                        if xHi < ow { (d + xHi).update(repeating: 0, count: ow - xHi) }
+                    }
+                }
+            }
+        }
+    }
+}

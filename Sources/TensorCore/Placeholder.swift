@@ -1,2 +1,0 @@
-// TensorCore: implemented by its own issue.
-enum TensorCorePlaceholder {}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import EncoderModel
+import Foundation
+import TensorCore
+import TensorFiles
+
+/// `mtok encode`: run the encoder on a few inputs and write latents, indices and groups.
+struct EncodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encode",
+        abstract: "Encode inputs to latents [K,z], indices [K] and merge groups [N].",
+        discussion: """
+        INPUT is a .npy float32 array [3,R,R] in [-1,1], taken as the exact encoder input. \
+        Several inputs give tensors with a leading batch axis. The output format follows the \
+        extension of --out: .safetensors, .npz or .json. With a VAE head, `logvar` [K,z] is \
+        written too.
+        """)
+
+    @Argument(help: "Input .npy files (float32 [3,R,R]).") var inputs: [String]
+    @Option(help: "Encoder weights (.safetensors).") var model: String
+    @Option(help: "Expected input side R; must equal the model's resolution.") var resolution: Int?
+    @Option(help: "Output file: .safetensors, .npz or .json.") var out: String
+    @Option(help: "OpenBLAS threads.") var threads: Int = 1
+
+    func validate() throws {
+        guard [".safetensors", ".npz", ".json"].contains(where: { out.hasSuffix($0) }) else {
+            throw ValidationError("--out must end in .safetensors, .npz or .json")
+        }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        for input in inputs where !input.hasSuffix(".npy") {
+            throw ValidationError("\(input): only .npy inputs are supported until image preprocessing is wired in")
+        }
+    }
+
+    func run() throws {
+        BLAS.setThreadCount(threads)
+        let weights = try EncoderWeights.load(path: model)
+        let config = weights.config
+        if let resolution, resolution != config.resolution {
+            throw ValidationError("--resolution \(resolution) differs from the model's \(config.resolution)")
+        }
+        let images = try inputs.map { try Self.readInput($0, resolution: config.resolution) }
+        let encoder = MergeTokEncoder(weights: weights)
+        let results = try encoder.encode(batch: images)
+        let tensors = Self.tensors(results, config: config, batched: inputs.count > 1)
+        let bytes: [UInt8]
+        if out.hasSuffix(".safetensors") {
+            bytes = Safetensors.serialize(tensors, metadata: [EncoderConfig.metadataKey: config.jsonString()])
+        } else if out.hasSuffix(".npz") {
+            bytes = NumpyFiles.npz(tensors)
+        } else {
+            bytes = Array(Self.json(tensors).utf8)
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: out))
+    }
+
+    static func readInput(_ path: String, resolution r: Int) throws -> [Float] {
+        let file = try MappedFile(path: path)
+        let npy = try NumpyFiles.readNpy(file.bytes)
+        guard npy.dtype == .f32, npy.shape == [3, r, r] else {
+            throw ValidationError("\(path): expected float32 [3,\(r),\(r)], got \(npy.dtype.rawValue) \(npy.shape)")
+        }
+        var values = [Float](repeating: 0, count: 3 * r * r)
+        npy.data.withUnsafeBytes { raw in
+            values.withUnsafeMutableBufferPointer { FloatConversion.decode(raw, as: .f32, into: $0) }
+        }
+        return values
+    }
+
+    static func tensors(_ results: [EncodedImage], config: EncoderConfig, batched: Bool) -> [NamedTensor] {
+        let k = config.keptTokens, z = config.zChannels, n = config.tokenCount
+        let lead = batched ? [results.count] : []
+        func bytes<T>(_ values: [T]) -> [UInt8] { values.withUnsafeBytes { Array($0) } }
+        var out = [
+            NamedTensor(name: "latents", dtype: .f32, shape: lead + [k, z], bytes: bytes(results.flatMap(\.latents))),
+            NamedTensor(name: "indices", dtype: .u32, shape: lead + [k], bytes: bytes(results.flatMap(\.indices))),
+            NamedTensor(name: "groups", dtype: .u16, shape: lead + [n], bytes: bytes(results.flatMap(\.groups))),
+        ]
+        if config.vae {
+            out.append(NamedTensor(name: "logvar", dtype: .f32, shape: lead + [k, z],
+                                   bytes: bytes(results.flatMap { $0.logvar ?? [] })))
+        }
+        return out
+    }
+
+    /// `{"name": {"dtype", "shape", "data": [flat values]}}`; floats in shortest round-trip form.
+    static func json(_ tensors: [NamedTensor]) -> String {
+        let entries = tensors.map { t -> String in
+            let values: [String] = t.bytes.withUnsafeBytes { raw in
+                let count = t.shape.reduce(1, *)
+                switch t.dtype {
+                case .f32: return (0..<count).map { "\(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self))" }
+                case .u32: return (0..<count).map { "\(raw.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))" }
+                default: return (0..<count).map { "\(raw.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))" }
+                }
+            }
+            let shape = t.shape.map(String.init).joined(separator: ",")
+            return "\"\(t.name)\":{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data\":[\(values.joined(separator: ","))]}"
+        }
+        return "{" + entries.joined(separator: ",") + "}\n"
+    }
+}

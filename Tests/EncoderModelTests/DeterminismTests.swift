@@ -1,0 +1,22 @@
+import Testing
+import TensorCore
+@testable import EncoderModel
+
+/// Same bytes for every batch split, order and repetition (fixed thread count).
+@Suite(.serialized) struct DeterminismTests {
+    @Test(arguments: ["tiny", "tiny-iso", "tiny-vae-vq"])
+    func batchSplitsGiveIdenticalBytes(_ name: String) throws {
+        let encoder = MergeTokEncoder(weights: try Fixture.weights(case: name))
+        let images = try Fixture.images(case: name)
+        let together = try encoder.encode(batch: images + images.reversed())
+        let alone = try images.map { try encoder.encode(batch: [$0])[0] }
+        #expect(together[0] == alone[0] && together[3] == alone[0])
+        #expect(together[1] == alone[1] && together[2] == alone[1])
+        #expect(try encoder.encode(batch: images) == Array(together[0..<2]))
+    }
+
+    @Test func wrongInputSizeThrows() throws {
+        let encoder = MergeTokEncoder(weights: try Fixture.weights(case: "tiny"))
+        #expect(throws: EncoderError.self) { try encoder.encode(batch: [[0, 1, 2]]) }
+    }
+}

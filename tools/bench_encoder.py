@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Swift encoder vs the PyTorch reference, in one run, same machine, same thread count.
+
+    python tools/bench_encoder.py [--mtok PATH] [--threads N] [--repeats N] [--preset NAME]
+
+Steps: `mtok model init` writes seeded random weights for the preset (default
+mergevq-gr-d64-k144, 256×256); the PyTorch reference (tools/encoder_reference.py: CPU, eager,
+float32, the CNN stem batched over the images) loads the same file; both encode batch 1 and batch 8
+of the same input. The Swift side runs as `mtok bench-encoder` in its own process per batch size,
+which also measures OpenBLAS sgemm GFLOP/s (2048³) and reports its peak RSS (VmHWM). Prints
+medians: images/s for both and their ratio, Swift GFLOP/s against sgemm GFLOP/s, peak RSS, and a
+parity check (latent max |Δ|, indices and groups equal) on one image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from encoder_reference import Reference  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def swift_bench(mtok, model, batch, threads, repeats, npy):
+    out = subprocess.run([mtok, "bench-encoder", "--model", model, "--batch", str(batch), "--threads",
+                          str(threads), "--repeats", str(repeats), "--input", npy],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def torch_bench(ref, x, batch, repeats):
+    xb = x[None].expand(batch, -1, -1, -1).contiguous()
+    ref.encode(xb)                                                  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ref.encode(xb)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mtok", default=os.path.join(ROOT, ".build", "release", "mtok"))
+    ap.add_argument("--preset", default="mergevq-gr-d64-k144")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="1,8")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = os.path.join(tmp, "model.safetensors")
+        subprocess.run([args.mtok, "model", "init", "--preset", args.preset, "--seed", "0", "--out", model],
+                       check=True, capture_output=True)
+        from safetensors import safe_open
+        with safe_open(model, "np") as f:
+            cfg = json.loads(f.metadata()["mtok.config"])
+        ref = Reference(cfg, load_file(model), torch.float32)
+        r = cfg["resolution"]
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(3, r, r, generator=g) * 2 - 1
+        npy = os.path.join(tmp, "input.npy")
+        np.save(npy, x.numpy())
+
+        # Parity on the benchmark input.
+        enc = os.path.join(tmp, "enc.safetensors")
+        subprocess.run([args.mtok, "encode", npy, "--model", model, "--out", enc, "--threads", str(args.threads)],
+                       check=True)
+        got = load_file(enc)
+        want = ref.encode(x[None])[0]
+        dl = (got["latents"] - want["latents"]).abs().max().item()
+        same_idx = torch.equal(got["indices"].long(), want["indices"].long())
+        same_grp = torch.equal(got["groups"].long(), want["groups"].long())
+
+        print(f"preset {args.preset}, {r}x{r}, threads {args.threads}, repeats {args.repeats} (medians)")
+        print(f"parity vs PyTorch float32: latent max|d| {dl:.2e}, indices equal {same_idx}, groups equal {same_grp}")
+        for b in [int(v) for v in args.batches.split(",")]:
+            s = swift_bench(args.mtok, model, b, args.threads, args.repeats, npy)
+            t = torch_bench(ref, x, b, args.repeats)
+            sw, pt = s["images_per_second"], b / t
+            print(f"batch {b}: swift {sw:.3f} img/s, pytorch {pt:.3f} img/s, ratio {sw / pt:.2f}x | "
+                  f"swift {s['gflops']:.1f} GFLOP/s = {100 * s['gflops'] / s['sgemm_gflops']:.0f}% of "
+                  f"sgemm {s['sgemm_gflops']:.1f} GFLOP/s | swift peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
