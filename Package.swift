@@ -55,9 +55,15 @@ let package = Package(
         .target(name: "TensorCore", dependencies: ["COpenBLAS"], swiftSettings: swiftSettings),
         .target(name: "EncoderModel", dependencies: ["TensorCore", "TensorFiles"], swiftSettings: swiftSettings),
 
+        // The bulk pipeline: inputs → images → encoder → writer.
+        .target(name: "TokenizePipeline",
+                dependencies: ["ImageDecoding", "EncoderModel", "TensorCore", "ShardWriter", "ShardReader", "ShardFormat",
+                               "TensorFiles", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: swiftSettings),
+
         .executableTarget(
             name: "mtok",
-            dependencies: ["TensorFiles", "ShardFormat", "ShardReader", "ShardWriter", "ImageDecoding", "TensorCore",
+            dependencies: ["TensorFiles", "ShardFormat", "ShardReader", "ShardWriter", "TokenizePipeline", "ImageDecoding", "TensorCore",
                            "EncoderModel", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings),
 

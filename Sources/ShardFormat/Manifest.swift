@@ -32,11 +32,13 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// "sha256:" + hex SHA-256 over the concatenated SHA-256 digests of every record's
     /// uncompressed payload, in global index order. Independent of sharding and compression.
     public var contentDigest: String?
+    /// Inputs the writing program had fully processed at the last commit (its resume point).
+    public var inputsDone: Int?
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", createdBy = "created_by", complete
         case recordsPerChunk = "records_per_chunk", compression, shardCapBytes = "shard_cap_bytes", settings, classes
-        case part, shards, totals, contentDigest = "content_digest"
+        case part, shards, totals, contentDigest = "content_digest", inputsDone = "inputs_done"
     }
 
     public struct Compression: Codable, Sendable, Equatable {

@@ -103,6 +103,16 @@ package final class Shard: Sendable {
 }
 
 extension Shard {
+    /// Visits every `ids` key (see `ShardLayout.idKey`).
+    package func forEachIdKey(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try env.read { txn in
+            try txn.forEach(ids) { key, _ in
+                try body(key)
+                return true
+            }
+        }
+    }
+
     /// Visits the stored payload digests (32 bytes per record) in record order.
     package func forEachDigest(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
         try env.read { txn in

@@ -127,6 +127,8 @@ public final class CacheWriter {
                                           mapSize: mapSize(forBatchBytes: 0))
             current = shard
             manifest.shards[i] = shard.entry
+            // The shard's own marker was committed with its data; the manifest may lag it.
+            if let done = shard.inputsDone { manifest.inputsDone = max(manifest.inputsDone ?? 0, done) }
         }
         if manifest.complete, current != nil || manifest.shards.contains(where: { !$0.sealed }) {
             manifest.complete = false
@@ -145,14 +147,26 @@ public final class CacheWriter {
 
     // MARK: Appending
 
+    /// How many inputs the caller had fully processed at the last commit (a progress marker
+    /// committed atomically with the records it covers), or nil if never set.
+    public var inputsDone: Int? { manifest.inputsDone }
+
     /// Appends `records` after the last committed one, as one or more committed transactions
     /// (one per shard touched). On return they are durable and listed in the manifest.
     ///
+    /// - Parameter inputsDone: a progress marker stored with the last transaction (or alone in the
+    ///   manifest when `records` is empty), read back by `inputsDone` after a crash.
     /// - Throws: `CacheError.badRecord` for a record that breaks the schema,
     ///   `CacheError.duplicateId` for an (id, view) already in the cache or twice in the batch;
     ///   nothing of the batch is written then.
-    public func append(_ records: [TokenRecord]) throws {
-        guard !records.isEmpty else { return }
+    public func append(_ records: [TokenRecord], inputsDone: Int? = nil) throws {
+        guard !records.isEmpty else {
+            if let inputsDone {
+                manifest.inputsDone = inputsDone
+                try manifest.write(toCache: root)
+            }
+            return
+        }
         var keys: [[UInt8]] = []
         keys.reserveCapacity(records.count)
         var seen = Set<[UInt8]>()
@@ -189,7 +203,9 @@ public final class CacheWriter {
             }
             try shard.write(frames: Array(encoded.frames[start..<end]), digests: Array(encoded.digests[start..<end]),
                             payloadBytes: Array(encoded.payloadSizes[start..<end]), idKeys: Array(keys[start..<end]),
-                            ids: records[start..<end].map { ($0.id, $0.view) })
+                            ids: records[start..<end].map { ($0.id, $0.view) },
+                            inputsDone: end == records.count ? inputsDone : nil)
+            if end == records.count, let inputsDone { manifest.inputsDone = inputsDone }
             manifest.shards[manifest.shards.count - 1] = shard.entry
             manifest.updateTotals()
             try manifest.write(toCache: root)

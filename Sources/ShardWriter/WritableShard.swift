@@ -22,6 +22,8 @@ final class WritableShard {
     private(set) var payloadBytes = 0
     private(set) var compressedBytes = 0
     private(set) var estimatedBytes = 0
+    /// The caller's progress marker committed with the last batch (see `CacheWriter.inputsDone`).
+    private(set) var inputsDone: Int?
     private var pendingFrames: [[UInt8]] = []
     private var pendingDigests: [UInt8] = []
 
@@ -67,6 +69,7 @@ final class WritableShard {
         payloadBytes = p
         compressedBytes = c
         estimatedBytes = env.usedBytes
+        inputsDone = values["inputs_done"].flatMap(Int.init)
         if n % recordsPerChunk != 0 {
             // Reload the partial last chunk so the next commit can extend it.
             let chunk = n / recordsPerChunk
@@ -92,10 +95,10 @@ final class WritableShard {
     /// Writes records in one transaction, then syncs the file. State changes only after the
     /// commit, so a failed write leaves this object as it was.
     func write(frames: [[UInt8]], digests newDigests: [[UInt8]], payloadBytes sizes: [Int], idKeys: [[UInt8]],
-               ids: [(String, Int)]) throws {
+               ids: [(String, Int)], inputsDone: Int?) throws {
         while true {
             do {
-                try writeOnce(frames: frames, digests: newDigests, sizes: sizes, idKeys: idKeys, ids: ids)
+                try writeOnce(frames: frames, digests: newDigests, sizes: sizes, idKeys: idKeys, ids: ids, inputsDone: inputsDone)
                 break
             } catch let e as LMDBError where e.isMapFull {
                 try env.setMapSize(env.mapSize * 2)
@@ -105,7 +108,7 @@ final class WritableShard {
     }
 
     private func writeOnce(frames: [[UInt8]], digests newDigests: [[UInt8]], sizes: [Int], idKeys: [[UInt8]],
-                           ids: [(String, Int)]) throws {
+                           ids: [(String, Int)], inputsDone done: Int?) throws {
         var n = count
         var frameBuffer = pendingFrames
         var digestBuffer = pendingDigests
@@ -133,7 +136,9 @@ final class WritableShard {
             for (k, v) in [("count", n), ("payload_bytes", p), ("compressed_bytes", c)] {
                 try txn.put(meta, key: Array(k.utf8), value: Array(String(v).utf8))
             }
+            if let done { try txn.put(meta, key: Array("inputs_done".utf8), value: Array(String(done).utf8)) }
         }
+        if let done { inputsDone = done }
         payloadBytes += sizes.reduce(0, +)
         compressedBytes += frames.reduce(0) { $0 + $1.count }
         count = n

@@ -6,6 +6,8 @@ struct MTok: ParsableCommand {
         commandName: "mtok",
         abstract: "Tokenize image datasets once into a verified MergeTok token cache, and serve it.",
         subcommands: [
+            TokenizeCommand.self,
+            MergeCommand.self,
             InfoCommand.self,
             GetCommand.self,
             VerifyCommand.self,

@@ -1,0 +1,122 @@
+import Crypto
+import Foundation
+public import ShardFormat
+public import ShardReader
+
+/// Joins the parts of a scaled-out run (`CACHE/parts/rank-NNNNN`, each a finished cache) into one
+/// cache at `CACHE`, moving shard files instead of copying record bytes.
+///
+/// Every part must be complete, made with the same settings and layout, and the ranks must be
+/// exactly 0..<world size. (id, view) pairs must be unique across parts. The plan is written to
+/// `merge-plan.json` before any file moves, so a merge that dies half-way finishes when run again.
+public enum CacheMerger {
+    public static let partsDirectory = "parts"
+    static let planFile = "merge-plan.json"
+
+    /// The directory of rank `rank`'s part inside `root`.
+    public static func partPath(root: String, rank: Int) -> String {
+        root + "/" + partsDirectory + "/" + String(format: "rank-%05d", rank)
+    }
+
+    struct Plan: Codable {
+        var moves: [[String]]  // [from, to], paths relative to the cache root
+        var manifest: Manifest
+    }
+
+    /// Merges the parts under `root`; returns the merged manifest.
+    @discardableResult
+    public static func merge(root: String) throws -> Manifest {
+        let fm = FileManager.default
+        let planPath = root + "/" + planFile
+        let plan: Plan
+        if let data = fm.contents(atPath: planPath) {
+            plan = try JSONDecoder().decode(Plan.self, from: data)
+        } else {
+            plan = try makePlan(root: root)
+            try AtomicFile.write(try JSONEncoder().encode(plan), to: planPath)
+        }
+        try fm.createDirectory(atPath: root + "/shards", withIntermediateDirectories: true)
+        for move in plan.moves {
+            let from = root + "/" + move[0], to = root + "/" + move[1]
+            if fm.fileExists(atPath: from) {
+                if fm.fileExists(atPath: to) { try fm.removeItem(atPath: to) }
+                try fm.moveItem(atPath: from, toPath: to)
+            } else if !fm.fileExists(atPath: to) {
+                throw CacheError(.missingShard, "\(move[0]) is gone and \(move[1]) does not exist")
+            }
+        }
+        AtomicFile.syncDirectory(of: root + "/shards/x")
+        try plan.manifest.write(toCache: root)
+        // Failures of every part, in rank order.
+        var failures = Data()
+        let parts = (try? fm.contentsOfDirectory(atPath: root + "/" + partsDirectory))?.sorted() ?? []
+        for part in parts {
+            if let d = fm.contents(atPath: root + "/" + partsDirectory + "/" + part + "/failures.jsonl") { failures.append(d) }
+        }
+        if !failures.isEmpty { try AtomicFile.write(failures, to: root + "/failures.jsonl") }
+        try? fm.removeItem(atPath: root + "/" + partsDirectory)
+        try fm.removeItem(atPath: planPath)
+        return plan.manifest
+    }
+
+    static func makePlan(root: String) throws -> Plan {
+        let fm = FileManager.default
+        let partNames = ((try? fm.contentsOfDirectory(atPath: root + "/" + partsDirectory)) ?? []).filter { $0.hasPrefix("rank-") }.sorted()
+        guard !partNames.isEmpty else { throw CacheError(.notACache, "\(root)/\(partsDirectory) holds no parts to merge") }
+        guard !fm.fileExists(atPath: root + "/" + Manifest.fileName) else {
+            throw CacheError(.settingsMismatch, "\(root) already has a manifest; merge only joins parts into an empty cache")
+        }
+        var manifests: [Manifest] = []
+        for name in partNames {
+            let path = root + "/" + partsDirectory + "/" + name
+            let m: Manifest
+            do { m = try Manifest.read(fromCache: path) } catch {
+                throw CacheError(.notACache, "\(path): \(error)")
+            }
+            guard m.complete else { throw CacheError(.shardMismatch, "\(path) is not finished: run its rank to completion first") }
+            manifests.append(m)
+        }
+        let first = manifests[0]
+        guard let world = first.part?.worldSize else { throw CacheError(.shardMismatch, "\(partNames[0]) is not a part of a scaled-out run") }
+        guard manifests.count == world else {
+            throw CacheError(.missingShard, "\(manifests.count) of \(world) parts are present")
+        }
+        for (rank, m) in manifests.enumerated() {
+            guard m.part == Manifest.Part(rank: rank, worldSize: world) else {
+                throw CacheError(.shardMismatch, "\(partNames[rank]) is part \(m.part.map { "\($0.rank)/\($0.worldSize)" } ?? "none"), expected \(rank)/\(world)")
+            }
+            guard m.settings == first.settings, m.recordsPerChunk == first.recordsPerChunk, m.compression == first.compression,
+                  m.classes == first.classes else {
+                throw CacheError(.settingsMismatch, "\(partNames[rank]) was made with other settings than \(partNames[0])")
+            }
+        }
+        var merged = Manifest(createdBy: first.createdBy, recordsPerChunk: first.recordsPerChunk,
+                              compressionLevel: first.compression.level, shuffle: first.compression.shuffle == Manifest.byteShuffle,
+                              shardCapBytes: first.shardCapBytes, settings: first.settings, classes: first.classes)
+        var moves: [[String]] = []
+        var hasher = SHA256()
+        var seen = Set<[UInt8]>()
+        for (rank, m) in manifests.enumerated() {
+            let partRoot = partsDirectory + "/" + partNames[rank]
+            for entry in m.shards {
+                let shard = try Shard(root: root + "/" + partRoot, entry: entry, recordsPerChunk: m.recordsPerChunk)
+                try shard.forEachDigest { hasher.update(bufferPointer: $0) }
+                try shard.forEachIdKey { key in
+                    guard seen.insert(Array(SHA256.hash(data: key).prefix(16))).inserted else {
+                        let (id, view) = ShardLayout.parseIdKey(key) ?? ("?", 0)
+                        throw CacheError(.duplicateId, "stored in more than one part", at: CacheLocation(shard: partRoot + "/" + entry.file, id: id, view: view))
+                    }
+                }
+                var moved = entry
+                moved.file = String(format: "shards/shard-%05d.mdb", merged.shards.count)
+                moves.append([partRoot + "/" + entry.file, moved.file])
+                merged.shards.append(moved)
+            }
+            merged.inputsDone = (merged.inputsDone ?? 0) + (m.inputsDone ?? 0)
+        }
+        merged.contentDigest = "sha256:" + CacheVerifier.hex(hasher.finalize())
+        merged.complete = true
+        merged.updateTotals()
+        return Plan(moves: moves, manifest: merged)
+    }
+}

@@ -1,0 +1,143 @@
+import Foundation
+import ShardFormat
+import ShardWriter
+
+/// Hands input indices to decode workers and gives their results back in input order.
+///
+/// Workers may run ahead of the consumer by at most `window` inputs, which bounds the memory
+/// held in decoded images.
+final class PreparedQueue: @unchecked Sendable {  // all state is guarded by `cond`
+    private let cond = NSCondition()
+    private var next: Int
+    private var consumed: Int
+    private let end: Int
+    private let window: Int
+    private var ready: [Int: TokenizeJob.Prepared] = [:]
+    private var stopped = false
+
+    init(range: Range<Int>, window: Int) {
+        next = range.lowerBound
+        consumed = range.lowerBound
+        end = range.upperBound
+        self.window = window
+    }
+
+    /// The next index to prepare, or nil when there is none or the queue stopped.
+    func claim() -> Int? {
+        cond.lock()
+        defer { cond.unlock() }
+        while !stopped && next < end && next >= consumed + window { cond.wait() }
+        guard !stopped, next < end else { return nil }
+        next += 1
+        return next - 1
+    }
+
+    func put(_ p: TokenizeJob.Prepared) {
+        cond.lock()
+        ready[p.index] = p
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// The next result in input order, or nil at the end (or after `stop`).
+    func take() -> TokenizeJob.Prepared? {
+        cond.lock()
+        defer { cond.unlock() }
+        while !stopped && consumed < end && ready[consumed] == nil { cond.wait() }
+        guard !stopped, consumed < end, let p = ready.removeValue(forKey: consumed) else { return nil }
+        consumed += 1
+        cond.broadcast()
+        return p
+    }
+
+    func stop() {
+        cond.lock()
+        stopped = true
+        ready.removeAll()
+        cond.broadcast()
+        cond.unlock()
+    }
+}
+
+/// Appends encoded batches to the cache on its own thread, at most two batches behind the encoder.
+/// Failures of a batch are logged before the batch is committed, so after a crash the log can be
+/// cut back to the committed resume point.
+final class WriterThread: @unchecked Sendable {  // state guarded by `cond`; `writer` used only on the thread
+    private struct Job {
+        var records: [TokenRecord]
+        var failures: [FailureLog.Entry]
+        var inputsDone: Int
+    }
+
+    private let cond = NSCondition()
+    private var jobs: [Job] = []
+    private var closed = false
+    private var busy = false
+    private var failure: (any Error)?
+    private var thread: Thread?
+
+    init(writer: CacheWriter, failuresPath: String) {
+        let box = UncheckedBox(writer)
+        let t = Thread { [unowned self] in
+            while let job = self.nextJob() {
+                do {
+                    try FailureLog.append(job.failures, to: failuresPath)
+                    try box.value.append(job.records, inputsDone: job.inputsDone)
+                } catch {
+                    self.fail(error)
+                }
+                self.done()
+            }
+        }
+        thread = t
+        t.start()
+    }
+
+    private func nextJob() -> Job? {
+        cond.lock()
+        defer { cond.unlock() }
+        while jobs.isEmpty && !closed { cond.wait() }
+        if jobs.isEmpty { return nil }
+        busy = true
+        return jobs.removeFirst()
+    }
+
+    private func done() {
+        cond.lock()
+        busy = false
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    private func fail(_ error: any Error) {
+        cond.lock()
+        if failure == nil { failure = error }
+        jobs.removeAll()
+        cond.unlock()
+    }
+
+    func submit(records: [TokenRecord], failures: [FailureLog.Entry], inputsDone: Int) throws {
+        cond.lock()
+        defer { cond.unlock() }
+        while jobs.count >= 2 && failure == nil { cond.wait() }
+        if let failure { throw failure }
+        jobs.append(Job(records: records, failures: failures, inputsDone: inputsDone))
+        cond.broadcast()
+    }
+
+    /// Waits until every submitted batch is committed; rethrows a write error.
+    func drain() throws {
+        cond.lock()
+        defer { cond.unlock() }
+        while (!jobs.isEmpty || busy) && failure == nil { cond.wait() }
+        if let failure { throw failure }
+    }
+
+    func close() {
+        cond.lock()
+        closed = true
+        cond.broadcast()
+        cond.unlock()
+        if let thread { while !thread.isFinished { usleep(1000) } }
+    }
+}

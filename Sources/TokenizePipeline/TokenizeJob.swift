@@ -1,0 +1,320 @@
+import Crypto
+import Foundation
+public import ImageDecoding
+import EncoderModel
+import ShardFormat
+public import ShardWriter
+public import TensorFiles
+import TensorCore
+import ShardReader
+
+/// Settings of one `mtok tokenize` run.
+public struct TokenizeOptions: Sendable {
+    public var resolution = 256
+    public var crop: CropMode = .adm
+    public var views: [View] = [.identity, .horizontalFlip]
+    public var latentDType: TensorDType = .bf16
+    /// Encoder inputs (views) per batch; also the commit unit.
+    public var batchSize = 8
+    /// Threads that read, decode and crop images.
+    public var decodeWorkers = 1
+    /// OpenBLAS threads for the encoder.
+    public var blasThreads = ProcessInfo.processInfo.activeProcessorCount
+    /// Stop (resumably) once more inputs than this have failed; nil = never.
+    public var maxFailures: Int?
+    public var rank = 0
+    public var worldSize = 1
+    /// Only the first `limit` inputs (in input order), before splitting among ranks.
+    public var limit: Int?
+    public var writer = CacheWriter.Options()
+
+    public init() {}
+}
+
+/// What a run did; printed at the end.
+public struct TokenizeSummary: Sendable {
+    public var cache: String
+    public var images = 0
+    public var skippedAlreadyDone = 0
+    public var records = 0
+    public var failures = 0
+    public var views = 0
+    public var totalRecords = 0
+    public var payloadBytes = 0
+    public var compressedBytes = 0
+    public var bytesOnDisk = 0
+    public var seconds = 0.0
+    public var encoderSeconds = 0.0
+    public var finished = false
+    public var stopReason: String?
+    public var contentDigest: String?
+}
+
+/// One rank's share of a tokenize run: reads its inputs, decodes and crops them on worker
+/// threads, encodes them in batches, and appends the records through a writer thread.
+///
+/// Stages overlap and every queue is bounded (decoded images: a window of a few batches; encoded
+/// batches: two), so memory does not grow with the dataset. Records are numbered by input order
+/// then view, whatever order the workers finish in. Each committed batch carries the number of
+/// inputs it completes, so a restarted run continues exactly after the last commit.
+public final class TokenizeJob {
+    public let inputs: DatasetInputs
+    public let options: TokenizeOptions
+    /// Where this rank writes: the cache itself, or its part of a scaled-out run.
+    public let outputPath: String
+    /// This rank's slice of `inputs.items`.
+    public let range: Range<Int>
+    let encoder: MergeTokEncoder
+    let preprocessor: Preprocessor
+    let writer: CacheWriter
+    let indexDType: TensorDType
+    let groupDType: TensorDType
+
+    public struct SetupError: Error, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    /// Checks everything before any work: the input list, the model, and the output (an existing
+    /// cache made with other settings is refused).
+    public init(input: String, modelPath: String, output: String, options: TokenizeOptions) throws {
+        guard options.worldSize >= 1, (0..<options.worldSize).contains(options.rank) else {
+            throw SetupError(message: "rank \(options.rank) is not in 0..<\(options.worldSize)")
+        }
+        guard !options.views.isEmpty, options.batchSize >= 1 else { throw SetupError(message: "need at least one view and a positive batch size") }
+        var scanned: DatasetInputs
+        do { scanned = try DatasetInputs.scan(input) } catch { throw SetupError(message: "input \(error)") }
+        if let limit = options.limit { scanned.items = Array(scanned.items.prefix(max(0, limit))) }
+        inputs = scanned
+        self.options = options
+        let n = scanned.items.count
+        range = (n * options.rank / options.worldSize)..<(n * (options.rank + 1) / options.worldSize)
+
+        let weights: EncoderWeights
+        do { weights = try EncoderWeights.load(path: modelPath) } catch {
+            throw SetupError(message: "model \(modelPath) does not load: \(error)")
+        }
+        guard weights.config.resolution == options.resolution else {
+            throw SetupError(message: "model \(modelPath) takes \(weights.config.resolution)×\(weights.config.resolution) inputs; --resolution is \(options.resolution)")
+        }
+        encoder = MergeTokEncoder(weights: weights)
+        preprocessor = Preprocessor(resolution: options.resolution, crop: options.crop)
+        indexDType = weights.config.codebookEntries <= 65536 ? .u16 : .u32
+        groupDType = weights.config.keptTokens <= 256 ? .u8 : .u16
+
+        let settings = try Self.settings(inputs: scanned, modelPath: modelPath, weights: weights, options: options,
+                                         indexDType: indexDType, groupDType: groupDType)
+        if options.worldSize > 1 {
+            outputPath = CacheMerger.partPath(root: output, rank: options.rank)
+            try FileManager.default.createDirectory(atPath: outputPath, withIntermediateDirectories: true)
+        } else {
+            outputPath = output
+        }
+        do {
+            writer = try CacheWriter(path: outputPath, settings: settings, classes: scanned.classes,
+                                     part: options.worldSize > 1 ? Manifest.Part(rank: options.rank, worldSize: options.worldSize) : nil,
+                                     options: options.writer)
+        } catch {
+            throw SetupError(message: "output \(outputPath): \(error)")
+        }
+    }
+
+    /// Inputs of this rank already committed by an earlier run.
+    public var alreadyDone: Int { min(writer.inputsDone ?? 0, range.count) }
+
+    /// What the manifest records as `settings`: everything that decides the records' bytes and
+    /// numbering, and nothing that does not (threads, batch size).
+    static func settings(inputs: DatasetInputs, modelPath: String, weights: EncoderWeights, options: TokenizeOptions,
+                         indexDType: TensorDType, groupDType: TensorDType) throws -> JSONValue {
+        let config = try JSONValue.parse(Array(weights.config.jsonString().utf8))
+        let (weightsHash, _) = try CacheVerifier.sha256(ofFile: modelPath)
+        var fingerprint = SHA256()
+        for item in inputs.items {
+            fingerprint.update(data: Array("\(item.id)\u{0}\(item.label)\u{0}".utf8))
+        }
+        let provenance = weights.metadata.filter { $0.key != EncoderConfig.metadataKey }.sorted { $0.key < $1.key }
+        return .object([
+            ("model", .object([
+                ("config", config),
+                ("weights_sha256", .string(weightsHash)),
+                ("metadata", .object(provenance.map { ($0.key, .string($0.value)) })),
+            ])),
+            ("preprocessing", .object([
+                ("resolution", .number(Double(options.resolution))),
+                ("crop", .string(options.crop.rawValue)),
+                ("views", .array(options.views.map { .number(Double($0.number)) })),
+                ("ten_crop_range", .number(1.1)),
+                ("normalize", .string("x/127.5-1")),
+                ("decode", .string("pillow-convert-rgb")),
+            ])),
+            ("latent_dtype", .string(options.latentDType.rawValue)),
+            ("index_dtype", .string(indexDType.rawValue)),
+            ("group_dtype", .string(groupDType.rawValue)),
+            ("inputs", .object([
+                ("kind", .string(inputs.kind.rawValue)),
+                ("count", .number(Double(inputs.items.count))),
+                ("fingerprint", .string(CacheVerifier.hex(fingerprint.finalize()))),
+            ])),
+        ])
+    }
+
+    // MARK: Running
+
+    /// Runs until every input of this rank is committed, `shouldStop` returns true (the current
+    /// batch is finished and committed first), or `maxFailures` is exceeded.
+    public func run(progress: TokenizeProgress? = nil, shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> TokenizeSummary {
+        let start = Date()
+        BLAS.setThreadCount(max(1, options.blasThreads))
+        let first = range.lowerBound + alreadyDone
+        try FailureLog.truncate(at: outputPath + "/failures.jsonl", keepingBelow: first)
+        var summary = TokenizeSummary(cache: outputPath)
+        summary.skippedAlreadyDone = alreadyDone
+        progress?.begin(total: range.count, done: alreadyDone)
+
+        let queue = PreparedQueue(range: first..<range.upperBound, window: max(4, 2 * options.batchSize + options.decodeWorkers))
+        let job = UncheckedBox(self)
+        var workers: [Thread] = []
+        for _ in 0..<max(1, options.decodeWorkers) {
+            let t = Thread {
+                let me = job.value
+                while let i = queue.claim() { queue.put(me.prepare(i)) }
+            }
+            t.stackSize = 8 << 20
+            workers.append(t)
+            t.start()
+        }
+        let sink = WriterThread(writer: writer, failuresPath: outputPath + "/failures.jsonl")
+        defer {
+            queue.stop()
+            sink.close()
+        }
+
+        var batchInputs: [[Float]] = []
+        var batchMeta: [RecordMeta] = []
+        var batchFailures: [FailureLog.Entry] = []
+        var failures = 0
+        func flush(inputsDone: Int) throws {
+            guard !batchInputs.isEmpty || !batchFailures.isEmpty else { return }
+            let t = Date()
+            let encoded = try encoder.encode(batch: batchInputs)
+            summary.encoderSeconds += Date().timeIntervalSince(t)
+            let records = zip(batchMeta, encoded).map { makeRecord($0, $1) }
+            summary.records += records.count
+            try sink.submit(records: records, failures: batchFailures, inputsDone: inputsDone)
+            batchInputs.removeAll(keepingCapacity: true)
+            batchMeta.removeAll(keepingCapacity: true)
+            batchFailures.removeAll()
+        }
+        while let p = queue.take() {
+            summary.images += 1
+            switch p.outcome {
+            case .failure(let error):
+                failures += 1
+                batchFailures.append(FailureLog.Entry(index: p.index, id: p.item.id, path: p.item.path, kind: error.kind, reason: error.reason))
+            case .success(let prepared):
+                batchInputs += prepared.inputs
+                batchMeta += prepared.meta
+            }
+            progress?.advance(failures: failures)
+            let done = p.index + 1 - range.lowerBound
+            if let max = options.maxFailures, failures > max {
+                try flush(inputsDone: done)
+                summary.stopReason = "more than \(max) inputs failed (see failures.jsonl); fix or remove them and run again"
+                break
+            }
+            if batchInputs.count >= options.batchSize || shouldStop() {
+                try flush(inputsDone: done)
+                if shouldStop() {
+                    summary.stopReason = "interrupted; run the same command again to resume"
+                    break
+                }
+            }
+        }
+        if summary.stopReason == nil { try flush(inputsDone: range.count) }
+        queue.stop()
+        try sink.drain()
+        for t in workers { while !t.isFinished { usleep(1000) } }
+        summary.failures = failures
+        summary.views = options.views.count
+        if summary.stopReason == nil {
+            let m = try writer.finish()
+            summary.finished = true
+            summary.contentDigest = m.contentDigest
+        }
+        let m = writer.manifest
+        summary.totalRecords = m.totals.records
+        summary.payloadBytes = m.totals.payloadBytes
+        summary.compressedBytes = m.totals.compressedBytes
+        summary.bytesOnDisk = m.totals.bytesOnDisk
+        summary.seconds = Date().timeIntervalSince(start)
+        progress?.end()
+        return summary
+    }
+
+    struct RecordMeta {
+        var item: InputItem
+        var view: View
+        var width: Int
+        var height: Int
+        var sha256: String
+    }
+
+    struct Prepared: @unchecked Sendable {  // handed from one worker to the consumer, never shared
+        var index: Int
+        var item: InputItem
+        var outcome: Result<(inputs: [[Float]], meta: [RecordMeta]), ImageDecodingError>
+    }
+
+    /// Reads, hashes, decodes once, and crops every view of input `index`.
+    func prepare(_ index: Int) -> Prepared {
+        let item = inputs.items[index]
+        guard let data = FileManager.default.contents(atPath: item.path) else {
+            return Prepared(index: index, item: item, outcome: .failure(ImageDecodingError(.io, path: item.path, reason: "cannot read file")))
+        }
+        let bytes = [UInt8](data)
+        let sha = CacheVerifier.hex(SHA256.hash(data: bytes))
+        do {
+            let image = try ImageDecoder.decode(bytes: bytes, path: item.path, options: preprocessor.decodeOptions)
+            var out: [[Float]] = []
+            var meta: [RecordMeta] = []
+            for view in options.views {
+                out.append(preprocessor.preprocess(image, view: view).floatCHW())
+                meta.append(RecordMeta(item: item, view: view, width: image.width, height: image.height, sha256: sha))
+            }
+            return Prepared(index: index, item: item, outcome: .success((out, meta)))
+        } catch {
+            return Prepared(index: index, item: item, outcome: .failure(error))
+        }
+    }
+
+    func makeRecord(_ meta: RecordMeta, _ e: EncodedImage) -> TokenRecord {
+        let k = e.indices.count
+        let z = e.latents.count / max(1, k)
+        var indexBytes: [UInt8] = []
+        indexBytes.reserveCapacity(k * indexDType.byteSize)
+        for v in e.indices {
+            if indexDType == .u16 { withUnsafeBytes(of: UInt16(v).littleEndian) { indexBytes += $0 } } else { withUnsafeBytes(of: v.littleEndian) { indexBytes += $0 } }
+        }
+        var groupBytes: [UInt8] = []
+        for g in e.groups {
+            if groupDType == .u8 { groupBytes.append(UInt8(g)) } else { withUnsafeBytes(of: g.littleEndian) { groupBytes += $0 } }
+        }
+        let box = CropGeometry.sourceBox(width: meta.width, height: meta.height, resolution: options.resolution,
+                                         crop: options.crop, view: meta.view)
+        return TokenRecord(
+            id: meta.item.id, view: meta.view.number, label: meta.item.label, sourceWidth: meta.width, sourceHeight: meta.height,
+            cropBox: box, sourceSHA256: meta.sha256,
+            latents: NamedTensor(name: "latents", dtype: options.latentDType, shape: [k, z],
+                                 bytes: FloatConversion.encode(e.latents, as: options.latentDType)),
+            logvar: e.logvar.map { NamedTensor(name: "logvar", dtype: options.latentDType, shape: [k, z],
+                                               bytes: FloatConversion.encode($0, as: options.latentDType)) },
+            indices: NamedTensor(name: "indices", dtype: indexDType, shape: [k], bytes: indexBytes),
+            groups: NamedTensor(name: "groups", dtype: groupDType, shape: [e.groups.count], bytes: groupBytes))
+    }
+}
+
+/// Passes a reference into a worker thread's closure.
+struct UncheckedBox<T>: @unchecked Sendable {  // the job is immutable while workers run
+    let value: T
+    init(_ value: T) { self.value = value }
+}
