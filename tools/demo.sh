@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The main job on a built-in default: installs what is missing, builds mtok, writes a small cache,
-# verifies it deeply, and prints its summary and one record. Output goes to ./demo-cache.
+# The main job on a built-in default: installs what is missing, builds mtok, makes an untrained
+# MergeTok model (ViT-B stem, 144 tokens, VAE latents + 16384-entry VQ), tokenizes the bundled
+# real photographs (tools/demo/images, an ImageFolder of 11 photos from scikit-image's data) with
+# center and flip views, verifies the cache deeply, and prints its summary and one record.
+# Everything it writes goes to ./demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
 swift build -c release --product mtok
 MTOK=.build/release/mtok
-rm -rf demo-cache
-"$MTOK" synth-cache demo-cache --records 2000 --tokens 256 --channels 16 --latent-dtype bf16
-"$MTOK" verify demo-cache --deep
-"$MTOK" info demo-cache
-"$MTOK" get demo-cache synthetic/00000042
+mkdir -p demo
+[ -f demo/model.safetensors ] || "$MTOK" model init --preset mergetok-r-vitb-k144 --seed 0 --out demo/model.safetensors
+rm -rf demo/cache
+"$MTOK" tokenize tools/demo/images --model demo/model.safetensors --out demo/cache --views center,hflip
+"$MTOK" verify demo/cache --deep
+"$MTOK" info demo/cache
+"$MTOK" get demo/cache animals/chelsea.jpg --view 1
