@@ -1,0 +1,178 @@
+import Foundation
+import ShardReader
+import TestSupport
+import Testing
+
+/// End-to-end runs of `mtok tokenize` on real photographs with the tiny preset.
+@Suite(.serialized)
+struct TokenizeCLITests {
+    static let fixtures = TestSupport.packageRoot + "/Tests/ImageDecodingTests/Fixtures"
+    static let photos = TestSupport.packageRoot + "/tools/demo/images"
+
+    /// An untrained tiny model (64×64 input), made once per test.
+    func tinyModel(_ dir: String) throws -> String {
+        let path = dir + "/tiny.safetensors"
+        let r = try TestSupport.mtok(["model", "init", "--preset", "tiny", "--seed", "3", "--out", path])
+        #expect(r.status == 0, "\(r.stderr)")
+        return path
+    }
+
+    /// An ImageFolder: the demo photos copied `copies` times, plus the given extra files per class.
+    func dataset(_ dir: String, copies: Int = 1, extras: [String: [String]] = [:]) throws -> String {
+        let root = dir + "/data"
+        let fm = FileManager.default
+        for cls in try fm.contentsOfDirectory(atPath: Self.photos).sorted() {
+            try fm.createDirectory(atPath: root + "/" + cls, withIntermediateDirectories: true)
+            for name in try fm.contentsOfDirectory(atPath: Self.photos + "/" + cls) {
+                for c in 0..<copies {
+                    try fm.copyItem(atPath: "\(Self.photos)/\(cls)/\(name)", toPath: "\(root)/\(cls)/\(c)_\(name)")
+                }
+            }
+        }
+        for (cls, files) in extras {
+            try fm.createDirectory(atPath: root + "/" + cls, withIntermediateDirectories: true)
+            for f in files { try fm.copyItem(atPath: Self.fixtures + "/" + f, toPath: root + "/" + cls + "/" + f) }
+        }
+        return root
+    }
+
+    func tokenize(_ data: String, _ model: String, _ out: String, _ extra: [String] = []) throws -> TestSupport.ProcessResult {
+        try TestSupport.mtok(["tokenize", data, "--model", model, "--out", out, "--resolution", "64"] + extra)
+    }
+
+    func digest(_ cache: String) throws -> String? { try TokenCache(path: cache).manifest.contentDigest }
+
+    @Test func cleanRunVerifiesAndLogsExactlyTheBrokenInputs() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let broken = ["empty.jpg", "truncated_baseline.jpg", "not_an_image.jpg", "truncated.png", "corrupt_marker.jpg"]
+        let tricky = ["png_named.jpg", "photo_chelsea_cmyk_adobe.jpg", "photo_chelsea_ycck.jpg", "photo_hubble_gray.jpg",
+                      "photo_camera_gray16.png", "photo_ihc_rgba.png", "photo_chelsea_palette_trns.png"]
+        let data = try dataset(dir, extras: ["zz_odd": broken + tricky])
+        let r = try tokenize(data, model, dir + "/cache")
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("finished"))
+        #expect(try TestSupport.mtok(["verify", dir + "/cache", "--deep"]).status == 0)
+        let lines = try String(contentsOfFile: dir + "/cache/failures.jsonl", encoding: .utf8).split(separator: "\n")
+        let failed = try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(Set(failed.compactMap { $0["id"] as? String }) == Set(broken.map { "zz_odd/" + $0 }))
+        #expect(failed.allSatisfy { ($0["reason"] as? String)?.isEmpty == false && $0["path"] is String })
+        let kinds = Dictionary(uniqueKeysWithValues: failed.map { ($0["id"] as! String, $0["kind"] as! String) })
+        #expect(kinds["zz_odd/empty.jpg"] == "empty")
+        #expect(kinds["zz_odd/truncated_baseline.jpg"] == "truncated")
+        #expect(kinds["zz_odd/not_an_image.jpg"] == "notAnImage")
+        let cache = try TokenCache(path: dir + "/cache")
+        #expect(cache.count == 2 * (11 + tricky.count))
+        #expect(cache.manifest.classes == ["animals", "objects", "people", "science", "zz_odd"])
+        let flipped = try #require(try cache.record(id: "zz_odd/png_named.jpg", view: 1))
+        #expect(flipped.label == 4 && flipped.view == 1)
+        #expect(flipped.latents.shape == [169, 8] && flipped.groups.shape == [256])
+        let cat = try #require(try cache.record(id: "animals/0_chelsea.jpg"))
+        #expect(cat.sourceWidth == 384 && cat.sourceHeight == 255 && cat.label == 0)
+        // The centre square of a 384×255 landscape photo, to within the floor of ADM's box halving.
+        #expect(cat.cropBox.y == 0 && cat.cropBox.height == 255)
+        #expect(abs(cat.cropBox.width - 255) <= 3 && abs(cat.cropBox.x - (384 - cat.cropBox.width) / 2) <= 1)
+    }
+
+    @Test func recordsDoNotDependOnThreadsOrBatchSize() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        #expect(try tokenize(data, model, dir + "/a", ["--threads", "1", "--batch-size", "3"]).status == 0)
+        #expect(try tokenize(data, model, dir + "/b", ["--threads", "2", "--decode-workers", "3", "--batch-size", "8"]).status == 0)
+        let a = try digest(dir + "/a"), b = try digest(dir + "/b")
+        #expect(a != nil && a == b)
+    }
+
+    @Test func fourRanksAndMergeGiveTheRecordsOfOneRank() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir, copies: 2)
+        #expect(try tokenize(data, model, dir + "/one").status == 0)
+        for rank in 0..<4 {
+            // Rank 2 takes its rank from the Slurm array variables, as an array job would.
+            let r: TestSupport.ProcessResult
+            if rank == 2 {
+                r = try TestSupport.run(TestSupport.mtokBinary,
+                                        ["tokenize", data, "--model", model, "--out", dir + "/four", "--resolution", "64"],
+                                        environment: ["SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"])
+            } else {
+                r = try tokenize(data, model, dir + "/four", ["--rank", "\(rank)", "--world-size", "4"])
+            }
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        let early = try TestSupport.mtok(["merge", dir + "/nothing-here"])
+        #expect(early.status == 1)
+        let merged = try TestSupport.mtok(["merge", dir + "/four"])
+        #expect(merged.status == 0, "\(merged.stderr)")
+        #expect(try TestSupport.mtok(["verify", dir + "/four", "--deep"]).status == 0)
+        #expect(try digest(dir + "/four") == (try digest(dir + "/one")))
+        let one = try TokenCache(path: dir + "/one"), four = try TokenCache(path: dir + "/four")
+        #expect(one.count == four.count && one.count == 44)
+        for i in stride(from: 0, to: one.count, by: 7) { #expect(try one.payload(at: i) == four.payload(at: i)) }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/four/parts"))
+    }
+
+    @Test func killedWithSIGKILLAndResumedGivesTheSameCache() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir, copies: 4)
+        let args = ["--batch-size", "4"]
+        #expect(try tokenize(data, model, dir + "/clean", args).status == 0)
+        var kills = 0
+        for _ in 0..<5 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: TestSupport.mtokBinary)
+            p.arguments = ["tokenize", data, "--model", model, "--out", dir + "/crashed", "--resolution", "64"] + args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            usleep(UInt32.random(in: 100_000...900_000))
+            if p.isRunning {
+                kill(p.processIdentifier, SIGKILL)
+                kills += 1
+            }
+            p.waitUntilExit()
+        }
+        #expect(kills >= 2, "the run should have been killed mid-way at least twice")
+        let r = try tokenize(data, model, dir + "/crashed", args)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try TestSupport.mtok(["verify", dir + "/crashed", "--deep"]).status == 0)
+        #expect(try digest(dir + "/crashed") == (try digest(dir + "/clean")))
+    }
+
+    @Test func sigtermFinishesTheBatchAndTheRunResumes() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir, copies: 4)
+        #expect(try tokenize(data, model, dir + "/clean", ["--batch-size", "2"]).status == 0)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: TestSupport.mtokBinary)
+        p.arguments = ["tokenize", data, "--model", model, "--out", dir + "/stopped", "--resolution", "64", "--batch-size", "2"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        usleep(400_000)
+        let wasRunning = p.isRunning
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        if wasRunning { #expect(p.terminationStatus == 130 || p.terminationStatus == 0) }
+        #expect(try tokenize(data, model, dir + "/stopped", ["--batch-size", "2"]).status == 0)
+        #expect(try digest(dir + "/stopped") == (try digest(dir + "/clean")))
+    }
+
+    @Test func badSetupIsRefusedBeforeAnyWork() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        let missing = try tokenize(dir + "/no-such-folder", model, dir + "/x")
+        #expect(missing.status == 1 && missing.stderr.contains("no-such-folder"))
+        try Data("not a model".utf8).write(to: URL(fileURLWithPath: dir + "/bad.safetensors"))
+        let badModel = try tokenize(data, dir + "/bad.safetensors", dir + "/y")
+        #expect(badModel.status == 1 && badModel.stderr.contains("bad.safetensors"))
+        #expect(try tokenize(data, model, dir + "/z", ["--views", "center"]).status == 0)
+        let other = try tokenize(data, model, dir + "/z", ["--views", "center,hflip"])
+        #expect(other.status == 1 && other.stderr.contains("other settings"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/x/manifest.json"))
+    }
+}
