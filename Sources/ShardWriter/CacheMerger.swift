@@ -1,5 +1,8 @@
 import Crypto
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 public import ShardFormat
 public import ShardReader
 
@@ -27,6 +30,11 @@ public enum CacheMerger {
     @discardableResult
     public static func merge(root: String) throws -> Manifest {
         let fm = FileManager.default
+        // Several ranks may try to merge as they finish; one merges, the others are told so.
+        let lockFD = open(root + "/.merge.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lockFD >= 0 else { throw CacheError(.io, "\(root)/.merge.lock: \(String(cString: strerror(errno)))") }
+        defer { close(lockFD) }
+        guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else { throw CacheError(.busy, "another process is merging \(root)") }
         let planPath = root + "/" + planFile
         let plan: Plan
         if let data = fm.contents(atPath: planPath) {

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Tokenize benchmark: end-to-end images/s against encoder-only images/s, and peak memory.
+
+    swift build -c release --product mtok
+    python3 tools/bench_tokenize.py [--workdir /tmp/mtok-bench-tokenize] [--paper-images 16]
+        [--rss-sizes 1000,10000] [--threads 2]
+
+In one run, for the tiny preset (64×64) and the paper-sized preset mergevq-gr-d64-k144 (256×256),
+on datasets made of the bundled real photographs (tools/demo/images, hard-linked N times):
+- end-to-end images/s of `mtok tokenize` (one view per image, batch 8, --threads T);
+- encoder-only images/s of `mtok bench-encoder` on the same model, batch and threads;
+- their ratio (target >= 0.90);
+- peak RSS of tokenize runs on the tiny preset at each --rss-sizes count (target: the largest
+  within 10 % of the smallest).
+Only the Python standard library is needed. Each figure is the median of --repeats runs.
+"""
+import argparse, json, os, re, shutil, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHOTOS = os.path.join(ROOT, "tools", "demo", "images")
+
+
+def make_dataset(path, count):
+    shutil.rmtree(path, ignore_errors=True)
+    photos = [os.path.join(d, f) for d in sorted(os.listdir(PHOTOS)) for f in sorted(os.listdir(os.path.join(PHOTOS, d)))]
+    for i in range(count):
+        cls = os.path.join(path, f"c{i % 10}")
+        os.makedirs(cls, exist_ok=True)
+        src = os.path.join(PHOTOS, photos[i % len(photos)])
+        os.link(src, os.path.join(cls, f"{i:07d}.jpg"))
+    return path
+
+
+def run_measured(cmd):
+    """Runs cmd; returns (seconds, peak RSS bytes, stdout)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    secs = time.perf_counter() - t
+    if status != 0:
+        sys.exit(f"failed: {' '.join(cmd)}")
+    return secs, usage.ru_maxrss * 1024, out
+
+
+def tokenize(mtok, data, model, out, res, threads, batch=8):
+    shutil.rmtree(out, ignore_errors=True)
+    secs, rss, text = run_measured([mtok, "tokenize", data, "--model", model, "--out", out, "--resolution", str(res),
+                                    "--views", "center", "--batch-size", str(batch), "--threads", str(threads)])
+    images = int(re.search(r"images\s+(\d+) this run", text).group(1))
+    return images / secs, rss
+
+
+def encoder_only(mtok, model, threads, batch=8, repeats=3):
+    out = subprocess.run([mtok, "bench-encoder", "--model", model, "--batch", str(batch), "--threads", str(threads),
+                          "--repeats", str(repeats), "--gemm-size", "0"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["images_per_second"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default="/tmp/mtok-bench-tokenize")
+    ap.add_argument("--mtok", default=os.path.join(ROOT, ".build/release/mtok"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--tiny-images", type=int, default=400)
+    ap.add_argument("--paper-images", type=int, default=16)
+    ap.add_argument("--rss-sizes", default="1000,10000")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    w = args.workdir
+    models = {}
+    for preset, res in [("tiny", 64), ("mergevq-gr-d64-k144", 256)]:
+        path = os.path.join(w, preset + ".safetensors")
+        if not os.path.exists(path):
+            subprocess.run([args.mtok, "model", "init", "--preset", preset, "--seed", "0", "--out", path], check=True,
+                           capture_output=True)
+        models[preset] = (path, res)
+
+    rows = []
+    for preset, count in [("tiny", args.tiny_images), ("mergevq-gr-d64-k144", args.paper_images)]:
+        model, res = models[preset]
+        data = make_dataset(os.path.join(w, f"data-{preset}"), count)
+        e2e = statistics.median(tokenize(args.mtok, data, model, os.path.join(w, "cache"), res, args.threads)[0]
+                                for _ in range(args.repeats))
+        enc = statistics.median(encoder_only(args.mtok, model, args.threads) for _ in range(args.repeats))
+        rows.append((preset, count, e2e, enc))
+
+    print(f"tokenize benchmark: {args.threads} threads, batch 8, one view, medians of {args.repeats}")
+    print(f"{'preset':24}{'images':>8}{'end-to-end img/s':>18}{'encoder-only img/s':>20}{'ratio':>8}")
+    for preset, count, e2e, enc in rows:
+        print(f"{preset:24}{count:>8}{e2e:>18.2f}{enc:>20.2f}{e2e / enc:>8.3f}   target >= 0.90")
+
+    sizes = [int(s) for s in args.rss_sizes.split(",")]
+    model, res = models["tiny"]
+    rss = []
+    for n in sizes:
+        data = make_dataset(os.path.join(w, "data-rss"), n)
+        rate, peak = tokenize(args.mtok, data, model, os.path.join(w, "cache-rss"), res, args.threads)
+        rss.append(peak)
+        print(f"peak RSS, tiny preset, {n:>6} images: {peak / 2**20:8.1f} MiB  ({rate:.1f} img/s)")
+    print(f"peak RSS at {sizes[-1]} / at {sizes[0]}: {rss[-1] / rss[0]:.3f}   target <= 1.10")
+
+
+if __name__ == "__main__":
+    main()
