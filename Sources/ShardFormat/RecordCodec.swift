@@ -46,32 +46,16 @@ public enum RecordCodec {
         } catch {
             throw FormatError(.badContainer, error.reason)
         }
-        let m = parsed.metadata
-        guard let version = m[Key.format] else { throw FormatError(.unknownVersion, "no \(Key.format) in metadata") }
-        guard version == formatVersion else {
-            throw FormatError(.unknownVersion, "record format \(version), this reader knows \(formatVersion)")
-        }
         var byName: [String: NamedTensor] = [:]
-        for t in parsed.tensors {
-            guard ["latents", "logvar", "indices", "groups"].contains(t.name) else {
-                throw FormatError(.badContainer, "unexpected tensor \(t.name)")
-            }
-            byName[t.name] = t
-        }
-        guard let latents = byName["latents"], let indices = byName["indices"], let groups = byName["groups"] else {
-            throw FormatError(.badContainer, "missing tensor: latents, indices and groups are required")
-        }
+        for t in parsed.tensors { byName[t.name] = t }
+        try checkNames(parsed.tensors.map(\.name))
+        let latents = byName["latents"]!, indices = byName["indices"]!, groups = byName["groups"]!
         let logvar = byName["logvar"]
+        let meta = try checkMetadata(parsed.metadata)
         try validate(latents: latents, logvar: logvar, indices: indices, groups: groups)
-
-        guard let id = m[Key.id] else { throw FormatError(.badMetadata, "no id") }
-        guard let view = m[Key.view].flatMap({ Int($0) }), view >= 0 else { throw FormatError(.badMetadata, "bad view") }
-        guard let label = m[Key.label].flatMap({ Int($0) }), label >= -1 else { throw FormatError(.badMetadata, "bad label") }
-        let size = try ints(m[Key.sourceSize], count: 2, name: Key.sourceSize)
-        let box = try ints(m[Key.cropBox], count: 4, name: Key.cropBox)
-        return TokenRecord(id: id, view: view, label: label, sourceWidth: size[0], sourceHeight: size[1],
-                           cropBox: CropBox(x: box[0], y: box[1], width: box[2], height: box[3]),
-                           sourceSHA256: m[Key.sourceSHA256] ?? "",
+        return TokenRecord(id: meta.id, view: meta.view, label: meta.label, sourceWidth: meta.size[0], sourceHeight: meta.size[1],
+                           cropBox: CropBox(x: meta.box[0], y: meta.box[1], width: meta.box[2], height: meta.box[3]),
+                           sourceSHA256: parsed.metadata[Key.sourceSHA256] ?? "",
                            latents: latents, logvar: logvar, indices: indices, groups: groups)
     }
 
@@ -82,41 +66,100 @@ public enum RecordCodec {
         return try r.get()
     }
 
+    /// Schema-checks a stored frame's content (the payload, byte-shuffled or not) without
+    /// materializing it: the same checks as `decode`, at the cost of reading the header and the
+    /// group map. Returns the record's (id, view).
+    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int) {
+        let header: SafetensorsHeader
+        do {
+            header = try Safetensors.parseHeader(stored)
+        } catch {
+            throw FormatError(.badContainer, error.reason)
+        }
+        try checkNames(header.entries.map(\.name))
+        let meta = try checkMetadata(header.metadata)
+        let latents = header.entry("latents")!, indices = header.entry("indices")!, groups = header.entry("groups")!
+        let logvar = header.entry("logvar")
+        let k = try checkShapes(latents: (latents.dtype, latents.shape), logvar: logvar.map { ($0.dtype, $0.shape) },
+                                indices: (indices.dtype, indices.shape), groups: (groups.dtype, groups.shape))
+        let bytes = UnsafeRawBufferPointer(rebasing: stored[(header.dataOffset + groups.byteRange.lowerBound)..<(header.dataOffset + groups.byteRange.upperBound)])
+        try checkGroups(bytes, dtype: groups.dtype, planar: shuffled, k: k)
+        return (meta.id, meta.view)
+    }
+
     /// Checks dtypes, shape agreement and that every group id names a kept token.
     public static func validate(latents: NamedTensor, logvar: NamedTensor?, indices: NamedTensor,
                                 groups: NamedTensor) throws(FormatError) {
-        guard [.f32, .f16, .bf16].contains(latents.dtype) else {
-            throw FormatError(.unknownDType, "latents must be F32, F16 or BF16, got \(latents.dtype.rawValue)")
+        let k = try checkShapes(latents: (latents.dtype, latents.shape), logvar: logvar.map { ($0.dtype, $0.shape) },
+                                indices: (indices.dtype, indices.shape), groups: (groups.dtype, groups.shape))
+        let r: Result<Void, FormatError> = groups.bytes.withUnsafeBytes { raw in
+            Result { () throws(FormatError) in try checkGroups(raw, dtype: groups.dtype, planar: false, k: k) }
         }
-        guard latents.shape.count == 2 else { throw FormatError(.badShape, "latents must be [K, C], got \(latents.shape)") }
-        let k = latents.shape[0]
+        try r.get()
+    }
+
+    static func checkNames(_ names: [String]) throws(FormatError) {
+        for name in names where !["latents", "logvar", "indices", "groups"].contains(name) {
+            throw FormatError(.badContainer, "unexpected tensor \(name)")
+        }
+        for name in ["latents", "indices", "groups"] where !names.contains(name) {
+            throw FormatError(.badContainer, "missing tensor \(name): latents, indices and groups are required")
+        }
+    }
+
+    static func checkMetadata(_ m: [String: String]) throws(FormatError) -> (id: String, view: Int, label: Int, size: [Int], box: [Int]) {
+        guard let version = m[Key.format] else { throw FormatError(.unknownVersion, "no \(Key.format) in metadata") }
+        guard version == formatVersion else {
+            throw FormatError(.unknownVersion, "record format \(version), this reader knows \(formatVersion)")
+        }
+        guard let id = m[Key.id] else { throw FormatError(.badMetadata, "no id") }
+        guard let view = m[Key.view].flatMap({ Int($0) }), view >= 0 else { throw FormatError(.badMetadata, "bad view") }
+        guard let label = m[Key.label].flatMap({ Int($0) }), label >= -1 else { throw FormatError(.badMetadata, "bad label") }
+        let size = try ints(m[Key.sourceSize], count: 2, name: Key.sourceSize)
+        let box = try ints(m[Key.cropBox], count: 4, name: Key.cropBox)
+        return (id, view, label, size, box)
+    }
+
+    /// Returns K.
+    static func checkShapes(latents: (TensorDType, [Int]), logvar: (TensorDType, [Int])?, indices: (TensorDType, [Int]),
+                            groups: (TensorDType, [Int])) throws(FormatError) -> Int {
+        guard [.f32, .f16, .bf16].contains(latents.0) else {
+            throw FormatError(.unknownDType, "latents must be F32, F16 or BF16, got \(latents.0.rawValue)")
+        }
+        guard latents.1.count == 2 else { throw FormatError(.badShape, "latents must be [K, C], got \(latents.1)") }
+        let k = latents.1[0]
         if let logvar {
-            guard logvar.dtype == latents.dtype, logvar.shape == latents.shape else {
-                throw FormatError(.badShape, "logvar must match latents (\(latents.dtype.rawValue) \(latents.shape)), got \(logvar.dtype.rawValue) \(logvar.shape)")
+            guard logvar.0 == latents.0, logvar.1 == latents.1 else {
+                throw FormatError(.badShape, "logvar must match latents (\(latents.0.rawValue) \(latents.1)), got \(logvar.0.rawValue) \(logvar.1)")
             }
         }
-        guard [.u16, .u32].contains(indices.dtype) else {
-            throw FormatError(.unknownDType, "indices must be U16 or U32, got \(indices.dtype.rawValue)")
+        guard [.u16, .u32].contains(indices.0) else {
+            throw FormatError(.unknownDType, "indices must be U16 or U32, got \(indices.0.rawValue)")
         }
-        guard indices.shape == [k] else { throw FormatError(.badShape, "indices must be [\(k)], got \(indices.shape)") }
-        guard [.u8, .u16].contains(groups.dtype) else {
-            throw FormatError(.unknownDType, "groups must be U8 or U16, got \(groups.dtype.rawValue)")
+        guard indices.1 == [k] else { throw FormatError(.badShape, "indices must be [\(k)], got \(indices.1)") }
+        guard [.u8, .u16].contains(groups.0) else {
+            throw FormatError(.unknownDType, "groups must be U8 or U16, got \(groups.0.rawValue)")
         }
-        guard groups.shape.count == 1, groups.shape[0] >= k else {
-            throw FormatError(.badShape, "groups must be [N] with N >= K = \(k), got \(groups.shape)")
+        guard groups.1.count == 1, groups.1[0] >= k else {
+            throw FormatError(.badShape, "groups must be [N] with N >= K = \(k), got \(groups.1)")
         }
-        let maxGroup = groups.bytes.withUnsafeBytes { raw -> Int in
-            var m = 0
-            if groups.dtype == .u8 {
-                for b in raw { m = max(m, Int(b)) }
-            } else {
-                for i in 0..<(raw.count / 2) { m = max(m, Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+        return k
+    }
+
+    /// Every group id must be < K. `planar`: u16 values stored as two byte planes (`ByteShuffle`).
+    static func checkGroups(_ raw: UnsafeRawBufferPointer, dtype: TensorDType, planar: Bool, k: Int) throws(FormatError) {
+        var m = 0
+        if dtype == .u8 {
+            for b in raw { m = max(m, Int(b)) }
+        } else {
+            let n = raw.count / 2
+            for i in 0..<n {
+                let v = planar ? Int(raw[i]) | Int(raw[n + i]) << 8
+                               : Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                m = max(m, v)
             }
-            return m
         }
-        guard groups.shape[0] == 0 || maxGroup < k else {
-            throw FormatError(.badValue, "group id \(maxGroup) is not a kept token (K = \(k))")
-        }
+        guard raw.isEmpty || m < k else { throw FormatError(.badValue, "group id \(m) is not a kept token (K = \(k))") }
     }
 
     static func ints(_ text: String?, count: Int, name: String) throws(FormatError) -> [Int] {

@@ -9,11 +9,12 @@ struct VerifyCommand: ParsableCommand {
 
     @Argument(help: "The cache directory.") var cache: String
     @Flag(help: "Read, checksum and schema-check every record; check the id index and the content digest.") var deep = false
+    @Flag(help: "With --deep: also recompute every payload's SHA-256 and the content digest from the payloads.") var rehash = false
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "Threads for the deep check (default: all cores).") var threads: Int?
 
     func run() throws {
-        let report = CacheVerifier.verify(path: cache, deep: deep,
+        let report = CacheVerifier.verify(path: cache, deep: deep, rehash: rehash,
                                           threads: threads ?? ProcessInfo.processInfo.activeProcessorCount)
         if json {
             try printJSON(report)

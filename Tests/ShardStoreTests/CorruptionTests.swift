@@ -1,4 +1,5 @@
 import Foundation
+import LMDBCore
 import ShardFormat
 import ShardReader
 import ShardWriter
@@ -55,6 +56,31 @@ struct CorruptionTests {
         }
         // Every other record still reads.
         for i in 0..<m.totals.records where i != fault.index! { #expect(try cache.record(at: i) == gen.record(i)) }
+    }
+
+    @Test func wrongStoredDigestIsFoundByRehash() throws {
+        let (dir, m) = try freshCache()
+        let file = m.shards[0].file
+        chmod(dir + "/" + file, 0o644)
+        do {
+            let env = try LMDBEnvironment(path: dir + "/" + file, options: .init(readOnly: false, mapSize: 64 << 20))
+            try env.write { txn in
+                let db = try #require(try txn.openDatabase(ShardLayout.digestsDatabase))
+                var value = try #require(try txn.get(db, key: ShardLayout.chunkKey(1)) { Array($0) })
+                value[40] ^= 1  // second record of chunk 1
+                try txn.put(db, key: ShardLayout.chunkKey(1), value: value)
+            }
+        }
+        try? FileManager.default.removeItem(atPath: dir + "/" + file + "-lock")
+        // The file changed: its size or its SHA-256 no longer matches the manifest.
+        #expect(CacheVerifier.verify(path: dir, deep: false).faults.contains { $0.shard == file })
+        let rehashed = CacheVerifier.verify(path: dir, deep: true, rehash: true)
+        let located = rehashed.faults.filter { $0.index != nil }
+        #expect(located.count == 1, "\(rehashed.faults)")
+        #expect(located.count == 1 && located.first?.index == 4 * 1 + 1 && located.first?.kind == .checksumMismatch)
+        // Without rehash the content digest, rebuilt from the stored digests, no longer matches.
+        let plain = CacheVerifier.verify(path: dir, deep: true)
+        #expect(plain.faults.contains { $0.kind == .checksumMismatch && $0.message.contains("content digest") })
     }
 
     @Test func truncatedShardIsRefused() throws {

@@ -55,6 +55,7 @@ struct StoreRoundTripTests {
         #expect(try cache.record(id: gen.record(3).id, view: 1) == nil)
         #expect(throws: CacheError.self) { try cache.record(at: 150) }
         #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
+        #expect(CacheVerifier.verify(path: dir, deep: true, rehash: true).isClean)
     }
 
     @Test(arguments: [TensorDType.f32, .f16, .bf16])
