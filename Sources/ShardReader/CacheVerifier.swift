@@ -2,7 +2,7 @@ import Crypto
 import Dispatch
 public import Foundation
 internal import LMDBCore
-public import ShardFormat
+import ShardFormat
 internal import ZstdCore
 
 /// One problem `CacheVerifier` found, with its location.

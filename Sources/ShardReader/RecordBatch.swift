@@ -1,5 +1,5 @@
-public import ShardFormat
-public import TensorFiles
+import ShardFormat
+import TensorFiles
 
 /// Records gathered into contiguous arrays, ready to hand to a trainer.
 public struct RecordBatch: Sendable {

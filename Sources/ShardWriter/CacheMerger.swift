@@ -4,7 +4,7 @@ import Foundation
 import Glibc
 #endif
 public import ShardFormat
-public import ShardReader
+import ShardReader
 
 /// Joins the parts of a scaled-out run (`CACHE/parts/rank-NNNNN`, each a finished cache) into one
 /// cache at `CACHE`, moving shard files instead of copying record bytes.

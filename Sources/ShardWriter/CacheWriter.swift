@@ -1,9 +1,9 @@
 import Crypto
 import Dispatch
-public import Foundation
+import Foundation
 internal import LMDBCore
 public import ShardFormat
-public import ShardReader
+import ShardReader
 public import TensorFiles
 internal import ZstdCore
 #if canImport(Glibc)
