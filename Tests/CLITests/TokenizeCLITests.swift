@@ -61,6 +61,7 @@ struct TokenizeCLITests {
         #expect(kinds["zz_odd/empty.jpg"] == "empty")
         #expect(kinds["zz_odd/truncated_baseline.jpg"] == "truncated")
         #expect(kinds["zz_odd/not_an_image.jpg"] == "notAnImage")
+        try expectValidAgainstSchemas(dir + "/cache")
         let cache = try TokenCache(path: dir + "/cache")
         #expect(cache.count == 2 * (11 + tricky.count))
         #expect(cache.manifest.classes == ["animals", "objects", "people", "science", "zz_odd"])
@@ -72,6 +73,28 @@ struct TokenizeCLITests {
         // The centre square of a 384×255 landscape photo, to within the floor of ADM's box halving.
         #expect(cat.cropBox.y == 0 && cat.cropBox.height == 255)
         #expect(abs(cat.cropBox.width - 255) <= 3 && abs(cat.cropBox.x - (384 - cat.cropBox.width) / 2) <= 3)
+    }
+
+    /// The cache's JSON files follow the JSON Schemas in Schemas/ (checked with Python's jsonschema).
+    func expectValidAgainstSchemas(_ cache: String) throws {
+        guard let python = TestSupport.python else {
+            Issue.record("no Python with jsonschema: run tools/install-deps.sh")
+            return
+        }
+        let script = """
+        import json, os, sys, jsonschema
+        schemas, cache = sys.argv[1], sys.argv[2]
+        load = lambda n: json.load(open(f"{schemas}/{n}"))
+        jsonschema.validate(json.load(open(f"{cache}/manifest.json")), load("manifest.schema.json"))
+        n = 0
+        failures = f"{cache}/failures.jsonl"
+        for line in (open(failures) if os.path.exists(failures) else []):
+            jsonschema.validate(json.loads(line), load("failure.schema.json"))
+            n += 1
+        print("valid", n)
+        """
+        let r = try TestSupport.run(python, ["-c", script, TestSupport.packageRoot + "/Schemas", cache])
+        #expect(r.status == 0 && r.stdout.contains("valid"), "\(r.stderr)")
     }
 
     @Test func recordsDoNotDependOnThreadsOrBatchSize() throws {
@@ -106,6 +129,7 @@ struct TokenizeCLITests {
         let merged = try TestSupport.mtok(["merge", dir + "/four"])
         #expect(merged.status == 0, "\(merged.stderr)")
         #expect(try TestSupport.mtok(["verify", dir + "/four", "--deep"]).status == 0)
+        try expectValidAgainstSchemas(dir + "/four")
         #expect(try digest(dir + "/four") == (try digest(dir + "/one")))
         let one = try TokenCache(path: dir + "/one"), four = try TokenCache(path: dir + "/four")
         #expect(one.count == four.count && one.count == 44)
