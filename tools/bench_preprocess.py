@@ -16,7 +16,7 @@ Each is used at its own size (300 to 1411 pixels a side) and again scaled so its
 
 Run from the repository root, after a release build:
     swift build -c release --product mtok
-    .venv/bin/pip install -r tools/requirements-fixtures.txt scikit-learn matplotlib
+    python3 -m venv .venv && .venv/bin/pip install -r tools/requirements-bench.txt
     .venv/bin/python tools/bench_preprocess.py [--mtok .build/release/mtok] [--trials 5]
 """
 
