@@ -367,6 +367,12 @@ def main() -> None:
     bad = bytearray(pngb)
     bad[16:24] = b"\x00" * 8  # zero width and height in IHDR
     add_error(write("corrupt_ihdr.png", bytes(bad)), "corrupt", "zero-size IHDR")
+    buf = io.BytesIO()
+    chelsea.resize((16, 16), Image.LANCZOS).save(buf, "JPEG", quality=80, progressive=True)
+    tiny = buf.getvalue()
+    last_scan = tiny[tiny.rindex(b"\xff\xda"):-2]
+    add_error(write("scan_bomb_progressive.jpg", tiny[:-2] + last_scan * 1100 + b"\xff\xd9"), "corrupt",
+              "a progressive JPEG repeating one scan 1100 times (CPU bomb)")
     add_error(write("not_an_image.jpg", b"This is a text file, not a picture.\n" * 4), "notAnImage", "text")
     buf = io.BytesIO()
     chelsea.resize((32, 20)).save(buf, "GIF")
