@@ -247,6 +247,9 @@ int mtok_jpeg_read_rgb(mtok_jpeg *h, uint8_t *out, mtok_img_result *result) {
             row++;
         }
     }
+    // libjpeg pads missing data itself, so a short count means suspension, which a memory
+    // source never does; still, never hand back rows that were not written.
+    if (row < h->height) memset(out + (size_t)row * stride, 0, (size_t)(h->height - row) * stride);
     // Read the rest of the stream instead of stopping early, so a file cut short below the wanted
     // rows is still reported. Skipping to the very end would mark EOI as reached without reading,
     // so leave the last row to be decoded.

@@ -35,6 +35,14 @@ void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const u
             const uint8_t *p = row + (size_t)starts[x] * 3;
             const int32_t *k = weights + (size_t)x * taps;
             int n = counts[x];
+            if (n == 2 && k[0] == half && k[1] == half) {
+                // Box halving of an even size: two equal weights of one half each, so the sum
+                // (half + (a + b) * half) >> PRECISION_BITS is exactly (a + b + 1) >> 1.
+                out[x * 3] = (uint8_t)((p[0] + p[3] + 1) >> 1);
+                out[x * 3 + 1] = (uint8_t)((p[1] + p[4] + 1) >> 1);
+                out[x * 3 + 2] = (uint8_t)((p[2] + p[5] + 1) >> 1);
+                continue;
+            }
             mtok_v4i acc = {half, half, half, half};
             int i = 0;
             // Four-byte loads read one byte past the pixel; stay inside the buffer.
