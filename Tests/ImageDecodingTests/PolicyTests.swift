@@ -126,3 +126,27 @@ struct GeometryTests {
         #expect(f == [-1, 1, 1, -1, Float(51) / 127.5 - 1, Float(102) / 127.5 - 1])
     }
 }
+
+@Suite("DCT-scaling fast path")
+struct FastPathTests {
+    /// The fast path replaces box halvings by libjpeg's scaled IDCT: not exact, but close. The
+    /// benchmark reports its distance on full-size photos. These 32-pixel crops of small, textured
+    /// photos are its worst case (measured means up to about 7 levels); the bound catches a broken
+    /// path (wrong colours or geometry).
+    @Test("fast path stays close to the exact path and is off by default",
+          arguments: ["photo_chelsea_420.jpg", "photo_coffee_422_progressive.jpg", "photo_rocket_440.jpg"])
+    func close(_ name: String) throws {
+        let bytes = try Fixtures.bytes(name)
+        var pre = Preprocessor(resolution: 32, crop: .adm)
+        #expect(pre.usesDCTScaling == false)
+        let exact = try pre.preprocess(bytes: bytes)
+        pre.usesDCTScaling = true
+        let fast = try pre.preprocess(bytes: bytes)
+        #expect(fast.width == 32 && fast.height == 32)
+        var total = 0
+        for i in 0..<exact.pixels.count { total += abs(Int(exact.pixels[i]) - Int(fast.pixels[i])) }
+        let mean = Double(total) / Double(exact.pixels.count)
+        #expect(mean < 10, "mean difference \(mean)")
+        #expect(fast != exact)  // it really took the other path
+    }
+}
