@@ -91,17 +91,15 @@ public struct Preprocessor: Sendable, Equatable {
     public func preprocess(bytes: [UInt8], path: String = "", view: View = .identity) throws(ImageDecodingError)
         -> RGBImage
     {
-        // With DCT scaling, the image stands in for `w / denom` (floored, as the box halvings it
-        // replaces floor), not libjpeg's rounded-up size; the extra edge column/row is unused.
-        var scaledSize: (Int, Int)? = nil
         let decoded = try ImageDecoder.decodeRegion(bytes: bytes, path: path, options: decodeOptions) { w, h in
             var denom = 1
             if usesDCTScaling && crop == .adm {
                 let plan = makePlan(width: w, height: h, view: view)
                 denom = 1 << min(plan.boxHalvings, 3)
             }
-            let sw = w / denom, sh = h / denom
-            if denom > 1 { scaledSize = (sw, sh) }
+            // libjpeg's scaled size rounds up; keeping the partial edge pixel maps the whole image
+            // onto the scaled grid, which stays closer to the box-halving chain than flooring.
+            let sw = (w + denom - 1) / denom, sh = (h + denom - 1) / denom
             guard usesRegionDecode else { return .init(scaleDenominator: denom) }
             let plan = makePlan(width: sw, height: sh, view: view)
             let (xs, ys) = plan.sourceSpan()
@@ -111,7 +109,7 @@ public struct Preprocessor: Sendable, Equatable {
             let y0 = max(0, ys.lowerBound - margin), y1 = min(sh, ys.upperBound + margin)
             return .init(scaleDenominator: denom, x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
         }
-        let (fw, fh) = scaledSize ?? (decoded.fullWidth, decoded.fullHeight)
+        let (fw, fh) = (decoded.fullWidth, decoded.fullHeight)
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
                                         fullWidth: fw, fullHeight: fh)
         return makePlan(width: fw, height: fh, view: view).run(tile)

@@ -131,7 +131,7 @@ struct GeometryTests {
 struct FastPathTests {
     /// The fast path replaces box halvings by libjpeg's scaled IDCT: not exact, but close. The
     /// benchmark reports its distance on full-size photos. These 32-pixel crops of small, textured
-    /// photos are its worst case (measured means up to about 7 levels); the bound catches a broken
+    /// photos are its worst case (measured means up to about 9 levels); the bound catches a broken
     /// path (wrong colours or geometry).
     @Test("fast path stays close to the exact path and is off by default",
           arguments: ["photo_chelsea_420.jpg", "photo_coffee_422_progressive.jpg", "photo_rocket_440.jpg"])
