@@ -10,6 +10,23 @@ public enum CropMode: String, Sendable, CaseIterable {
     case resizeCenter = "resize-center"
 }
 
+/// A preprocessed view and where it came from.
+public struct PreprocessedImage: Sendable, Equatable {
+    /// `resolution` × `resolution` RGB.
+    public var image: RGBImage
+    /// The decoded image's size (after EXIF orientation when applied).
+    public var sourceWidth: Int
+    public var sourceHeight: Int
+    /// The kept square in source pixel coordinates (the resize steps' overall scale applied to the
+    /// crop; fractional because ADM's halvings floor).
+    public var cropX: Double
+    public var cropY: Double
+    public var cropWidth: Double
+    public var cropHeight: Double
+    /// The view is mirrored left to right (after the crop).
+    public var isFlipped: Bool
+}
+
 /// Which view of an image to produce.
 public enum View: Sendable, Equatable, Hashable {
     /// 0: the crop as is.
@@ -91,6 +108,15 @@ public struct Preprocessor: Sendable, Equatable {
     public func preprocess(bytes: [UInt8], path: String = "", view: View = .identity) throws(ImageDecodingError)
         -> RGBImage
     {
+        try preprocessDetailed(bytes: bytes, path: path, view: view).image
+    }
+
+    /// Like ``preprocess(bytes:path:view:)``, and also says where the result came from: the
+    /// source's size and the crop box, which cache records store.
+    /// - Throws: ``ImageDecodingError``.
+    public func preprocessDetailed(bytes: [UInt8], path: String = "", view: View = .identity)
+        throws(ImageDecodingError) -> PreprocessedImage
+    {
         let decoded = try ImageDecoder.decodeRegion(bytes: bytes, path: path, options: decodeOptions) { w, h in
             var denom = 1
             if usesDCTScaling && crop == .adm {
@@ -112,7 +138,14 @@ public struct Preprocessor: Sendable, Equatable {
         let (fw, fh) = (decoded.fullWidth, decoded.fullHeight)
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
                                         fullWidth: fw, fullHeight: fh)
-        return makePlan(width: fw, height: fh, view: view).run(tile)
+        let plan = makePlan(width: fw, height: fh, view: view)
+        let (lastW, lastH) = plan.steps.last.map { ($0.outWidth, $0.outHeight) } ?? (fw, fh)
+        let sx = Double(decoded.sourceWidth) / Double(lastW), sy = Double(decoded.sourceHeight) / Double(lastH)
+        return PreprocessedImage(
+            image: plan.run(tile), sourceWidth: decoded.sourceWidth, sourceHeight: decoded.sourceHeight,
+            cropX: Double(plan.keepX.lowerBound) * sx, cropY: Double(plan.keepY.lowerBound) * sy,
+            cropWidth: Double(plan.keepX.count) * sx, cropHeight: Double(plan.keepY.count) * sy,
+            isFlipped: plan.flips)
     }
 
     /// Crops a decoded image.

@@ -150,3 +150,18 @@ struct FastPathTests {
         #expect(fast != exact)  // it really took the other path
     }
 }
+
+@Suite("Provenance")
+struct ProvenanceTests {
+    @Test("source size and crop box of the ADM centre crop")
+    func cropBox() throws {
+        // chelsea: 225x150 at 64 -> halve to 112x75 -> bicubic to 96x64 -> keep x 16..<80.
+        let pre = Preprocessor(resolution: 64, crop: .adm)
+        let r = try pre.preprocessDetailed(bytes: Fixtures.bytes("photo_chelsea_420.jpg"), view: .horizontalFlip)
+        #expect(r.sourceWidth == 225 && r.sourceHeight == 150)
+        #expect(r.image.width == 64 && r.isFlipped)
+        #expect(abs(r.cropX - 16 * 225.0 / 96) < 1e-9 && r.cropY == 0)
+        #expect(abs(r.cropWidth - 64 * 225.0 / 96) < 1e-9 && abs(r.cropHeight - 150) < 1e-9)
+        #expect(r.image == (try pre.preprocess(bytes: Fixtures.bytes("photo_chelsea_420.jpg"), view: .horizontalFlip)))
+    }
+}
