@@ -342,6 +342,14 @@ def main() -> None:
     n = save_pil(Image.fromarray(grad), "gradient_70x45.png")
     add_case(n, decoded(n), note="upscaling: short side under the target")
 
+    # Degenerate sizes: single pixels, extreme aspect ratios, windows clipped at both edges.
+    rng = np.random.default_rng(3)
+    for w, h in [(1, 1), (3, 2), (1, 50), (61, 2), (33, 32)]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        n = save_pil(Image.fromarray(arr), f"tiny_{w}x{h}.png")
+        add_case(n, decoded(n), views=[("adm", 16, 0), ("resize-center", 16, 0), ("adm", 16, 6), ("adm", 16, 11)],
+                 note="degenerate size")
+
     # Bad inputs.
     add_error(write("empty.jpg", b""), "empty", "zero bytes")
     with open(os.path.join(OUT, "photo_chelsea_420.jpg"), "rb") as f:
