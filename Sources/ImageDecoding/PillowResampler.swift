@@ -4,11 +4,12 @@ internal import CImageShims
 /// results match Pillow's `Image.resize` pixel for pixel.
 ///
 /// The facts reproduced: weights come from the filter evaluated at
-/// `(i + xmin − center + 0.5) · (1 / filterscale)` (a product, as in Pillow), where `center = (x + 0.5) · scale` and the support
-/// grows with `filterscale = max(scale, 1)` when shrinking; bounds are truncated from
-/// `center ± support + 0.5`; weights are normalised in double precision, then turned into 22-bit
-/// fixed point rounding away from zero; sums start at half a unit and are shifted down and
-/// clamped. The horizontal pass runs first and is rounded to 8 bits before the vertical pass.
+/// `(i + xmin − center + 0.5) · (1 / filterscale)` (a product, as in Pillow), where
+/// `center = (x + 0.5) · scale` and the support grows with `filterscale = max(scale, 1)` when
+/// shrinking; bounds are truncated from `center ± support + 0.5`; weights are normalised in double
+/// precision, then turned into 22-bit fixed point rounding away from zero; sums start at half a
+/// unit and are shifted down and clamped. The horizontal pass runs first and is rounded to 8 bits
+/// before the vertical pass.
 /// A pass is skipped when its dimension does not change.
 ///
 /// Every output pixel depends only on its own window, so a caller may ask for just a rectangle of

@@ -265,7 +265,9 @@ public struct Preprocessor: Sendable, Equatable {
 extension Preprocessor {
     /// The kept rectangle (in the last resize step's output) and whether it is mirrored; for tests
     /// and diagnostics.
-    package func makePlanForTesting(width: Int, height: Int, view: View) -> (x: Range<Int>, y: Range<Int>, flips: Bool) {
+    package func makePlanForTesting(width: Int, height: Int, view: View)
+        -> (x: Range<Int>, y: Range<Int>, flips: Bool)
+    {
         let p = makePlan(width: width, height: height, view: view)
         return (p.keepX, p.keepY, p.flips)
     }
