@@ -16,7 +16,7 @@ Each is used at its own size (300 to 1411 pixels a side) and again scaled so its
 
 Run from the repository root, after a release build:
     swift build -c release --product mtok
-    .venv/bin/pip install -r tools/requirements-fixtures.txt scikit-learn matplotlib
+    python3 -m venv .venv && .venv/bin/pip install -r tools/requirements-bench.txt
     .venv/bin/python tools/bench_preprocess.py [--mtok .build/release/mtok] [--trials 5]
 """
 
@@ -137,7 +137,8 @@ def main() -> int:
         print(f"mtok exact (whole-image decode):   {n:8.1f} images/s   ratio {n / p:.2f}x")
         print(f"mtok fast path (DCT scaling):      {f:8.1f} images/s   ratio {f / p:.2f}x")
         print(f"fast path vs exact: max abs difference {dist['fast_max_abs_diff']}, "
-              f"mean {dist['fast_mean_abs_diff']:.3f} (of 255)")
+              f"mean {dist['fast_mean_abs_diff']:.3f} (of 255) over all {len(files)} images; "
+              f"{dist['fast_changed_images']} images changed, mean {dist['fast_mean_abs_diff_changed']:.3f} over those")
         print(f"medians of {args.trials} trials; per trial images/s: Pillow {[round(x) for x in pillow_rate]}, "
               f"mtok {[round(x) for x in exact_rate]}")
     finally:

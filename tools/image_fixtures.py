@@ -342,6 +342,14 @@ def main() -> None:
     n = save_pil(Image.fromarray(grad), "gradient_70x45.png")
     add_case(n, decoded(n), note="upscaling: short side under the target")
 
+    # Degenerate sizes: single pixels, extreme aspect ratios, windows clipped at both edges.
+    rng = np.random.default_rng(3)
+    for w, h in [(1, 1), (3, 2), (1, 50), (61, 2), (33, 32)]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        n = save_pil(Image.fromarray(arr), f"tiny_{w}x{h}.png")
+        add_case(n, decoded(n), views=[("adm", 16, 0), ("resize-center", 16, 0), ("adm", 16, 6), ("adm", 16, 11)],
+                 note="degenerate size")
+
     # Bad inputs.
     add_error(write("empty.jpg", b""), "empty", "zero bytes")
     with open(os.path.join(OUT, "photo_chelsea_420.jpg"), "rb") as f:
@@ -367,6 +375,12 @@ def main() -> None:
     bad = bytearray(pngb)
     bad[16:24] = b"\x00" * 8  # zero width and height in IHDR
     add_error(write("corrupt_ihdr.png", bytes(bad)), "corrupt", "zero-size IHDR")
+    buf = io.BytesIO()
+    chelsea.resize((16, 16), Image.LANCZOS).save(buf, "JPEG", quality=80, progressive=True)
+    tiny = buf.getvalue()
+    last_scan = tiny[tiny.rindex(b"\xff\xda"):-2]
+    add_error(write("scan_bomb_progressive.jpg", tiny[:-2] + last_scan * 1100 + b"\xff\xd9"), "corrupt",
+              "a progressive JPEG repeating one scan 1100 times (CPU bomb)")
     add_error(write("not_an_image.jpg", b"This is a text file, not a picture.\n" * 4), "notAnImage", "text")
     buf = io.BytesIO()
     chelsea.resize((32, 20)).save(buf, "GIF")

@@ -38,6 +38,7 @@ struct mtok_jpeg_error {
 struct mtok_jpeg {
     struct jpeg_decompress_struct cinfo;
     struct mtok_jpeg_error err;
+    struct jpeg_progress_mgr progress;
     int created;
     int started;
     int invert_cmyk;
@@ -85,6 +86,22 @@ static void jpeg_emit_message_quiet(j_common_ptr cinfo, int msg_level) {
 
 static void jpeg_output_message_none(j_common_ptr cinfo) { (void)cinfo; }
 
+// Real progressive JPEGs have a few dozen scans at most; a crafted one can have thousands of
+// tiny scans, each a full pass over the coefficients (minutes of CPU for a small file).
+#define MTOK_JPEG_MAX_SCANS 1000
+
+static void jpeg_limit_scans(j_common_ptr common) {
+    if (common->is_decompressor) {
+        j_decompress_ptr cinfo = (j_decompress_ptr)common;
+        if (cinfo->progressive_mode && cinfo->input_scan_number > MTOK_JPEG_MAX_SCANS) {
+            struct mtok_jpeg_error *err = (struct mtok_jpeg_error *)common->err;
+            snprintf(err->message, sizeof(err->message), "more than %d progressive scans", MTOK_JPEG_MAX_SCANS);
+            err->status = MTOK_IMG_CORRUPT;
+            longjmp(err->jump, 1);
+        }
+    }
+}
+
 mtok_jpeg *mtok_jpeg_open(const void *data, size_t size, mtok_jpeg_info *info, mtok_img_result *result) {
     set_result(result, MTOK_IMG_OK, NULL);
     mtok_jpeg *h = calloc(1, sizeof(mtok_jpeg));
@@ -103,6 +120,8 @@ mtok_jpeg *mtok_jpeg_open(const void *data, size_t size, mtok_jpeg_info *info, m
     }
     jpeg_create_decompress(&h->cinfo);
     h->created = 1;
+    h->progress.progress_monitor = jpeg_limit_scans;
+    h->cinfo.progress = &h->progress;
     jpeg_mem_src(&h->cinfo, (const unsigned char *)data, (unsigned long)size);
     jpeg_save_markers(&h->cinfo, JPEG_APP0 + 1, 0xFFFF);
     jpeg_read_header(&h->cinfo, TRUE);
@@ -228,6 +247,9 @@ int mtok_jpeg_read_rgb(mtok_jpeg *h, uint8_t *out, mtok_img_result *result) {
             row++;
         }
     }
+    // libjpeg pads missing data itself, so a short count means suspension, which a memory
+    // source never does; still, never hand back rows that were not written.
+    if (row < h->height) memset(out + (size_t)row * stride, 0, (size_t)(h->height - row) * stride);
     // Read the rest of the stream instead of stopping early, so a file cut short below the wanted
     // rows is still reported. Skipping to the very end would mark EOI as reached without reading,
     // so leave the last row to be decoded.

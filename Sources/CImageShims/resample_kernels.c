@@ -35,6 +35,14 @@ void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const u
             const uint8_t *p = row + (size_t)starts[x] * 3;
             const int32_t *k = weights + (size_t)x * taps;
             int n = counts[x];
+            if (n == 2 && k[0] == half && k[1] == half) {
+                // Box halving of an even size: two equal weights of one half each, so the sum
+                // (half + (a + b) * half) >> PRECISION_BITS is exactly (a + b + 1) >> 1.
+                out[x * 3] = (uint8_t)((p[0] + p[3] + 1) >> 1);
+                out[x * 3 + 1] = (uint8_t)((p[1] + p[4] + 1) >> 1);
+                out[x * 3 + 2] = (uint8_t)((p[2] + p[5] + 1) >> 1);
+                continue;
+            }
             mtok_v4i acc = {half, half, half, half};
             int i = 0;
             // Four-byte loads read one byte past the pixel; stay inside the buffer.
@@ -54,10 +62,10 @@ void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const u
     }
 }
 
-MTOK_MULTIVERSION
-void mtok_resample_vertical(const uint8_t *src, size_t row_bytes, uint8_t *dst, int out_rows,
-                            const int32_t *starts, const int32_t *counts, const int32_t *weights, int taps,
-                            int32_t *acc) {
+// Output row y = weighted sum of whole input rows; contiguous, so it vectorises fully.
+static inline void vertical_body(const uint8_t *src, size_t row_bytes, uint8_t *dst, int out_rows,
+                                 const int32_t *starts, const int32_t *counts, const int32_t *weights, int taps,
+                                 int32_t *acc) {
     const int32_t half = 1 << (MTOK_RESAMPLE_PRECISION_BITS - 1);
     for (int y = 0; y < out_rows; y++) {
         for (size_t i = 0; i < row_bytes; i++) acc[i] = half;
@@ -70,4 +78,51 @@ void mtok_resample_vertical(const uint8_t *src, size_t row_bytes, uint8_t *dst, 
         uint8_t *out = dst + (size_t)y * row_bytes;
         for (size_t i = 0; i < row_bytes; i++) out[i] = clip8(acc[i]);
     }
+}
+
+MTOK_MULTIVERSION
+void mtok_resample_vertical(const uint8_t *src, size_t row_bytes, uint8_t *dst, int out_rows,
+                            const int32_t *starts, const int32_t *counts, const int32_t *weights, int taps,
+                            int32_t *acc) {
+    vertical_body(src, row_bytes, dst, out_rows, starts, counts, weights, taps, acc);
+}
+
+// dst row c, pixel r = src row r, pixel c, in 16x16 blocks to stay in cache. Pixels move as one
+// 4-byte load and store, except the last of each run of 16, which copies 3 bytes. The extra byte
+// read lies before source row r + 1's end (that row exists, as r is not the last), and the extra
+// byte written is pixel r + 1's first, written right after.
+static void transpose_rgb(const uint8_t *src, size_t src_stride, int rows, int cols, uint8_t *dst,
+                          size_t dst_stride) {
+    for (int r0 = 0; r0 < rows; r0 += 16) {
+        int r1 = r0 + 16 < rows ? r0 + 16 : rows;
+        for (int c0 = 0; c0 < cols; c0 += 16) {
+            int c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            for (int c = c0; c < c1; c++) {
+                const uint8_t *s = src + (size_t)r0 * src_stride + (size_t)c * 3;
+                uint8_t *d = dst + (size_t)c * dst_stride + (size_t)r0 * 3;
+                int r = r0;
+                for (; r < r1 - 1; r++, s += src_stride, d += 3) {
+                    uint32_t v;
+                    memcpy(&v, s, 4);
+                    memcpy(d, &v, 4);
+                }
+                d[0] = s[0];
+                d[1] = s[1];
+                d[2] = s[2];
+            }
+        }
+    }
+}
+
+MTOK_MULTIVERSION
+void mtok_resample_horizontal_rgb_transposed(const uint8_t *src, size_t src_stride, int rows, int cols, uint8_t *dst,
+                                             size_t dst_stride, int out_width, const int32_t *starts,
+                                             const int32_t *counts, const int32_t *weights, int taps,
+                                             uint8_t *scratch_in, uint8_t *scratch_out, int32_t *acc) {
+    // The same sums as mtok_resample_horizontal_rgb, computed as a vertical pass on the
+    // transposed image: row-contiguous loops vectorise, per-pixel windows do not.
+    size_t column_bytes = (size_t)rows * 3;
+    transpose_rgb(src, src_stride, rows, cols, scratch_in, column_bytes);
+    vertical_body(scratch_in, column_bytes, scratch_out, out_width, starts, counts, weights, taps, acc);
+    transpose_rgb(scratch_out, column_bytes, out_width, rows, dst, dst_stride);
 }

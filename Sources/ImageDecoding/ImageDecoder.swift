@@ -52,6 +52,8 @@ public enum ImageDecoder {
         var originX = 0, originY = 0
         var fullWidth: Int, fullHeight: Int
         var scaleDenominator = 1
+        /// The image's own size (after EXIF orientation when applied), before any DCT scaling.
+        var sourceWidth: Int, sourceHeight: Int
     }
 
     /// Decodes what `plan` asks for, given the full size from the header. `plan` is asked only for
@@ -75,17 +77,19 @@ public enum ImageDecoder {
                     y0: request.y0, height: request.height, acceptTruncated: options.acceptsTruncatedJPEG)
                 if orientation != 1 {
                     let turned = ExifOrientation.apply(orientation, to: img)
-                    return DecodedRegion(image: turned, fullWidth: turned.width, fullHeight: turned.height)
+                    return DecodedRegion(image: turned, fullWidth: turned.width, fullHeight: turned.height,
+                                         sourceWidth: turned.width, sourceHeight: turned.height)
                 }
                 let d = request.scaleDenominator
                 return DecodedRegion(image: img, originX: ox, originY: oy,
                                      fullWidth: (reader.width + d - 1) / d, fullHeight: (reader.height + d - 1) / d,
-                                     scaleDenominator: d)
+                                     scaleDenominator: d, sourceWidth: reader.width, sourceHeight: reader.height)
             case .png:
                 let reader = try PNGReader(bytes: raw, path: path)
                 try checkLimit(reader.width, reader.height, options, path)
                 let img = try reader.decodeRGB(background: options.alphaBackground)
-                return DecodedRegion(image: img, fullWidth: img.width, fullHeight: img.height)
+                return DecodedRegion(image: img, fullWidth: img.width, fullHeight: img.height,
+                                     sourceWidth: img.width, sourceHeight: img.height)
             case .other(let name):
                 throw ImageDecodingError(.unsupported, path: path, reason: "\(name) images are not supported")
             case .unknown:

@@ -59,9 +59,11 @@ final class JPEGReader {
             throw ShimStatus.error(result, path: path, format: "JPEG")
         }
         let rw = Int(region.width), rh = Int(region.height)
-        var pixels = [UInt8](repeating: 0, count: rw * rh * 3)
-        let status = pixels.withUnsafeMutableBufferPointer { buf in
-            mtok_jpeg_read_rgb(handle, buf.baseAddress, &result)
+        var status: Int32 = 0
+        // No zero fill: the shim writes every byte of the region (zeros for rows it could not read).
+        let pixels = [UInt8](unsafeUninitializedCapacity: rw * rh * 3) { buf, initialized in
+            status = mtok_jpeg_read_rgb(handle, buf.baseAddress, &result)
+            initialized = rw * rh * 3
         }
         if status != 0 { throw ShimStatus.error(result, path: path, format: "JPEG") }
         return (RGBImage(width: rw, height: rh, pixels: pixels), Int(region.x0), Int(region.y0))

@@ -4,11 +4,12 @@ internal import CImageShims
 /// results match Pillow's `Image.resize` pixel for pixel.
 ///
 /// The facts reproduced: weights come from the filter evaluated at
-/// `(i + xmin − center + 0.5) / filterscale`, where `center = (x + 0.5) · scale` and the support
-/// grows with `filterscale = max(scale, 1)` when shrinking; bounds are truncated from
-/// `center ± support + 0.5`; weights are normalised in double precision, then turned into 22-bit
-/// fixed point rounding away from zero; sums start at half a unit and are shifted down and
-/// clamped. The horizontal pass runs first and is rounded to 8 bits before the vertical pass.
+/// `(i + xmin − center + 0.5) · (1 / filterscale)` (a product, as in Pillow), where
+/// `center = (x + 0.5) · scale` and the support grows with `filterscale = max(scale, 1)` when
+/// shrinking; bounds are truncated from `center ± support + 0.5`; weights are normalised in double
+/// precision, then turned into 22-bit fixed point rounding away from zero; sums start at half a
+/// unit and are shifted down and clamped. The horizontal pass runs first and is rounded to 8 bits
+/// before the vertical pass.
 /// A pass is skipped when its dimension does not change.
 ///
 /// Every output pixel depends only on its own window, so a caller may ask for just a rectangle of
@@ -153,11 +154,36 @@ enum PillowResampler {
         let stride = t.image.width * 3
         let starts = axis.start.map { Int32($0 - t.originX) }
         let counts = axis.count.map { Int32($0) }
+        let half = Int32(1 << (precisionBits - 1))
+        let isEvenBoxHalving = (0..<ow).allSatisfy { x in
+            counts[x] == 2 && axis.weights[x * axis.taps] == half && axis.weights[x * axis.taps + 1] == half
+        }
         let out = [UInt8](unsafeUninitializedCapacity: ow * oh * 3) { dst, initialized in
             t.image.pixels.withUnsafeBufferPointer { src in
                 let first = src.baseAddress! + (rows.lowerBound - t.originY) * stride
-                mtok_resample_horizontal_rgb(first, stride, src.baseAddress! + src.count, dst.baseAddress!, ow * 3,
-                                             Int32(oh), Int32(ow), starts, counts, axis.weights, Int32(axis.taps))
+                if isEvenBoxHalving || ow == 0 || oh == 0 {
+                    // Pairwise averages: cheaper per pixel than two transposes.
+                    mtok_resample_horizontal_rgb(first, stride, src.baseAddress! + src.count, dst.baseAddress!,
+                                                 ow * 3, Int32(oh), Int32(ow), starts, counts, axis.weights,
+                                                 Int32(axis.taps))
+                } else {
+                    // Only the columns some window reads are transposed.
+                    let lo = Int(starts.min() ?? 0)
+                    let hi = zip(starts, counts).map { Int($0 + $1) }.max() ?? lo
+                    let cols = max(hi - lo, 1)
+                    let shifted = starts.map { $0 - Int32(lo) }
+                    // Scratch space the kernel fully writes before reading: no zero fill.
+                    let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: (cols + ow) * oh * 3)
+                    let acc = UnsafeMutablePointer<Int32>.allocate(capacity: oh * 3)
+                    defer {
+                        scratch.deallocate()
+                        acc.deallocate()
+                    }
+                    mtok_resample_horizontal_rgb_transposed(first + lo * 3, stride, Int32(oh), Int32(cols),
+                                                            dst.baseAddress!, ow * 3, Int32(ow), shifted, counts,
+                                                            axis.weights, Int32(axis.taps), scratch,
+                                                            scratch + cols * oh * 3, acc)
+                }
             }
             initialized = ow * oh * 3
         }

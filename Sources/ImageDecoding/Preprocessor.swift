@@ -10,6 +10,23 @@ public enum CropMode: String, Sendable, CaseIterable {
     case resizeCenter = "resize-center"
 }
 
+/// A preprocessed view and where it came from.
+public struct PreprocessedImage: Sendable, Equatable {
+    /// `resolution` × `resolution` RGB.
+    public var image: RGBImage
+    /// The decoded image's size (after EXIF orientation when applied).
+    public var sourceWidth: Int
+    public var sourceHeight: Int
+    /// The kept square in source pixel coordinates (the resize steps' overall scale applied to the
+    /// crop; fractional because ADM's halvings floor).
+    public var cropX: Double
+    public var cropY: Double
+    public var cropWidth: Double
+    public var cropHeight: Double
+    /// The view is mirrored left to right (after the crop).
+    public var isFlipped: Bool
+}
+
 /// Which view of an image to produce.
 public enum View: Sendable, Equatable, Hashable {
     /// 0: the crop as is.
@@ -91,14 +108,25 @@ public struct Preprocessor: Sendable, Equatable {
     public func preprocess(bytes: [UInt8], path: String = "", view: View = .identity) throws(ImageDecodingError)
         -> RGBImage
     {
+        try preprocessDetailed(bytes: bytes, path: path, view: view).image
+    }
+
+    /// Like ``preprocess(bytes:path:view:)``, and also says where the result came from: the
+    /// source's size and the crop box, which cache records store.
+    /// - Throws: ``ImageDecodingError``.
+    public func preprocessDetailed(bytes: [UInt8], path: String = "", view: View = .identity)
+        throws(ImageDecodingError) -> PreprocessedImage
+    {
         let decoded = try ImageDecoder.decodeRegion(bytes: bytes, path: path, options: decodeOptions) { w, h in
             var denom = 1
             if usesDCTScaling && crop == .adm {
                 let plan = makePlan(width: w, height: h, view: view)
                 denom = 1 << min(plan.boxHalvings, 3)
             }
-            guard usesRegionDecode else { return .init(scaleDenominator: denom) }
+            // libjpeg's scaled size rounds up; keeping the partial edge pixel maps the whole image
+            // onto the scaled grid, which stays closer to the box-halving chain than flooring.
             let sw = (w + denom - 1) / denom, sh = (h + denom - 1) / denom
+            guard usesRegionDecode else { return .init(scaleDenominator: denom) }
             let plan = makePlan(width: sw, height: sh, view: view)
             let (xs, ys) = plan.sourceSpan()
             // A margin keeps libjpeg's crop edges (upsampling context) out of the pixels we use.
@@ -107,9 +135,17 @@ public struct Preprocessor: Sendable, Equatable {
             let y0 = max(0, ys.lowerBound - margin), y1 = min(sh, ys.upperBound + margin)
             return .init(scaleDenominator: denom, x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
         }
+        let (fw, fh) = (decoded.fullWidth, decoded.fullHeight)
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
-                                        fullWidth: decoded.fullWidth, fullHeight: decoded.fullHeight)
-        return makePlan(width: decoded.fullWidth, height: decoded.fullHeight, view: view).run(tile)
+                                        fullWidth: fw, fullHeight: fh)
+        let plan = makePlan(width: fw, height: fh, view: view)
+        let (lastW, lastH) = plan.steps.last.map { ($0.outWidth, $0.outHeight) } ?? (fw, fh)
+        let sx = Double(decoded.sourceWidth) / Double(lastW), sy = Double(decoded.sourceHeight) / Double(lastH)
+        return PreprocessedImage(
+            image: plan.run(tile), sourceWidth: decoded.sourceWidth, sourceHeight: decoded.sourceHeight,
+            cropX: Double(plan.keepX.lowerBound) * sx, cropY: Double(plan.keepY.lowerBound) * sy,
+            cropWidth: Double(plan.keepX.count) * sx, cropHeight: Double(plan.keepY.count) * sy,
+            isFlipped: plan.flips)
     }
 
     /// Crops a decoded image.
@@ -229,7 +265,9 @@ public struct Preprocessor: Sendable, Equatable {
 extension Preprocessor {
     /// The kept rectangle (in the last resize step's output) and whether it is mirrored; for tests
     /// and diagnostics.
-    package func makePlanForTesting(width: Int, height: Int, view: View) -> (x: Range<Int>, y: Range<Int>, flips: Bool) {
+    package func makePlanForTesting(width: Int, height: Int, view: View)
+        -> (x: Range<Int>, y: Range<Int>, flips: Bool)
+    {
         let p = makePlan(width: width, height: height, view: view)
         return (p.keepX, p.keepY, p.flips)
     }

@@ -126,3 +126,42 @@ struct GeometryTests {
         #expect(f == [-1, 1, 1, -1, Float(51) / 127.5 - 1, Float(102) / 127.5 - 1])
     }
 }
+
+@Suite("DCT-scaling fast path")
+struct FastPathTests {
+    /// The fast path replaces box halvings by libjpeg's scaled IDCT: not exact, but close. The
+    /// benchmark reports its distance on full-size photos. These 32-pixel crops of small, textured
+    /// photos are its worst case (measured means up to about 9 levels); the bound catches a broken
+    /// path (wrong colours or geometry).
+    @Test("fast path stays close to the exact path and is off by default",
+          arguments: ["photo_chelsea_420.jpg", "photo_coffee_422_progressive.jpg", "photo_rocket_440.jpg"])
+    func close(_ name: String) throws {
+        let bytes = try Fixtures.bytes(name)
+        var pre = Preprocessor(resolution: 32, crop: .adm)
+        #expect(pre.usesDCTScaling == false)
+        let exact = try pre.preprocess(bytes: bytes)
+        pre.usesDCTScaling = true
+        let fast = try pre.preprocess(bytes: bytes)
+        #expect(fast.width == 32 && fast.height == 32)
+        var total = 0
+        for i in 0..<exact.pixels.count { total += abs(Int(exact.pixels[i]) - Int(fast.pixels[i])) }
+        let mean = Double(total) / Double(exact.pixels.count)
+        #expect(mean < 10, "mean difference \(mean)")
+        #expect(fast != exact)  // it really took the other path
+    }
+}
+
+@Suite("Provenance")
+struct ProvenanceTests {
+    @Test("source size and crop box of the ADM centre crop")
+    func cropBox() throws {
+        // chelsea: 225x150 at 64 -> halve to 112x75 -> bicubic to 96x64 -> keep x 16..<80.
+        let pre = Preprocessor(resolution: 64, crop: .adm)
+        let r = try pre.preprocessDetailed(bytes: Fixtures.bytes("photo_chelsea_420.jpg"), view: .horizontalFlip)
+        #expect(r.sourceWidth == 225 && r.sourceHeight == 150)
+        #expect(r.image.width == 64 && r.isFlipped)
+        #expect(abs(r.cropX - 16 * 225.0 / 96) < 1e-9 && r.cropY == 0)
+        #expect(abs(r.cropWidth - 64 * 225.0 / 96) < 1e-9 && abs(r.cropHeight - 150) < 1e-9)
+        #expect(r.image == (try pre.preprocess(bytes: Fixtures.bytes("photo_chelsea_420.jpg"), view: .horizontalFlip)))
+    }
+}

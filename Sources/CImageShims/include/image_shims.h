@@ -115,6 +115,14 @@ void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const u
                                   size_t dst_stride, int rows, int out_width, const int32_t *starts,
                                   const int32_t *counts, const int32_t *weights, int taps);
 
+/// The same result as `mtok_resample_horizontal_rgb` over `cols` input pixels per row, computed
+/// by transposing: `scratch_in` holds cols * rows * 3 bytes, `scratch_out` out_width * rows * 3,
+/// `acc` rows * 3 values; `starts` are relative to `src`.
+void mtok_resample_horizontal_rgb_transposed(const uint8_t *src, size_t src_stride, int rows, int cols, uint8_t *dst,
+                                             size_t dst_stride, int out_width, const int32_t *starts,
+                                             const int32_t *counts, const int32_t *weights, int taps,
+                                             uint8_t *scratch_in, uint8_t *scratch_out, int32_t *acc);
+
 /// Vertical pass: output row y sums `counts[y]` whole input rows from row `starts[y]`.
 /// `acc` is scratch space of `row_bytes` values.
 void mtok_resample_vertical(const uint8_t *src, size_t row_bytes, uint8_t *dst, int out_rows,
