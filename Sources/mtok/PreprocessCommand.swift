@@ -26,6 +26,9 @@ struct PreprocessCommand: ParsableCommand {
     @Option(help: "View number, 0...11.")
     var view: Int = 0
 
+    @Option(help: "Ten-crop views first take the ADM crop at this multiple of the resolution (LlamaGen: 1.1 or 1.05).")
+    var tenCropRange: Double = 1.1
+
     @Option(help: "Output file: .png (8-bit RGB) or .npy (float32 [3,R,R], x/127.5-1).")
     var out: String
 
@@ -53,6 +56,7 @@ struct PreprocessCommand: ParsableCommand {
         if let background, parseColour(background) == nil {
             throw ValidationError("--background must be R,G,B with values 0...255")
         }
+        guard tenCropRange >= 1 && tenCropRange <= 2 else { throw ValidationError("--ten-crop-range must be 1...2") }
         guard maxPixels > 0 else { throw ValidationError("--max-pixels must be positive") }
     }
 
@@ -64,6 +68,7 @@ struct PreprocessCommand: ParsableCommand {
         options.maxPixels = maxPixels
         var pre = Preprocessor(resolution: resolution, crop: CropMode(rawValue: crop) ?? .adm, decodeOptions: options)
         pre.usesDCTScaling = fast
+        pre.tenCropRange = tenCropRange
         do {
             let rgb = try pre.preprocessFile(atPath: image, view: View(number: view) ?? .identity)
             if (out as NSString).pathExtension.lowercased() == "png" {
