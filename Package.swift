@@ -43,7 +43,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "LMDBCore", dependencies: ["CLMDB"], swiftSettings: swiftSettings),
         .target(name: "ZstdCore", dependencies: ["CZstd"], swiftSettings: swiftSettings),
-        .target(name: "ShardReader", dependencies: ["ShardFormat", "LMDBCore", "ZstdCore",
+        .target(name: "ShardReader", dependencies: ["ShardFormat", "TensorFiles", "LMDBCore", "ZstdCore",
                                                     .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: swiftSettings),
         .target(name: "ShardWriter", dependencies: ["ShardReader", "ShardFormat", "LMDBCore", "ZstdCore",

@@ -9,6 +9,32 @@ import TensorFiles
 /// (Schemas/FORMAT.md has the figures): exponent bytes of smooth values repeat, mantissa bytes
 /// are noise, and interleaving them hides the repetition from zstd.
 public enum ByteShuffle {
+    /// Appends the byte planes of `bytes` (elements of `elementSize` bytes) to `out`.
+    public static func appendPlanes(of bytes: [UInt8], elementSize s: Int, to out: inout [UInt8]) {
+        let n = bytes.count / s
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: bytes.count))
+        bytes.withUnsafeBytes { src in
+            out.withUnsafeMutableBytes { dst in
+                let to = dst.baseAddress! + start
+                if s == 2 {
+                    // The common case (bf16/f16 latents, u16 indices and groups), in a form the
+                    // compiler vectorizes.
+                    let lo = to.assumingMemoryBound(to: UInt8.self), hi = lo + n
+                    for i in 0..<n {
+                        let v = src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)
+                        lo[i] = UInt8(truncatingIfNeeded: v)
+                        hi[i] = UInt8(truncatingIfNeeded: v >> 8)
+                    }
+                } else {
+                    for j in 0..<s {
+                        for i in 0..<n { to.storeBytes(of: src[i * s + j], toByteOffset: j * n + i, as: UInt8.self) }
+                    }
+                }
+            }
+        }
+    }
+
     public static func shuffle(_ payload: [UInt8]) throws(FormatError) -> [UInt8] {
         try transform(payload, forward: true)
     }
@@ -33,12 +59,14 @@ public enum ByteShuffle {
                     let s = e.dtype.byteSize
                     let base = header.dataOffset + e.byteRange.lowerBound
                     let n = e.byteRange.count / s
+                    let from = src.baseAddress! + base
+                    let to = dst.baseAddress! + base
                     for j in 0..<s {
-                        let plane = base + j * n
+                        let plane = j * n
                         if forward {
-                            for i in 0..<n { dst[plane + i] = src[base + i * s + j] }
+                            for i in 0..<n { to.storeBytes(of: from.load(fromByteOffset: i * s + j, as: UInt8.self), toByteOffset: plane + i, as: UInt8.self) }
                         } else {
-                            for i in 0..<n { dst[base + i * s + j] = src[plane + i] }
+                            for i in 0..<n { to.storeBytes(of: from.load(fromByteOffset: plane + i, as: UInt8.self), toByteOffset: i * s + j, as: UInt8.self) }
                         }
                     }
                 }

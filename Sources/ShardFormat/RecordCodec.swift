@@ -1,4 +1,5 @@
 public import TensorFiles
+import Crypto
 
 /// Turns records into their uncompressed payload and back (Schemas/FORMAT.md, "Record").
 ///
@@ -21,6 +22,33 @@ public enum RecordCodec {
     }
 
     public static func encode(_ record: TokenRecord) -> [UInt8] {
+        let (tensors, metadata) = parts(record)
+        return Safetensors.serialize(tensors, metadata: metadata)
+    }
+
+    /// What a writer stores for `record`: the frame content (the payload, byte-shuffled when
+    /// `shuffled`), the SHA-256 of the payload itself, and the payload's size. The shuffled bytes
+    /// are produced tensor by tensor and the digest is fed the same way, so the plain payload is
+    /// never materialized.
+    public static func encodeForStorage(_ record: TokenRecord, shuffled: Bool) -> (stored: [UInt8], digest: [UInt8], payloadSize: Int) {
+        let (tensors, metadata) = parts(record)
+        let header = Safetensors.serializeHeader(tensors, metadata: metadata)
+        var hasher = SHA256()
+        hasher.update(data: header)
+        var stored = header
+        stored.reserveCapacity(header.count + tensors.reduce(0) { $0 + $1.bytes.count })
+        for t in tensors {
+            hasher.update(data: t.bytes)
+            if shuffled && t.dtype.byteSize > 1 {
+                ByteShuffle.appendPlanes(of: t.bytes, elementSize: t.dtype.byteSize, to: &stored)
+            } else {
+                stored.append(contentsOf: t.bytes)
+            }
+        }
+        return (stored, Array(hasher.finalize()), stored.count)
+    }
+
+    static func parts(_ record: TokenRecord) -> ([NamedTensor], [String: String]) {
         var tensors = [record.latents]
         if let logvar = record.logvar { tensors.append(logvar) }
         tensors.append(record.indices)
@@ -35,7 +63,7 @@ public enum RecordCodec {
             Key.cropBox: "\(c.x),\(c.y),\(c.width),\(c.height)",
             Key.sourceSHA256: record.sourceSHA256,
         ]
-        return Safetensors.serialize(tensors, metadata: metadata)
+        return (tensors, metadata)
     }
 
     /// Decodes and schema-checks a payload.

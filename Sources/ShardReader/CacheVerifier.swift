@@ -1,4 +1,5 @@
 import Crypto
+import TensorFiles
 import Dispatch
 public import Foundation
 internal import LMDBCore
@@ -335,16 +336,18 @@ public enum CacheVerifier {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// SHA-256 and size of a file, read in 4 MiB blocks.
+    /// SHA-256 and size of a file, hashed straight from a read-only mapping (no copy).
     public static func sha256(ofFile path: String) throws -> (hex: String, size: Int) {
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw CacheError(.io, "cannot open \(path)") }
-        defer { try? handle.close() }
+        let file: MappedFile
+        do { file = try MappedFile(path: path) } catch { throw CacheError(.io, "\(error)") }
         var hasher = SHA256()
-        var size = 0
-        while let block = try handle.read(upToCount: 4 << 20), !block.isEmpty {
-            hasher.update(data: block)
-            size += block.count
+        let bytes = file.bytes
+        var offset = 0
+        while offset < bytes.count {
+            let n = min(16 << 20, bytes.count - offset)
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
+            offset += n
         }
-        return (hex(hasher.finalize()), size)
+        return (hex(hasher.finalize()), bytes.count)
     }
 }

@@ -232,11 +232,10 @@ public final class CacheWriter {
             let (records, compressors) = work.value
             var i = t
             while i < n {
-                let payload = RecordCodec.encode(records[i])
-                let digest = Array(SHA256.hash(data: payload))
+                let (stored, digest, size) = RecordCodec.encodeForStorage(records[i], shuffled: shuffle)
                 do {
-                    let frame = try compressors[t].compress(shuffle ? try ByteShuffle.shuffle(payload) : payload)
-                    results.set(i, .success((frame, digest, payload.count)))
+                    let frame = try compressors[t].compress(stored)
+                    results.set(i, .success((frame, digest, size)))
                 } catch {
                     results.set(i, .failure(error))
                 }

@@ -117,28 +117,54 @@ public enum Safetensors {
     /// metadata keys are sorted and the header is padded with spaces to a multiple of 8 bytes,
     /// so tensor data is 8-byte aligned.
     public static func serialize(_ tensors: [NamedTensor], metadata: [String: String]) -> [UInt8] {
-        var header = "{"
+        var out = serializeHeader(tensors, metadata: metadata)
+        out.reserveCapacity(out.count + tensors.reduce(0) { $0 + $1.bytes.count })
+        for t in tensors { out.append(contentsOf: t.bytes) }
+        return out
+    }
+
+    /// The 8-byte length and the padded JSON header that `serialize` puts before the tensor data.
+    public static func serializeHeader(_ tensors: [NamedTensor], metadata: [String: String]) -> [UInt8] {
+        // Built as bytes, not as a Swift String: this runs once per record written.
+        var header: [UInt8] = []
+        header.reserveCapacity(128 + 96 * tensors.count + metadata.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count + 8 })
+        func put(_ s: StaticString) { header.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
+        func put(int: Int) { header.append(contentsOf: String(int).utf8) }
+        header.append(UInt8(ascii: "{"))
         if !metadata.isEmpty {
-            header += "\"__metadata__\":{"
-            header += metadata.keys.sorted().map { "\(JSONValue.quoted($0)):\(JSONValue.quoted(metadata[$0]!))" }
-                .joined(separator: ",")
-            header += "}"
+            put("\"__metadata__\":{")
+            for (i, key) in metadata.keys.sorted().enumerated() {
+                if i > 0 { header.append(UInt8(ascii: ",")) }
+                JSONValue.appendQuoted(key, to: &header)
+                header.append(UInt8(ascii: ":"))
+                JSONValue.appendQuoted(metadata[key]!, to: &header)
+            }
+            header.append(UInt8(ascii: "}"))
         }
         var offset = 0
         for t in tensors {
-            if header.count > 1 { header += "," }
-            let shape = t.shape.map(String.init).joined(separator: ",")
-            header += "\(JSONValue.quoted(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}"
+            if header.count > 1 { header.append(UInt8(ascii: ",")) }
+            JSONValue.appendQuoted(t.name, to: &header)
+            put(":{\"dtype\":\"")
+            header.append(contentsOf: t.dtype.rawValue.utf8)
+            put("\",\"shape\":[")
+            for (i, d) in t.shape.enumerated() {
+                if i > 0 { header.append(UInt8(ascii: ",")) }
+                put(int: d)
+            }
+            put("],\"data_offsets\":[")
+            put(int: offset)
+            header.append(UInt8(ascii: ","))
+            put(int: offset + t.bytes.count)
+            put("]}")
             offset += t.bytes.count
         }
-        header += "}"
-        var headerBytes = Array(header.utf8)
-        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        header.append(UInt8(ascii: "}"))
+        while header.count % 8 != 0 { header.append(0x20) }
         var out = [UInt8]()
-        out.reserveCapacity(8 + headerBytes.count + offset)
-        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { out.append(contentsOf: $0) }
-        out.append(contentsOf: headerBytes)
-        for t in tensors { out.append(contentsOf: t.bytes) }
+        out.reserveCapacity(8 + header.count + offset)
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: header)
         return out
     }
 
