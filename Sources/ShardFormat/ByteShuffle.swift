@@ -11,27 +11,49 @@ import TensorFiles
 public enum ByteShuffle {
     /// Appends the byte planes of `bytes` (elements of `elementSize` bytes) to `out`.
     public static func appendPlanes(of bytes: [UInt8], elementSize s: Int, to out: inout [UInt8]) {
-        let n = bytes.count / s
+        bytes.withUnsafeBytes { appendPlanes(of: $0, elementSize: s, to: &out) }
+    }
+
+    /// Appends the byte planes of `src` (elements of `elementSize` bytes) to `out`.
+    public static func appendPlanes(of src: UnsafeRawBufferPointer, elementSize s: Int, to out: inout [UInt8]) {
+        let n = src.count / s
         let start = out.count
-        out.append(contentsOf: repeatElement(0, count: bytes.count))
-        bytes.withUnsafeBytes { src in
-            out.withUnsafeMutableBytes { dst in
-                let to = dst.baseAddress! + start
-                if s == 2 {
-                    // The common case (bf16/f16 latents, u16 indices and groups), in a form the
-                    // compiler vectorizes.
-                    let lo = to.assumingMemoryBound(to: UInt8.self), hi = lo + n
-                    for i in 0..<n {
-                        let v = src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)
-                        lo[i] = UInt8(truncatingIfNeeded: v)
-                        hi[i] = UInt8(truncatingIfNeeded: v >> 8)
-                    }
-                } else {
-                    for j in 0..<s {
-                        for i in 0..<n { to.storeBytes(of: src[i * s + j], toByteOffset: j * n + i, as: UInt8.self) }
-                    }
+        out.append(contentsOf: repeatElement(0, count: src.count))
+        out.withUnsafeMutableBytes { dst in
+            let to = dst.baseAddress! + start
+            if s == 2 {
+                // The common case (bf16/f16 latents, u16 indices and groups), in a form the
+                // compiler vectorizes.
+                let lo = to.assumingMemoryBound(to: UInt8.self), hi = lo + n
+                for i in 0..<n {
+                    let v = src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)
+                    lo[i] = UInt8(truncatingIfNeeded: v)
+                    hi[i] = UInt8(truncatingIfNeeded: v >> 8)
+                }
+            } else {
+                for j in 0..<s {
+                    for i in 0..<n { to.storeBytes(of: src[i * s + j], toByteOffset: j * n + i, as: UInt8.self) }
                 }
             }
+        }
+    }
+
+    /// The inverse of `appendPlanes`: interleaves byte planes back into elements.
+    public static func joinPlanes(_ planes: UnsafeRawBufferPointer, elementSize s: Int) -> [UInt8] {
+        let n = planes.count / s
+        return [UInt8](unsafeUninitializedCapacity: planes.count) { out, count in
+            let src = planes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            if s == 2 {
+                let dst = UnsafeMutableRawPointer(out.baseAddress!)
+                for i in 0..<n {
+                    dst.storeBytes(of: UInt16(src[i]) | UInt16(src[n + i]) << 8, toByteOffset: 2 * i, as: UInt16.self)
+                }
+            } else {
+                for j in 0..<s {
+                    for i in 0..<n { out[i * s + j] = src[j * n + i] }
+                }
+            }
+            count = planes.count
         }
     }
 
@@ -52,23 +74,17 @@ public enum ByteShuffle {
         case let .success(h): header = h
         case let .failure(e): throw FormatError(.badContainer, e.reason)
         }
-        var out = input
+        var out = Array(input[0..<header.dataOffset])
+        out.reserveCapacity(input.count)
         input.withUnsafeBytes { src in
-            out.withUnsafeMutableBytes { dst in
-                for (_, e) in header.entries where e.dtype.byteSize > 1 {
-                    let s = e.dtype.byteSize
-                    let base = header.dataOffset + e.byteRange.lowerBound
-                    let n = e.byteRange.count / s
-                    let from = src.baseAddress! + base
-                    let to = dst.baseAddress! + base
-                    for j in 0..<s {
-                        let plane = j * n
-                        if forward {
-                            for i in 0..<n { to.storeBytes(of: from.load(fromByteOffset: i * s + j, as: UInt8.self), toByteOffset: plane + i, as: UInt8.self) }
-                        } else {
-                            for i in 0..<n { to.storeBytes(of: from.load(fromByteOffset: plane + i, as: UInt8.self), toByteOffset: i * s + j, as: UInt8.self) }
-                        }
-                    }
+            for (_, e) in header.entries {
+                let slice = UnsafeRawBufferPointer(rebasing: src[(header.dataOffset + e.byteRange.lowerBound)..<(header.dataOffset + e.byteRange.upperBound)])
+                if e.dtype.byteSize == 1 {
+                    out.append(contentsOf: slice)
+                } else if forward {
+                    appendPlanes(of: slice, elementSize: e.dtype.byteSize, to: &out)
+                } else {
+                    out.append(contentsOf: joinPlanes(slice, elementSize: e.dtype.byteSize))
                 }
             }
         }

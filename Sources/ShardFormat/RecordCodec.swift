@@ -67,23 +67,29 @@ public enum RecordCodec {
     }
 
     /// Decodes and schema-checks a payload.
-    public static func decode(_ payload: UnsafeRawBufferPointer) throws(FormatError) -> TokenRecord {
-        let parsed: (tensors: [NamedTensor], metadata: [String: String])
+    /// Decodes and schema-checks a payload, or a stored frame's content when `shuffled` (the
+    /// byte planes are put back tensor by tensor while copying, with one header parse).
+    public static func decode(_ bytes: UnsafeRawBufferPointer, shuffled: Bool = false) throws(FormatError) -> TokenRecord {
+        let header: SafetensorsHeader
         do {
-            parsed = try Safetensors.decode(payload)
+            header = try Safetensors.parseHeader(bytes)
         } catch {
             throw FormatError(.badContainer, error.reason)
         }
-        var byName: [String: NamedTensor] = [:]
-        for t in parsed.tensors { byName[t.name] = t }
-        try checkNames(parsed.tensors.map(\.name))
-        let latents = byName["latents"]!, indices = byName["indices"]!, groups = byName["groups"]!
-        let logvar = byName["logvar"]
-        let meta = try checkMetadata(parsed.metadata)
+        try checkNames(header.entries.map(\.name))
+        let meta = try checkMetadata(header.metadata)
+        func tensor(_ name: String) -> NamedTensor? {
+            guard let e = header.entry(name) else { return nil }
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[(header.dataOffset + e.byteRange.lowerBound)..<(header.dataOffset + e.byteRange.upperBound)])
+            let data = shuffled && e.dtype.byteSize > 1 ? ByteShuffle.joinPlanes(slice, elementSize: e.dtype.byteSize) : Array(slice)
+            return NamedTensor(name: name, dtype: e.dtype, shape: e.shape, bytes: data)
+        }
+        let latents = tensor("latents")!, indices = tensor("indices")!, groups = tensor("groups")!
+        let logvar = tensor("logvar")
         try validate(latents: latents, logvar: logvar, indices: indices, groups: groups)
         return TokenRecord(id: meta.id, view: meta.view, label: meta.label, sourceWidth: meta.size[0], sourceHeight: meta.size[1],
                            cropBox: CropBox(x: meta.box[0], y: meta.box[1], width: meta.box[2], height: meta.box[3]),
-                           sourceSHA256: parsed.metadata[Key.sourceSHA256] ?? "",
+                           sourceSHA256: header.metadata[Key.sourceSHA256] ?? "",
                            latents: latents, logvar: logvar, indices: indices, groups: groups)
     }
 

@@ -87,14 +87,24 @@ public final class TokenCache: Sendable {
         }
     }
 
-    /// Record `index`, decompressed and schema-checked.
+    /// Record `index`, decompressed (checksum verified) and schema-checked.
     public func record(at index: Int) throws -> TokenRecord {
-        let bytes = try payload(at: index)
-        do {
-            return try RecordCodec.decode(bytes)
-        } catch {
-            let (s, local) = try locate(index)
-            throw CacheError(error, at: CacheLocation(shard: shards[s].file, chunk: local / manifest.recordsPerChunk, index: index))
+        let (s, local) = try locate(index)
+        let shard = shards[s]
+        let shuffled = manifest.compression.shuffle == Manifest.byteShuffle
+        let location = CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index)
+        return try shard.withFrame(local: local, globalIndex: index) { frame in
+            try decompressors.withDecompressor { d in
+                do {
+                    return try d.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { stored in
+                        try RecordCodec.decode(stored, shuffled: shuffled)
+                    }
+                } catch let e as ZstdError {
+                    throw CacheError(e.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, e.description, at: location)
+                } catch let e as FormatError {
+                    throw CacheError(e, at: location)
+                }
+            }
         }
     }
 

@@ -85,18 +85,8 @@ struct StoreCLITests {
         var kills = 0
         var previousCount = 0
         for attempt in 0..<6 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: TestSupport.mtokBinary)
-            p.arguments = ["synth-cache", crashed] + args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            usleep(UInt32.random(in: 150_000...700_000))
-            if p.isRunning {
-                kill(p.processIdentifier, SIGKILL)
-                kills += 1
-            }
-            p.waitUntilExit()
+            let run = try TestSupport.mtok(["synth-cache", crashed] + args, signal: SIGKILL, after: .random(in: 0.15...0.7))
+            if run.signalled { kills += 1 }
             // What was committed before the kill is still there.
             if let m = try? String(contentsOfFile: crashed + "/manifest.json", encoding: .utf8),
                let data = m.data(using: .utf8),

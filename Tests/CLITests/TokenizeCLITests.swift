@@ -145,18 +145,9 @@ struct TokenizeCLITests {
         #expect(try tokenize(data, model, dir + "/clean", args).status == 0)
         var kills = 0
         for _ in 0..<5 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: TestSupport.mtokBinary)
-            p.arguments = ["tokenize", data, "--model", model, "--out", dir + "/crashed", "--resolution", "64"] + args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            usleep(UInt32.random(in: 100_000...900_000))
-            if p.isRunning {
-                kill(p.processIdentifier, SIGKILL)
-                kills += 1
-            }
-            p.waitUntilExit()
+            let run = try TestSupport.mtok(["tokenize", data, "--model", model, "--out", dir + "/crashed", "--resolution", "64"] + args,
+                                           signal: SIGKILL, after: .random(in: 0.1...0.9))
+            if run.signalled { kills += 1 }
         }
         #expect(kills >= 2, "the run should have been killed mid-way at least twice")
         let r = try tokenize(data, model, dir + "/crashed", args)
@@ -170,17 +161,10 @@ struct TokenizeCLITests {
         let model = try tinyModel(dir)
         let data = try dataset(dir, copies: 4)
         #expect(try tokenize(data, model, dir + "/clean", ["--batch-size", "2"]).status == 0)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestSupport.mtokBinary)
-        p.arguments = ["tokenize", data, "--model", model, "--out", dir + "/stopped", "--resolution", "64", "--batch-size", "2"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        usleep(400_000)
-        let wasRunning = p.isRunning
-        kill(p.processIdentifier, SIGTERM)
-        p.waitUntilExit()
-        if wasRunning { #expect(p.terminationStatus == 130 || p.terminationStatus == 0) }
+        let run = try TestSupport.mtok(["tokenize", data, "--model", model, "--out", dir + "/stopped", "--resolution", "64", "--batch-size", "2"],
+                                       signal: SIGTERM, after: 0.4)
+        // Stopped cleanly between batches (130), or finished before the signal arrived (0).
+        if run.signalled { #expect(run.status == 130 || run.status == 0) }
         #expect(try tokenize(data, model, dir + "/stopped", ["--batch-size", "2"]).status == 0)
         #expect(try digest(dir + "/stopped") == (try digest(dir + "/clean")))
     }

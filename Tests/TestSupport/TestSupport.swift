@@ -81,6 +81,26 @@ public enum TestSupport {
                              stderr: String(decoding: errData.get(), as: UTF8.self))
     }
 
+    /// Starts `mtok` with arguments and, if it is still running after `delay` seconds, kills it
+    /// with `signal` (a real SIGKILL or SIGTERM, as a crash or a scheduler would). Returns whether
+    /// the signal was sent, and the exit status.
+    public static func mtok(_ arguments: [String], signal: Int32, after delay: Double) throws -> (signalled: Bool, status: Int32) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: mtokBinary)
+        p.arguments = arguments
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        usleep(UInt32(delay * 1e6))
+        var sent = false
+        if p.isRunning {
+            kill(p.processIdentifier, signal)
+            sent = true
+        }
+        p.waitUntilExit()
+        return (sent, p.terminationStatus)
+    }
+
     /// Runs `mtok` with arguments.
     @discardableResult
     public static func mtok(_ arguments: [String]) throws -> ProcessResult {
