@@ -10,6 +10,7 @@ struct MTok: ParsableCommand {
             GetCommand.self,
             VerifyCommand.self,
             SynthCacheCommand.self,
+            StreamCommand.self,
         ]
     )
 }
