@@ -44,6 +44,7 @@ class _Shard:
     def __init__(self, root, entry, records_per_chunk):
         self.file = entry["file"]
         path = os.path.join(root, self.file)
+        self.path = path
         if not os.path.isfile(path):
             raise MissingShardError("%s does not exist" % path, shard=self.file)
         try:
@@ -87,6 +88,43 @@ class _Shard:
     def close(self):
         self.txn.abort()
         self.env.close()
+
+
+# Shards open in this process, shared by every Cache of the same files: LMDB (and py-lmdb's
+# guard) forbid opening one environment twice in a process. Keyed by real path; value
+# [shard, users]. After a fork the child inherits the parent's entries: it closes them (safe for
+# read-only MDB_NOLOCK environments: that only unmaps and closes the child's copies) and opens
+# its own, as lmdb.h requires.
+_REGISTRY = {}
+_REGISTRY_PID = os.getpid()
+
+
+def _acquire(root, entry, records_per_chunk):
+    global _REGISTRY_PID
+    if _REGISTRY_PID != os.getpid():
+        for shard, _ in _REGISTRY.values():
+            try:
+                shard.env.close()
+            except lmdb.Error:
+                pass
+        _REGISTRY.clear()
+        _REGISTRY_PID = os.getpid()
+    key = os.path.realpath(os.path.join(root, entry["file"]))
+    slot = _REGISTRY.get(key)
+    if slot is None:
+        slot = _REGISTRY[key] = [_Shard(root, entry, records_per_chunk), 0]
+    slot[1] += 1
+    return slot[0]
+
+
+def _release(shard):
+    key = os.path.realpath(shard.path)
+    slot = _REGISTRY.get(key)
+    if slot is not None and slot[0] is shard:
+        slot[1] -= 1
+        if slot[1] == 0:
+            del _REGISTRY[key]
+            shard.close()
 
 
 class Cache:
@@ -145,9 +183,7 @@ class Cache:
     def _open(self):
         pid = os.getpid()
         if self._pid != pid:
-            # Forked from the process that opened them: drop the handles without closing (closing
-            # an inherited environment would act on the parent's state).
-            self._shards = [_Shard(self.path, e, self.records_per_chunk) for e in self.shard_entries]
+            self._shards = [_acquire(self.path, e, self.records_per_chunk) for e in self.shard_entries]
             self._dctx = zstandard.ZstdDecompressor()
             self._pid = pid
         return self._shards
@@ -155,7 +191,7 @@ class Cache:
     def close(self):
         if self._shards is not None and self._pid == os.getpid():
             for s in self._shards:
-                s.close()
+                _release(s)
         self._shards, self._pid = None, None
 
     def __getstate__(self):
