@@ -109,13 +109,16 @@ struct CrossLanguageTests {
                 let entry = try #require(t[name], "record \(i): Python has no \(name)")
                 #expect(entry[0] as? String == tensor.dtype.rawValue, "record \(i) \(name)")
                 #expect(entry[1] as? [Int] == tensor.shape, "record \(i) \(name)")
-                #expect(bytes(base64: entry[2]) == tensor.bytes, "record \(i) \(name): bytes differ")
+                let same = bytes(base64: entry[2]) == tensor.bytes
+                #expect(same, "record \(i) \(name): bytes differ")
             }
         }
         let batch = try cache.batch(Array(0..<cache.count))
-        #expect(bytes(base64: dump["batch_latents"]) == rawBytes(batch.latents), "float32 batch latents differ")
-        #expect(bytes(base64: dump["batch_indices"]) == rawBytes(batch.indices))
-        #expect(bytes(base64: dump["batch_groups"]) == rawBytes(batch.groups))
+        let sameLatents = bytes(base64: dump["batch_latents"]) == rawBytes(batch.latents)
+        let sameIndices = bytes(base64: dump["batch_indices"]) == rawBytes(batch.indices)
+        let sameGroups = bytes(base64: dump["batch_groups"]) == rawBytes(batch.groups)
+        #expect(sameLatents, "float32 batch latents differ")
+        #expect(sameIndices && sameGroups, "batch indices or groups differ")
         #expect(dump["batch_labels"] as? [Int] == batch.labels.map(Int.init))
     }
 
@@ -227,7 +230,8 @@ struct CrossLanguageTests {
         #expect(perms.count == configs.count)
         for (c, p) in zip(configs, perms) {
             let o = StreamOrder(shardRecords: Self.layouts[c.0], seed: c.1, epoch: c.2, blockRecords: c.3, windowBlocks: c.4)
-            #expect(o.permutation == p, "layout \(Self.layouts[c.0]) seed \(c.1) epoch \(c.2) block \(c.3) window \(c.4)")
+            let same = o.permutation == p  // a Bool, so a failure does not print 1,000-element arrays
+            #expect(same, "layout \(Self.layouts[c.0]) seed \(c.1) epoch \(c.2) block \(c.3) window \(c.4)")
         }
     }
 
@@ -325,11 +329,12 @@ struct CrossLanguageTests {
                 labels += b.labels
                 ids += b.ids
             }
-            #expect(records == want, "threads \(threads)")
-            #expect(rawBytes(latents) == rawBytes(reference.latents))
-            #expect(rawBytes(logvar) == rawBytes(reference.logvar ?? []))
-            #expect(indices == reference.indices && groups == reference.groups && labels == reference.labels)
-            #expect(ids == reference.ids)
+            let sameOrder = records == want
+            #expect(sameOrder, "order differs with threads \(threads), prefetch \(prefetch), batch size \(batchSize)")
+            let sameFloats = rawBytes(latents) == rawBytes(reference.latents) && rawBytes(logvar) == rawBytes(reference.logvar ?? [])
+            let sameRest = indices == reference.indices && groups == reference.groups && labels == reference.labels && ids == reference.ids
+            #expect(sameFloats, "latents or logvar differ from TokenCache.batch (threads \(threads))")
+            #expect(sameRest, "indices, groups, labels or ids differ from TokenCache.batch (threads \(threads))")
         }
     }
 
