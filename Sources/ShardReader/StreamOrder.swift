@@ -23,7 +23,7 @@ public struct StreamOrder: Sendable, Equatable {
         /// False gives index order (P[g] = g).
         public var enabled: Bool
 
-        public static let defaultWindowBlocks = 64
+        public static let defaultWindowBlocks = 1024
 
         public init(blockRecords: Int? = nil, windowBlocks: Int = Shuffle.defaultWindowBlocks, enabled: Bool = true) {
             self.blockRecords = blockRecords

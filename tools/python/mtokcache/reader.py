@@ -284,17 +284,25 @@ class Cache:
         loc = dict(loc, id=meta.get("id"), view=meta.get("view"))
         t = header["tensors"]
         out = {}
+        f32 = self.latent_format == "f32"
         for name, (dt, shape, (b, e)) in t.items():
             np_dt, size = DTYPES[dt]
             n = (e - b) // size
+            is_float = name in ("latents", "logvar")
             if self.shuffled and size > 1:
-                planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(size, n)
-                arr = np.ascontiguousarray(planes.T).view(np_dt).reshape(shape)
+                if is_float and f32 and dt == "BF16":
+                    arr = _unplane(stored, data_start + b, n, 2, 16, np.uint32).view(np.float32)
+                else:
+                    arr = _unplane(stored, data_start + b, n, size).view(np_dt)
             else:
-                arr = np.frombuffer(stored, np_dt, count=n, offset=data_start + b).reshape(shape).copy()
-            if name in ("latents", "logvar") and self.latent_format == "f32":
-                arr = bf16_to_float32(arr) if dt == "BF16" else arr.astype(np.float32)
-            out[name] = arr
+                arr = np.frombuffer(stored, np_dt, count=n, offset=data_start + b)
+                if is_float and f32 and dt == "BF16":
+                    arr = bf16_to_float32(arr)
+                else:
+                    arr = arr.copy()
+            if is_float and f32 and arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            out[name] = arr.reshape(shape)
         k = t["latents"][1][0]
         groups = out["groups"]
         if groups.size and int(groups.max()) >= k:
@@ -389,6 +397,11 @@ class Cache:
                 yield self.batch(idx[lo:lo + batch_size])
 
 
+# Validated tensor layouts, keyed by (data length, tensor entries): every record of a cache has
+# the same few layouts, so the checks of FORMAT 4.1 run once per layout, not once per record.
+_LAYOUTS = {}
+
+
 def _parse_header(stored, loc):
     """Parses and checks the safetensors header (FORMAT 4.1). Returns ({"tensors": {name: (dtype,
     shape, (begin, end))}, "metadata": {...}}, data start)."""
@@ -398,7 +411,7 @@ def _parse_header(stored, loc):
     if hlen > len(stored) - 8:
         raise BadRecordError("header length %d exceeds the %d-byte payload" % (hlen, len(stored)), **loc)
     try:
-        h = json.loads(bytes(stored[8:8 + hlen]).decode("utf-8"))
+        h = json.loads(bytes(stored[8:8 + hlen]))
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRecordError("header is not JSON: %s" % e, **loc) from e
     if not isinstance(h, dict):
@@ -412,6 +425,20 @@ def _parse_header(stored, loc):
                                   **loc)
     data_start = 8 + hlen
     data_len = len(stored) - data_start
+    try:
+        key = (data_len,) + tuple((name, v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"]))
+                                  for name, v in h.items())
+        tensors = _LAYOUTS.get(key)
+    except (KeyError, TypeError, AttributeError):
+        key, tensors = None, None
+    if tensors is None:
+        tensors = _check_layout(h, data_len, loc)
+        if key is not None and len(_LAYOUTS) < 1024:
+            _LAYOUTS[key] = tensors
+    return {"tensors": tensors, "metadata": meta}, data_start
+
+
+def _check_layout(h, data_len, loc):
     tensors = {}
     for name, v in h.items():
         if name not in TENSORS:
@@ -424,7 +451,10 @@ def _parse_header(stored, loc):
             raise BadRecordError("tensor %s: unknown dtype %r" % (name, dt), **loc)
         if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e <= data_len):
             raise BadRecordError("tensor %s: data_offsets %r outside %d bytes" % (name, [b, e], data_len), **loc)
-        if int(np.prod(shape, dtype=np.int64)) * DTYPES[dt][1] != e - b or any(d < 0 for d in shape):
+        count = 1
+        for d in shape:
+            count *= d
+        if any(d < 0 for d in shape) or count * DTYPES[dt][1] != e - b:
             raise BadRecordError("tensor %s: shape %s of %s does not fill %d bytes" % (name, shape, dt, e - b), **loc)
         tensors[name] = (dt, shape, (b, e))
     for req in ("latents", "indices", "groups"):
@@ -450,7 +480,21 @@ def _parse_header(stored, loc):
         pos = e
     if pos != data_len:
         raise BadRecordError("tensors cover %d of %d data bytes" % (pos, data_len), **loc)
-    return {"tensors": tensors, "metadata": meta}, data_start
+    return tensors
+
+
+def _unplane(stored, offset, n, size, out_shift=0, out_dtype=None):
+    """Element i = sum_j planes[j][i] << 8j, read from `size` byte planes of n bytes (FORMAT 4.2).
+    Shift-and-or on whole planes is several times faster in NumPy than a transposing copy.
+    `out_shift` moves the result up (bf16 bits << 16 gives the float32 bits)."""
+    planes = np.frombuffer(stored, np.uint8, count=n * size, offset=offset).reshape(size, n)
+    wide = out_dtype or {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
+    out = planes[0].astype(wide)
+    if out_shift:
+        out <<= wide(out_shift)
+    for j in range(1, size):
+        out |= planes[j].astype(wide) << wide(8 * j + out_shift)
+    return out
 
 
 def _ints(text, count, name, loc):
