@@ -30,6 +30,8 @@ struct StreamCommand: ParsableCommand {
     @Flag(name: .customLong("no-shuffle"), help: "Index order instead of the shuffle.") var noShuffle = false
     @Option(name: .customLong("latent-dtype"), help: "f32, f16 or bf16: the type latents are delivered in.") var latentDType = "f32"
     @Flag(help: "Print the throughput as JSON.") var json = false
+    @Flag(name: .customLong("decompress-only"),
+          help: "Only decompress the frames, on one thread (the raw zstd rate, a benchmark's limit).") var decompressOnly = false
 
     func validate() throws {
         guard worldSize >= 1, (0..<worldSize).contains(rank) else { throw ValidationError("need 0 ≤ --rank < --world-size") }
@@ -60,6 +62,16 @@ struct StreamCommand: ParsableCommand {
             FileHandle.standardOutput.write(Data(out.utf8))
             return
         }
+        if decompressOnly {
+            let order = StreamOrder(cache: c, seed: seed, epoch: epoch, shuffle: options.shuffle)
+            var mine = order.rankIndices(rank: rank, worldSize: worldSize, start: start, padding: options.padding)
+            if let limit, limit < mine.count { mine.removeLast(mine.count - limit) }
+            let began = Date()
+            let bytes: Int
+            do { bytes = try c.decompressFrames(mine) } catch { throw fail("\(error)") }
+            report(samples: mine.count, payload: bytes, seconds: Date().timeIntervalSince(began), threads: 1)
+            return
+        }
         let began = Date()
         let stream = TokenStream(cache: c, rank: rank, worldSize: worldSize, epoch: epoch, seed: seed, start: start,
                                  options: options)
@@ -79,14 +91,18 @@ struct StreamCommand: ParsableCommand {
             throw fail("\(error)")
         }
         if ids { return }
-        let secs = max(Date().timeIntervalSince(began), 1e-9)
+        report(samples: samples, payload: payload, seconds: Date().timeIntervalSince(began), threads: options.threads)
+    }
+
+    func report(samples: Int, payload: Int, seconds: Double, threads: Int) {
+        let secs = max(seconds, 1e-9)
         let rate = Double(samples) / secs
         let gbps = Double(payload) / secs / 1e9
         if json {
-            print("{\"records\": \(samples), \"seconds\": \(secs), \"records_per_s\": \(rate), \"payload_bytes\": \(payload), \"payload_gb_per_s\": \(gbps), \"threads\": \(options.threads)}")
+            print("{\"records\": \(samples), \"seconds\": \(secs), \"records_per_s\": \(rate), \"payload_bytes\": \(payload), \"payload_gb_per_s\": \(gbps), \"threads\": \(threads)}")
         } else {
             print(String(format: "%d records in %.3f s: %.0f records/s, %.3f GB/s of payload (%d threads)",
-                         samples, secs, rate, gbps, options.threads))
+                         samples, secs, rate, gbps, threads))
         }
     }
 }
