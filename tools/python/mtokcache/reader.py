@@ -3,6 +3,7 @@
 import builtins
 import json
 import os
+import re
 import struct
 
 import lmdb
@@ -497,9 +498,19 @@ def _unplane(stored, offset, n, size, out_shift=0, out_dtype=None):
     return out
 
 
+_DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def _dec(text):
+    """A decimal integer as FORMAT.md writes them: Python's int() would also take spaces and '_'."""
+    if not isinstance(text, str) or not _DECIMAL.match(text):
+        raise ValueError("not a decimal integer: %r" % (text,))
+    return int(text)
+
+
 def _ints(text, count, name, loc):
     try:
-        vals = [int(x) for x in text.split(",")]
+        vals = [_dec(x) for x in text.split(",")]
     except (AttributeError, ValueError):
         vals = []
     if len(vals) != count or any(v < 0 for v in vals):
@@ -509,7 +520,7 @@ def _ints(text, count, name, loc):
 
 def _metadata(meta, loc):
     try:
-        view, label = int(meta["view"]), int(meta["label"])
+        view, label = _dec(meta["view"]), _dec(meta["label"])
         rid = meta["id"]
     except (KeyError, ValueError) as e:
         raise BadRecordError("metadata needs id, view and label (%s)" % e, **loc) from e
