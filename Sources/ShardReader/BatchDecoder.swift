@@ -4,10 +4,12 @@ internal import ZstdCore
 
 /// Decodes records straight from their stored frames into a batch's contiguous arrays.
 ///
-/// `TokenCache.record(at:)` builds a `TokenRecord` (copies per tensor, a shuffled and an
-/// unshuffled payload); streaming at the speed of zstd needs fewer passes: each tensor is read
-/// out of its byte planes once, into a small scratch buffer, and converted into its place in the
-/// batch. The checks are those of Schemas/FORMAT.md section 4.1, as `RecordCodec` applies them.
+/// `TokenCache.record(at:)` builds a `TokenRecord` (a JSON parse, copies per tensor, a shuffled
+/// and an unshuffled payload); streaming near the speed of zstd needs less: the header's metadata
+/// is scanned and its tensor layout checked once per distinct layout (`MetadataScan`), and each
+/// tensor is read out of its byte planes straight into its place in the batch's arrays (bf16, the
+/// common case, in one vectorized pass). The checks are those of Schemas/FORMAT.md section 4.1,
+/// as `RecordCodec` applies them.
 ///
 /// Not thread-safe (it owns a zstd context and scratch space): one per thread.
 final class BatchDecoder {

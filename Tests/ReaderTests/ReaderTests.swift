@@ -185,6 +185,9 @@ struct CrossLanguageTests {
                 seen = [int(i) for b in DataLoader(ds, batch_size=8, num_workers=4) for i in b["index"]]
                 assert sorted(seen) == list(range(203)), "epoch %d: not every record exactly once" % epoch
                 assert seen == c.stream_indices(0, 1, epoch, 17).tolist(), "not the stream order"
+            ds = CacheIterableDataset(path, seed=17, batch_size=8, rank=0, world_size=1, epoch=1, batched=True)
+            seen = [int(i) for b in DataLoader(ds, batch_size=None, num_workers=4) for i in b["index"]]
+            assert seen == c.stream_indices(0, 1, 1, 17).tolist(), "batched: not the stream order"
             ranks = []
             for r in range(2):
                 ds = CacheIterableDataset(path, seed=17, batch_size=8, rank=r, world_size=2, epoch=1)
