@@ -111,6 +111,14 @@ class CacheIterableDataset(IterableDataset, _Lazy):
             if self.batched:
                 yield _batch_to_torch(self._cache.batch(idx[lo:lo + b]))
                 continue
+            if self.transform is to_sample:
+                # Decode the worker's batch at once (vectorized), then hand out its rows.
+                t = _batch_to_torch(self._cache.batch(idx[lo:lo + b]))
+                for j in range(len(t["id"])):
+                    row = {key: (v[j] if key != "id" else v[j]) for key, v in t.items()}
+                    row["label"], row["index"], row["view"] = int(row["label"]), int(row["index"]), int(row["view"])
+                    yield row
+                continue
             for i in idx[lo:lo + b]:
                 r = self._cache[int(i)]
                 yield self.transform(r) if self.transform else r
