@@ -140,6 +140,8 @@ def main():
 
     res["raw zstd, Swift (1 core)"] = swift_stream(a.mtok, a.cache, ["--decompress-only"], a.repeat)
     res["Swift stream, 1 thread"] = swift_stream(a.mtok, a.cache, ["--threads", "1"], a.repeat)
+    res["Swift stream, 1 thread, bf16 latents out"] = swift_stream(
+        a.mtok, a.cache, ["--threads", "1", "--latent-dtype", "bf16"], a.repeat)
     res["Swift stream, 1 thread, full random order"] = swift_stream(
         a.mtok, a.cache, ["--threads", "1", "--block-records", "1", "--window-blocks", str(n)], a.repeat)
     if a.threads > 1:

@@ -1,3 +1,4 @@
+import Foundation  // memcmp
 import ShardFormat
 import TensorFiles
 internal import ZstdCore
@@ -67,7 +68,7 @@ final class BatchDecoder {
         if let fast, let cached = bytes.withUnsafeBytes({ raw in
             layouts.first { entry in
                 entry.payloadCount == raw.count && entry.tail.count == fast.tail.count
-                    && entry.tail.withUnsafeBytes { $0.elementsEqual(UnsafeRawBufferPointer(rebasing: raw[fast.tail])) }
+                    && entry.tail.withUnsafeBytes { memcmp($0.baseAddress!, raw.baseAddress! + fast.tail.lowerBound, $0.count) } == 0
             }
         }), fast.format == RecordCodec.formatVersion, let id = fast.id, let view = fast.view, let label = fast.label,
            view >= 0, label >= -1 {
@@ -146,7 +147,9 @@ final class BatchDecoder {
             for row in 0..<b {
                 let r = row == 0 ? first : try load(records[row])
                 let l = r.layout
-                guard l.latents.shape == [k, c], l.groups.shape == [n], (l.logvar != nil) == hasLogvar else {
+                // Element-wise: comparing with array literals would allocate on every row.
+                let ls = l.latents.shape, gs = l.groups.shape
+                guard ls.count == 2, ls[0] == k, ls[1] == c, gs.count == 1, gs[0] == n, (l.logvar != nil) == hasLogvar else {
                     throw CacheError(.shapeMismatch, "K, C, N = \(l.latents.shape), \(l.groups.shape[0]); the batch has \(k), \(c), \(n)",
                                      at: r.location)
                 }

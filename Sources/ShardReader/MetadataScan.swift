@@ -1,3 +1,5 @@
+import Foundation  // memcmp
+
 /// A fast scan of a payload header's `__metadata__` object, as both writers lay it out: compact
 /// JSON that starts `{"__metadata__":{` with string values. It reads the four fields a stream
 /// needs and where the rest of the header (the tensor entries) starts.
@@ -24,7 +26,7 @@ struct MetadataScan {
         let end = 8 + Int(headerLength)
         var pos = 8
         guard end - pos > Self.prefix.count,
-              UnsafeRawBufferPointer(rebasing: p[pos..<(pos + Self.prefix.count)]).elementsEqual(Self.prefix)
+              Self.prefix.withUnsafeBytes({ memcmp(p.baseAddress! + pos, $0.baseAddress!, $0.count) }) == 0
         else { return nil }
         pos += Self.prefix.count
 
@@ -44,11 +46,17 @@ struct MetadataScan {
             return start..<i
         }
         func text(_ r: Range<Int>) -> String? {
-            String(validating: UnsafeRawBufferPointer(rebasing: p[r]), as: UTF8.self)
+            let bytes = UnsafeRawBufferPointer(rebasing: p[r])
+            // ASCII (the usual case) is valid UTF-8; only other text needs the full validation.
+            var ascii = true
+            for b in bytes where b >= 0x80 {
+                ascii = false
+                break
+            }
+            return ascii ? String(decoding: bytes, as: UTF8.self) : String(validating: bytes, as: UTF8.self)
         }
         func equals(_ r: Range<Int>, _ s: StaticString) -> Bool {
-            r.count == s.utf8CodeUnitCount
-                && UnsafeRawBufferPointer(rebasing: p[r]).elementsEqual(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+            r.count == s.utf8CodeUnitCount && memcmp(p.baseAddress! + r.lowerBound, s.utf8Start, r.count) == 0
         }
 
         if pos < end, p[pos] != UInt8(ascii: "}") {
