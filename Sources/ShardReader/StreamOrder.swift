@@ -130,14 +130,14 @@ extension StreamOrder {
         return z ^ (z >> 31)
     }
 
-    /// base(seed, epoch, tag) of STREAM.md section 2.
-    static func base(seed: UInt64, epoch: UInt64, tag: UInt64) -> UInt64 {
+    /// base(seed, epoch, tag) of STREAM.md section 2 (public for checking other implementations).
+    public static func base(seed: UInt64, epoch: UInt64, tag: UInt64) -> UInt64 {
         mix(mix(seed &+ golden) &+ (4 &* epoch &+ tag &+ 1) &* golden)
     }
 
-    /// Output number `i` of SplitMix64 started at `base`.
+    /// Output number `i` of SplitMix64 started at `base`: key(seed, epoch, tag, i) of STREAM.md.
     @inline(__always)
-    static func key(base: UInt64, _ i: Int) -> UInt64 {
+    public static func key(base: UInt64, _ i: Int) -> UInt64 {
         mix(base &+ (UInt64(i) &+ 1) &* golden)
     }
 }

@@ -260,6 +260,18 @@ struct CrossLanguageTests {
         }
     }
 
+    /// The worked example of Schemas/STREAM.md section 5.
+    @Test func documentTestVectors() {
+        #expect(StreamOrder.base(seed: 0, epoch: 0, tag: 1) == 0xB382_A305_F441_4F5E)
+        let keys = (0..<4).map { StreamOrder.key(base: StreamOrder.base(seed: 0, epoch: 0, tag: 1), $0) }
+        #expect(keys == [0x2F10_1FE2_1496_EA20, 0xA006_2408_8F65_D5B6, 0x7496_3FA7_9989_4AB9, 0xFD94_6AE7_1E2C_1470])
+        let o = StreamOrder(shardRecords: [5, 7], seed: 0, epoch: 0, blockRecords: 4, windowBlocks: 2)
+        #expect(o.permutation == [0, 7, 5, 1, 8, 6, 2, 3, 4, 11, 9, 10])
+        #expect((0..<5).map { o.rankIndices(rank: $0, worldSize: 5) } == [[0, 6, 9], [7, 2, 10], [5, 3, 0], [1, 4, 7], [8, 11, 5]])
+        #expect((0..<5).map { o.rankIndices(rank: $0, worldSize: 5, padding: .drop) } == [[0, 6], [7, 2], [5, 3], [1, 4], [8, 11]])
+        #expect(o.rankIndices(rank: 1, worldSize: 5, start: 5) == [2, 10])
+    }
+
     @Test(arguments: 1...7)
     func ranksAreDisjointCompleteAndEqual(worldSize: Int) {
         let o = StreamOrder(shardRecords: [50, 3, 60], seed: 11, epoch: 4, blockRecords: 8, windowBlocks: 2)

@@ -380,7 +380,8 @@ class Cache:
             n = 1
             for d in shape:
                 n *= d
-            raw = np.frombuffer(b"".join(bytes(st[ds + p[name][2][0]:ds + p[name][2][1]]) for st, ds, p in parts),
+            # memoryview slices: join copies each record's bytes once, straight into the batch.
+            raw = np.frombuffer(b"".join(memoryview(st)[ds + p[name][2][0]:ds + p[name][2][1]] for st, ds, p in parts),
                                 np.uint8)
             is_float = name in ("latents", "logvar")
             if self.shuffled and size > 1:
