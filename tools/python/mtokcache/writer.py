@@ -8,6 +8,7 @@ The result is a complete cache that `mtok verify --deep` accepts. This writer st
 it does not resume an interrupted one (the Swift writer does).
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -83,6 +84,13 @@ class Writer:
         if os.path.exists(self.path) and os.listdir(self.path):
             raise FileExistsError("%s exists and is not empty; this writer only starts new caches" % self.path)
         os.makedirs(os.path.join(self.path, "shards"), exist_ok=True)
+        # FORMAT 1: the single writer holds an advisory lock on .writer.lock while it writes.
+        self._lock = open(os.path.join(self.path, ".writer.lock"), "a+")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._lock.close()
+            raise RuntimeError("%s is being written by another process" % self.path) from e
         self.settings = settings if settings is not None else {}
         self.latent_dtype = latent_dtype
         self.R = records_per_chunk
@@ -262,6 +270,13 @@ class Writer:
             self._seal()
         self._finished = True
         self._write_manifest(complete=True)
+        self._unlock()
+
+    def _unlock(self):
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -269,6 +284,8 @@ class Writer:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.finish()
-        elif self._env is not None:
-            self._env.close()
-            self._env = None
+        else:
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+            self._unlock()
