@@ -69,6 +69,10 @@ public final class TokenStream: Sendable {
 
     deinit { pipeline.stop() }
 
+    /// The most batches that were ever decoded or decoding ahead of the consumer at once; never
+    /// more than the prefetch depth (what bounds the stream's memory).
+    package var peakPrefetched: Int { pipeline.peakOutstanding }
+
     /// The next batch in order, or nil at the end of the epoch.
     /// - Throws: the `CacheError` of the first record in the batch that could not be read.
     public func next() throws -> StreamBatch? {
@@ -89,6 +93,8 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
     private var delivered = 0
     private var ready: [Int: Result<StreamBatch, any Error>] = [:]
     private var stopped = false
+    /// Largest number of batches claimed but not yet taken, ever (≤ depth; checked by tests).
+    private var peak = 0
 
     init(cache: TokenCache, records: [Int], options: TokenStream.Options, batchCount: Int) {
         self.cache = cache
@@ -111,6 +117,7 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
             }
             let k = claimed
             claimed += 1
+            peak = max(peak, claimed - delivered)
             condition.unlock()
 
             let lo = k * batchSize
@@ -133,6 +140,12 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
         delivered += 1
         condition.broadcast()
         return try result.get()
+    }
+
+    var peakOutstanding: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return peak
     }
 
     func stop() {

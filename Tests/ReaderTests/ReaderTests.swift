@@ -344,6 +344,7 @@ struct CrossLanguageTests {
                 labels += b.labels
                 ids += b.ids
             }
+            #expect(stream.peakPrefetched <= prefetch, "more batches in flight than the prefetch depth")
             let sameOrder = records == want
             #expect(sameOrder, "order differs with threads \(threads), prefetch \(prefetch), batch size \(batchSize)")
             let sameFloats = rawBytes(latents) == rawBytes(reference.latents) && rawBytes(logvar) == rawBytes(reference.logvar ?? [])
