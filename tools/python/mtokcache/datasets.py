@@ -114,10 +114,12 @@ class CacheIterableDataset(IterableDataset, _Lazy):
             if self.transform is to_sample:
                 # Decode the worker's batch at once (vectorized), then hand out its rows.
                 t = _batch_to_torch(self._cache.batch(idx[lo:lo + b]))
-                for j in range(len(t["id"])):
-                    row = {key: (v[j] if key != "id" else v[j]) for key, v in t.items()}
-                    row["label"], row["index"], row["view"] = int(row["label"]), int(row["index"]), int(row["view"])
-                    yield row
+                # unbind/tolist split the batch in one call per field; indexing per row is slow.
+                cols = {key: (t[key].unbind(0) if key in ("latents", "logvar", "indices", "groups")
+                              else t[key].tolist() if key != "id" else t[key]) for key in t}
+                names = list(cols)
+                for values in zip(*(cols[key] for key in names)):
+                    yield dict(zip(names, values))
                 continue
             for i in idx[lo:lo + b]:
                 r = self._cache[int(i)]
