@@ -13,7 +13,9 @@ Makes the cache with `mtok synth-cache CACHE --records 100000 --u32-indices --gr
 - the Swift stream (`mtok stream`, decoded into float32 batches) with 1 thread and with all cores;
 - mtokcache (Python): records via cache[i], and batches of 256 via cache.stream;
 - a naive loop: py-lmdb + zstandard + numpy, written the obvious way from Schemas/FORMAT.md;
-- PyTorch DataLoader over CacheIterableDataset with 0 and 2 workers, if torch imports.
+- PyTorch DataLoader with 0 and 2 workers, if torch imports: over CacheIterableDataset (samples
+  collated by DataLoader, and whole batches with batched=True) and over the map-style
+  CacheDataset with the same indices as its sampler.
 
 Python figures use the first --py-records samples of the same order (Python is slower; the rate
 does not depend on how many). Each figure is the median of --repeat runs. Wall-clock figures are
@@ -179,7 +181,7 @@ def main():
     try:
         import torch
         from torch.utils.data import DataLoader
-        from mtokcache.datasets import CacheIterableDataset
+        from mtokcache.datasets import CacheDataset, CacheIterableDataset
         torch.set_num_threads(1)
 
         class Limited(CacheIterableDataset):
@@ -191,6 +193,11 @@ def main():
             res["torch DataLoader, %d workers" % workers] = median_of(
                 lambda: timed(lambda: [b for b in DataLoader(ds, batch_size=256, num_workers=workers)], k,
                               payload_per_record), a.repeat)
+            m = CacheDataset(a.cache)
+            order_list = [int(i) for i in sub]
+            res["torch DataLoader, map-style, %d workers" % workers] = median_of(
+                lambda: timed(lambda: [b for b in DataLoader(m, batch_size=256, sampler=order_list,
+                                                            num_workers=workers)], k, payload_per_record), a.repeat)
             ds = Limited(a.cache, seed=0, batch_size=256, batched=True)
             res["torch DataLoader, batched, %d workers" % workers] = median_of(
                 lambda: timed(lambda: [b for b in DataLoader(ds, batch_size=None, num_workers=workers)], k,

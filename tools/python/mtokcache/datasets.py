@@ -63,6 +63,13 @@ class CacheDataset(Dataset, _Lazy):
         r = self._cache[int(i)]
         return self.transform(r) if self.transform else r
 
+    def __getitems__(self, indices):
+        """What DataLoader's fetcher calls for a whole batch of indices (PyTorch >= 2.1): decodes
+        them together, vectorized, then splits them into samples."""
+        if self.transform is not to_sample:
+            return [self[i] for i in indices]
+        return _rows(_batch_to_torch(self._cache.batch(indices)))
+
 
 class CacheIterableDataset(IterableDataset, _Lazy):
     """The stream of one rank (Schemas/STREAM.md), split across DataLoader workers by batches.
@@ -113,17 +120,20 @@ class CacheIterableDataset(IterableDataset, _Lazy):
                 continue
             if self.transform is to_sample:
                 # Decode the worker's batch at once (vectorized), then hand out its rows.
-                t = _batch_to_torch(self._cache.batch(idx[lo:lo + b]))
-                # unbind/tolist split the batch in one call per field; indexing per row is slow.
-                cols = {key: (t[key].unbind(0) if key in ("latents", "logvar", "indices", "groups")
-                              else t[key].tolist() if key != "id" else t[key]) for key in t}
-                names = list(cols)
-                for values in zip(*(cols[key] for key in names)):
-                    yield dict(zip(names, values))
+                yield from _rows(_batch_to_torch(self._cache.batch(idx[lo:lo + b])))
                 continue
             for i in idx[lo:lo + b]:
                 r = self._cache[int(i)]
                 yield self.transform(r) if self.transform else r
+
+
+def _rows(t):
+    """Splits a `_batch_to_torch` batch into `to_sample` dicts: unbind/tolist split each field in
+    one call (indexing tensors row by row is several times slower)."""
+    cols = {key: (v.unbind(0) if key in ("latents", "logvar", "indices", "groups") else
+                  v.tolist() if key != "id" else v) for key, v in t.items()}
+    names = list(cols)
+    return [dict(zip(names, values)) for values in zip(*(cols[key] for key in names))]
 
 
 def _batch_to_torch(b):
