@@ -140,15 +140,25 @@ def main():
              m["compression"]["level"], m["compression"]["shuffle"]))
     res = {}
 
-    res["raw zstd, Swift (1 core)"] = swift_stream(a.mtok, a.cache, ["--decompress-only"], a.repeat)
-    res["Swift stream, 1 thread"] = swift_stream(a.mtok, a.cache, ["--threads", "1"], a.repeat)
-    res["Swift stream, 1 thread, bf16 latents out"] = swift_stream(
-        a.mtok, a.cache, ["--threads", "1", "--latent-dtype", "bf16"], a.repeat)
-    res["Swift stream, 1 thread, full random order"] = swift_stream(
-        a.mtok, a.cache, ["--threads", "1", "--block-records", "1", "--window-blocks", str(n)], a.repeat)
+    # Warm the page cache, then interleave the Swift runs (raw, stream, ...) so drifts in machine
+    # load hit every configuration alike; medians per configuration.
+    for sh in m["shards"]:
+        with open(os.path.join(a.cache, sh["file"]), "rb") as f:
+            while f.read(1 << 24):
+                pass
+    configs = {"raw zstd, Swift (1 core)": ["--decompress-only"],
+               "Swift stream, 1 thread": ["--threads", "1"],
+               "Swift stream, 1 thread, bf16 latents out": ["--threads", "1", "--latent-dtype", "bf16"],
+               "Swift stream, 1 thread, full random order": ["--threads", "1", "--block-records", "1",
+                                                             "--window-blocks", str(n)]}
     if a.threads > 1:
-        res["Swift stream, %d threads" % a.threads] = swift_stream(a.mtok, a.cache, ["--threads", str(a.threads)],
-                                                                   a.repeat)
+        configs["Swift stream, %d threads" % a.threads] = ["--threads", str(a.threads)]
+    runs = {name: [] for name in configs}
+    for _ in range(a.repeat):
+        for name, extra in configs.items():
+            runs[name].append(swift_stream(a.mtok, a.cache, extra, 1))
+    for name, rs in runs.items():
+        res[name] = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
 
     order = cache.stream_indices(0, 1, 0, 0)
     sub = order[:a.py_records]
@@ -165,19 +175,24 @@ def main():
         frames.append(bytes(chunk[4 * (nn + 2) + lo:4 * (nn + 2) + hi]))
     import zstandard
     d = zstandard.ZstdDecompressor()
-    res["raw zstd, python-zstandard (1 core)"] = median_of(
-        lambda: timed(lambda: [d.decompress(f) for f in frames], k, payload_per_record), a.repeat)
-    del frames
-
     cache.close()  # one process may not open an LMDB file twice: the naive loop opens its own
-    res["naive py-lmdb + zstandard + numpy"] = median_of(
-        lambda: timed(lambda: naive_loop(a.cache, sub), k, payload_per_record), a.repeat)
-    res["mtokcache cache[i]"] = median_of(
-        lambda: timed(lambda: [cache[int(i)] for i in sub], k, payload_per_record), a.repeat)
-    res["mtokcache stream, batches of 256"] = median_of(
-        lambda: timed(lambda: list(cache.stream(0, 1, 0, 0, batch_size=256, limit=k)), k, payload_per_record),
-        a.repeat)
 
+    def closing(fn, *caches):
+        """Runs fn, then closes the caches' environments so the naive loop can open its own."""
+        def run():
+            try:
+                return fn()
+            finally:
+                for c in caches:
+                    c.close()
+        return run
+
+    # Python readers, interleaved across repeats like the Swift runs.
+    pyruns = [("raw zstd, python-zstandard (1 core)", lambda: [d.decompress(f) for f in frames]),
+              ("naive py-lmdb + zstandard + numpy", lambda: naive_loop(a.cache, sub)),
+              ("mtokcache cache[i]", closing(lambda: [cache[int(i)] for i in sub], cache)),
+              ("mtokcache stream, batches of 256",
+               closing(lambda: list(cache.stream(0, 1, 0, 0, batch_size=256, limit=k)), cache))]
     try:
         import torch
         from torch.utils.data import DataLoader
@@ -188,22 +203,26 @@ def main():
             def indices(self):
                 return super().indices()[:k]
 
+        order_list = [int(i) for i in sub]
         for workers in (0, 2):
             ds = Limited(a.cache, seed=0, batch_size=256)
-            res["torch DataLoader, %d workers" % workers] = median_of(
-                lambda: timed(lambda: [b for b in DataLoader(ds, batch_size=256, num_workers=workers)], k,
-                              payload_per_record), a.repeat)
-            m = CacheDataset(a.cache)
-            order_list = [int(i) for i in sub]
-            res["torch DataLoader, map-style, %d workers" % workers] = median_of(
-                lambda: timed(lambda: [b for b in DataLoader(m, batch_size=256, sampler=order_list,
-                                                            num_workers=workers)], k, payload_per_record), a.repeat)
-            ds = Limited(a.cache, seed=0, batch_size=256, batched=True)
-            res["torch DataLoader, batched, %d workers" % workers] = median_of(
-                lambda: timed(lambda: [b for b in DataLoader(ds, batch_size=None, num_workers=workers)], k,
-                              payload_per_record), a.repeat)
+            pyruns.append(("torch DataLoader, %d workers" % workers, closing(
+                lambda ds=ds, w=workers: [b for b in DataLoader(ds, batch_size=256, num_workers=w)], ds._cache)))
+            mds = CacheDataset(a.cache)
+            pyruns.append(("torch DataLoader, map-style, %d workers" % workers, closing(
+                lambda mds=mds, w=workers: [b for b in DataLoader(mds, batch_size=256, sampler=order_list,
+                                                                  num_workers=w)], mds._cache)))
+            bds = Limited(a.cache, seed=0, batch_size=256, batched=True)
+            pyruns.append(("torch DataLoader, batched, %d workers" % workers, closing(
+                lambda bds=bds, w=workers: [b for b in DataLoader(bds, batch_size=None, num_workers=w)], bds._cache)))
     except ImportError:
         print("torch not importable: DataLoader figures skipped")
+    pyres = {name: [] for name, _ in pyruns}
+    for _ in range(a.repeat):
+        for name, fn in pyruns:
+            pyres[name].append(timed(fn, k, payload_per_record))
+    for name, rs in pyres.items():
+        res[name] = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
 
     width = max(len(x) for x in res)
     print("\n%-*s  %12s  %8s  %14s   (median of %d)" % (width, "reader", "records/s", "GB/s", "records/CPU-s",
