@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from . import order as _order
 from .reader import Cache
 
 __all__ = ["CacheDataset", "CacheIterableDataset", "to_sample"]
@@ -76,7 +77,9 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     rank and world_size default to torch.distributed's when it is initialised, else 0 and 1.
     Call `set_epoch(e)` before each epoch (as with DistributedSampler) and `set_start(g)` to
-    resume at global position g (samples consumed by the whole job in this epoch).
+    resume at global position g (samples consumed by the whole job in this epoch). Workers copy
+    the dataset when an epoch's iteration starts, so with persistent_workers=True these calls do
+    not reach them: leave persistent_workers off, or build a DataLoader per epoch.
     """
 
     def __init__(self, path, seed=0, batch_size=256, rank=None, world_size=None, padding="pad", epoch=0, start=0,
@@ -107,7 +110,8 @@ class CacheIterableDataset(IterableDataset, _Lazy):
                                           self.padding, **self.order_args)
 
     def __len__(self):
-        return len(self.indices())
+        # Arithmetic, not the permutation: DataLoader asks for the length often.
+        return _order.rank_count(len(self._cache), self.rank, self.world_size, self.start, self.padding)
 
     def __iter__(self):
         idx = self.indices()

@@ -93,6 +93,15 @@ def epoch_positions(n, world_size, padding):
     raise ValueError("padding must be 'pad' or 'drop'")
 
 
+def rank_count(n, rank, world_size, start=0, padding="pad"):
+    """How many samples `rank_indices` returns, without computing the permutation."""
+    if n == 0:
+        return 0
+    t = epoch_positions(n, world_size, padding)
+    first = rank + world_size * max(0, -(-(start - rank) // world_size))
+    return max(0, -(-(t - first) // world_size))
+
+
 def rank_indices(perm, rank, world_size, start=0, padding="pad"):
     """Global record indices that `rank` reads from global position `start` on, in order."""
     if not (0 <= rank < world_size):

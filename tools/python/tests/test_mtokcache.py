@@ -185,6 +185,9 @@ def test_ranks_disjoint_complete_equal_resumable():
                 assert len(set(allv.tolist())) == len(allv) == n // w * w
             else:
                 assert set(allv.tolist()) == set(range(n)) and len(allv) == -(-n // w) * w
+            for r in range(w):
+                for start in (0, 1, w, 7, n, n + 5):
+                    assert order.rank_count(n, r, w, start, padding) == len(order.rank_indices(p, r, w, start, padding))
             # Resuming at a global position continues the same sequence, with any world size.
             for start in (0, w, 3 * w, 7):
                 for r in range(w):
