@@ -161,6 +161,39 @@ struct CrossLanguageTests {
         try expectSame(dump, cache)
     }
 
+    /// Ids with quotes, backslashes, control-free Unicode and JSON escapes take the strict header
+    /// parser instead of the stream's metadata scan; both must give the same records.
+    @Test func streamReadsIdsThatNeedTheStrictParser() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        let write = """
+            import sys, numpy as np, mtokcache
+            ids = ['plain/%d' % i for i in range(6)] + ['q"uote', 'back\\slash', 'ünï/日本', 'tab\\tin', 'emoji 😀', 'a/b']
+            rng = np.random.default_rng(1)
+            with mtokcache.Writer(sys.argv[1], records_per_chunk=3) as w:
+                for i, name in enumerate(ids):
+                    w.append(id=name, view=i % 2, label=i, latents=rng.standard_normal((8, 2)).astype(np.float32),
+                             indices=rng.integers(0, 99, 8).astype(np.uint16), groups=rng.integers(0, 8, 9).astype(np.uint8))
+            print("\\n".join(ids))
+            """
+        guard let w = try Py.run(write, [dir]) else { return }
+        try #require(w.status == 0, "\(w.stderr)")
+        let written = w.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+        let cache = try TokenCache(path: dir)
+        var options = TokenStream.Options()
+        options.shuffle.enabled = false
+        options.batchSize = 5
+        options.threads = 2
+        let stream = TokenStream(cache: cache, rank: 0, worldSize: 1, epoch: 0, seed: 0, options: options)
+        var ids: [String] = [], latents: [Float] = []
+        while let b = try stream.next() {
+            ids += b.ids
+            latents += b.latents.floats
+        }
+        #expect(ids == written)
+        #expect(ids == (0..<cache.count).map { (try? cache.record(at: $0).id) ?? "?" })
+        #expect(latents == (try cache.batch(Array(0..<cache.count)).latents))
+    }
+
     @Test func pythonUnitTests() throws {
         guard let r = try Py.run("import runpy, sys; sys.argv = ['t']; runpy.run_path(sys.argv_path, run_name='__main__')"
             .replacingOccurrences(of: "sys.argv_path", with: "'\(Py.packagePath)/tests/test_mtokcache.py'")) else { return }
