@@ -80,5 +80,7 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TestSupport"],
                     swiftSettings: swiftSettings),
+        .testTarget(name: "ReaderTests", dependencies: ["ShardReader", "ShardWriter", "ShardFormat", "TestSupport"],
+                    swiftSettings: swiftSettings),
     ]
 )

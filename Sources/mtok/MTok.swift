@@ -18,6 +18,7 @@ struct MTok: ParsableCommand {
             ModelCommand.self,
             EncodeCommand.self,
             BenchEncoderCommand.self,
+            StreamCommand.self,
         ]
     )
 }

@@ -1,0 +1,334 @@
+import Foundation  // memcmp
+import ShardFormat
+import TensorFiles
+internal import ZstdCore
+
+/// Decodes records straight from their stored frames into a batch's contiguous arrays.
+///
+/// `TokenCache.record(at:)` builds a `TokenRecord` (a JSON parse, copies per tensor, a shuffled
+/// and an unshuffled payload); streaming near the speed of zstd needs less: the header's metadata
+/// is scanned and its tensor layout checked once per distinct layout (`MetadataScan`), and each
+/// tensor is read out of its byte planes straight into its place in the batch's arrays (bf16, the
+/// common case, in one vectorized pass). The checks are those of Schemas/FORMAT.md section 4.1,
+/// as `RecordCodec` applies them.
+///
+/// Not thread-safe (it owns a zstd context and scratch space): one per thread.
+final class BatchDecoder {
+    let cache: TokenCache
+    let format: LatentFormat
+    private let decompressor = ZstdDecompressor()
+    private let shuffled: Bool
+    private var scratch16: [UInt16] = []
+    private var scratch32: [UInt32] = []
+
+    init(cache: TokenCache, format: LatentFormat) {
+        self.cache = cache
+        self.format = format
+        shuffled = cache.manifest.compression.shuffle == Manifest.byteShuffle
+    }
+
+    /// The tensors of a payload, checked against FORMAT.md 4.1.
+    struct Layout {
+        var latents: TensorEntry
+        var logvar: TensorEntry?
+        var indices: TensorEntry
+        var groups: TensorEntry
+    }
+
+    /// A record's stored (possibly byte-shuffled) payload, its layout and its identity.
+    struct Stored {
+        var bytes: [UInt8]
+        var dataOffset: Int
+        var layout: Layout
+        var location: CacheLocation
+        var id: String
+        var view: Int
+        var label: Int
+    }
+
+    /// Header tails (everything after `__metadata__`) already checked, with the payload length
+    /// they were checked for. Records of one cache share one or two layouts, so after the first
+    /// record only the metadata is parsed; the JSON parser runs again only for a new layout.
+    private var layouts: [(tail: [UInt8], payloadCount: Int, dataOffset: Int, layout: Layout)] = []
+
+    func load(_ index: Int) throws -> Stored {
+        let (s, local) = try cache.locate(index)
+        let shard = cache.shards[s]
+        var location = CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index)
+        let bytes: [UInt8] = try shard.withFrame(local: local, globalIndex: index) { frame in
+            do throws(ZstdError) {
+                return try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
+            } catch {
+                throw CacheError(error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, error.description,
+                                 at: location)
+            }
+        }
+        // The header is never shuffled, so it parses from the stored bytes.
+        let fast = bytes.withUnsafeBytes { MetadataScan(payload: $0) }
+        if let fast, let cached = bytes.withUnsafeBytes({ raw in
+            layouts.first { entry in
+                entry.payloadCount == raw.count && entry.tail.count == fast.tail.count
+                    && entry.tail.withUnsafeBytes { memcmp($0.baseAddress!, raw.baseAddress! + fast.tail.lowerBound, $0.count) } == 0
+            }
+        }), fast.format == RecordCodec.formatVersion, let id = fast.id, let view = fast.view, let label = fast.label,
+           view >= 0, label >= -1 {
+            location.id = id
+            location.view = view
+            return Stored(bytes: bytes, dataOffset: cached.dataOffset, layout: cached.layout, location: location,
+                          id: id, view: view, label: label)
+        }
+        // Slow path: the whole header through the strict parser, then the schema checks.
+        let header: SafetensorsHeader
+        do {
+            header = try bytes.withUnsafeBytes { raw throws(SafetensorsError) in try Safetensors.parseHeader(raw) }
+        } catch {
+            throw CacheError(.badRecord, "\(error)", at: location)
+        }
+        func bad(_ message: String) -> CacheError { CacheError(.badRecord, message, at: location) }
+        let m = header.metadata
+        guard m["mtok.format"] == RecordCodec.formatVersion else {
+            throw CacheError(.unknownVersion, "record format \(m["mtok.format"] ?? "none"), this reader knows \(RecordCodec.formatVersion)",
+                             at: location)
+        }
+        var latents: TensorEntry?, logvar: TensorEntry?, indices: TensorEntry?, groups: TensorEntry?
+        for (name, entry) in header.entries {
+            switch name {
+            case "latents": latents = entry
+            case "logvar": logvar = entry
+            case "indices": indices = entry
+            case "groups": groups = entry
+            default: throw bad("unexpected tensor \(name)")
+            }
+        }
+        guard let latents, let indices, let groups else { throw bad("missing tensor: latents, indices and groups are required") }
+        guard [.f32, .f16, .bf16].contains(latents.dtype), latents.shape.count == 2 else {
+            throw bad("latents must be F32, F16 or BF16 [K, C], got \(latents.dtype.rawValue) \(latents.shape)")
+        }
+        let k = latents.shape[0]
+        if let logvar, logvar.dtype != latents.dtype || logvar.shape != latents.shape {
+            throw bad("logvar must match latents")
+        }
+        guard [.u16, .u32].contains(indices.dtype), indices.shape == [k] else {
+            throw bad("indices must be U16 or U32 [\(k)], got \(indices.dtype.rawValue) \(indices.shape)")
+        }
+        guard [.u8, .u16].contains(groups.dtype), groups.shape.count == 1, groups.shape[0] >= k else {
+            throw bad("groups must be U8 or U16 [N] with N ≥ K = \(k), got \(groups.dtype.rawValue) \(groups.shape)")
+        }
+        guard let id = m["id"], let view = m["view"].flatMap({ Int($0) }), view >= 0,
+              let label = m["label"].flatMap({ Int($0) }), label >= -1
+        else { throw bad("metadata needs id, view ≥ 0 and label ≥ -1") }
+        location.id = id
+        location.view = view
+        let layout = Layout(latents: latents, logvar: logvar, indices: indices, groups: groups)
+        if let fast, layouts.count < 8 {
+            layouts.append((Array(bytes[fast.tail]), bytes.count, header.dataOffset, layout))
+        }
+        return Stored(bytes: bytes, dataOffset: header.dataOffset, layout: layout, location: location,
+                      id: id, view: view, label: label)
+    }
+
+    /// Decodes `records` (global indices) into one batch.
+    func batch(_ records: [Int], firstSample: Int) throws -> StreamBatch {
+        precondition(!records.isEmpty)
+        let first = try load(records[0])
+        let k = first.layout.latents.shape[0], c = first.layout.latents.shape[1], n = first.layout.groups.shape[0]
+        let b = records.count
+        let hasLogvar = first.layout.logvar != nil
+        var labels = [Int32](); labels.reserveCapacity(b)
+        var ids = [String](); ids.reserveCapacity(b)
+        var views = [Int](); views.reserveCapacity(b)
+        var payloadBytes = 0
+        let elementSize = format == .float32 ? 4 : 2
+        let kc = k * c
+
+        /// Decodes every row straight into the batch's arrays (no second copy).
+        func rows(_ latentOut: UnsafeMutableRawPointer, _ logvarOut: UnsafeMutableRawPointer?,
+                  _ indexOut: UnsafeMutablePointer<UInt32>, _ groupOut: UnsafeMutablePointer<UInt16>) throws {
+            for row in 0..<b {
+                let r = row == 0 ? first : try load(records[row])
+                let l = r.layout
+                // Element-wise: comparing with array literals would allocate on every row.
+                let ls = l.latents.shape, gs = l.groups.shape
+                guard ls.count == 2, ls[0] == k, ls[1] == c, gs.count == 1, gs[0] == n, (l.logvar != nil) == hasLogvar else {
+                    throw CacheError(.shapeMismatch, "K, C, N = \(l.latents.shape), \(l.groups.shape[0]); the batch has \(k), \(c), \(n)",
+                                     at: r.location)
+                }
+                try r.bytes.withUnsafeBytes { raw in
+                    let data = UnsafeRawBufferPointer(rebasing: raw[r.dataOffset...])
+                    convertFloats(data, l.latents, into: latentOut + row * kc * elementSize)
+                    if let lv = l.logvar, let logvarOut { convertFloats(data, lv, into: logvarOut + row * kc * elementSize) }
+                    readIndices(data, l.indices, into: indexOut + row * k)
+                    let maxGroup = readGroups(data, l.groups, into: groupOut + row * n)
+                    guard n == 0 || Int(maxGroup) < k else {
+                        throw CacheError(.badRecord, "group id \(maxGroup) is not a kept token (K = \(k))", at: r.location)
+                    }
+                }
+                labels.append(Int32(r.label))
+                ids.append(r.id)
+                views.append(r.view)
+                payloadBytes += r.bytes.count
+            }
+        }
+
+        var logvar: LatentArray?
+        var indices: [UInt32] = []
+        var groups: [UInt16] = []
+        let latents = try latentArray(b * kc) { lp in
+            indices = try filled(UInt32.self, b * k) { ip in
+                groups = try filled(UInt16.self, b * n) { gp in
+                    let ip = ip.assumingMemoryBound(to: UInt32.self), gp = gp.assumingMemoryBound(to: UInt16.self)
+                    if hasLogvar {
+                        logvar = try latentArray(b * kc) { vp in try rows(lp, vp, ip, gp) }
+                    } else {
+                        try rows(lp, nil, ip, gp)
+                    }
+                }
+            }
+        }
+        return StreamBatch(firstSample: firstSample, records: records, tokens: k, channels: c, patches: n,
+                           latents: latents, logvar: logvar, indices: indices, groups: groups,
+                           labels: labels, ids: ids, views: views, payloadBytes: payloadBytes)
+    }
+
+    /// An array of `count` elements whose memory `body` initializes through a raw pointer.
+    private func filled<T>(_ type: T.Type, _ count: Int, _ body: (UnsafeMutableRawPointer) throws -> Void) throws -> [T] {
+        // Capacity at least 1 so the base address exists even for an empty tensor.
+        var out = try [T](unsafeUninitializedCapacity: max(1, count)) { buffer, initialized in
+            try body(UnsafeMutableRawPointer(buffer.baseAddress!))
+            initialized = max(1, count)
+        }
+        if count == 0 { out.removeAll() }
+        return out
+    }
+
+    private func latentArray(_ count: Int, _ body: (UnsafeMutableRawPointer) throws -> Void) throws -> LatentArray {
+        switch format {
+        case .float32: .float32(try filled(Float.self, count, body))
+        case .float16: .float16(try filled(UInt16.self, count, body))
+        case .bfloat16: .bfloat16(try filled(UInt16.self, count, body))
+        }
+    }
+
+    /// Reads a float tensor out of its (possibly shuffled) bytes and writes it in `format`.
+    private func convertFloats(_ data: UnsafeRawBufferPointer, _ e: TensorEntry, into out: UnsafeMutableRawPointer) {
+        let count = e.byteRange.count / e.dtype.byteSize
+        let src = UnsafeRawBufferPointer(rebasing: data[e.byteRange])
+        if e.dtype == .bf16 && format != .float16 {
+            // The common case (bf16 stored, f32 or bf16 wanted) in one pass over the planes.
+            let p = src.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            let n = count
+            if format == .float32 {
+                let dst = out.assumingMemoryBound(to: UInt32.self)
+                if shuffled {
+                    // Wrapping shifts and a second base pointer keep the loop free of overflow
+                    // traps, so LLVM vectorizes it.
+                    let q = p + n
+                    for i in 0..<n { dst[i] = UInt32(p[i]) &<< 16 | UInt32(q[i]) &<< 24 }
+                } else {
+                    for i in 0..<n { dst[i] = UInt32(UInt16(p[2 * i]) | UInt16(p[2 * i + 1]) << 8) << 16 }
+                }
+            } else {
+                let dst = out.assumingMemoryBound(to: UInt16.self)
+                if shuffled {
+                    let q = p + n
+                    for i in 0..<n { dst[i] = UInt16(p[i]) | UInt16(q[i]) &<< 8 }
+                } else {
+                    for i in 0..<n { dst[i] = UInt16(p[2 * i]) | UInt16(p[2 * i + 1]) << 8 }
+                }
+            }
+            return
+        }
+        if e.dtype == .f32 {
+            if scratch32.count < count { scratch32 = [UInt32](repeating: 0, count: count) }
+            scratch32.withUnsafeMutableBufferPointer { bits in
+                load32(src, count: count, into: bits)
+                switch format {
+                case .float32:
+                    out.copyMemory(from: bits.baseAddress!, byteCount: count * 4)
+                case .bfloat16:
+                    let dst = out.assumingMemoryBound(to: UInt16.self)
+                    for i in 0..<count { dst[i] = FloatConversion.bf16Bits(Float(bitPattern: bits[i])) }
+                case .float16:
+                    let dst = out.assumingMemoryBound(to: UInt16.self)
+                    for i in 0..<count { dst[i] = Float16(Float(bitPattern: bits[i])).bitPattern }
+                }
+            }
+            return
+        }
+        if scratch16.count < count { scratch16 = [UInt16](repeating: 0, count: count) }
+        scratch16.withUnsafeMutableBufferPointer { bits in
+            load16(src, count: count, into: bits)
+            switch (e.dtype, format) {
+            case (.bf16, .bfloat16), (.f16, .float16):
+                out.copyMemory(from: bits.baseAddress!, byteCount: count * 2)
+            case (.bf16, .float32):
+                let dst = out.assumingMemoryBound(to: UInt32.self)
+                for i in 0..<count { dst[i] = UInt32(bits[i]) << 16 }
+            case (.f16, .float32):
+                let dst = out.assumingMemoryBound(to: Float.self)
+                for i in 0..<count { dst[i] = Float(Float16(bitPattern: bits[i])) }
+            case (.bf16, .float16):
+                let dst = out.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<count { dst[i] = Float16(Float(bitPattern: UInt32(bits[i]) << 16)).bitPattern }
+            default:  // f16 → bf16
+                let dst = out.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<count { dst[i] = FloatConversion.bf16Bits(Float(Float16(bitPattern: bits[i]))) }
+            }
+        }
+    }
+
+    /// VQ indices (U16 or U32) widened to UInt32.
+    private func readIndices(_ data: UnsafeRawBufferPointer, _ e: TensorEntry, into out: UnsafeMutablePointer<UInt32>) {
+        let src = UnsafeRawBufferPointer(rebasing: data[e.byteRange])
+        if e.dtype == .u32 {
+            load32(src, count: src.count / 4, into: UnsafeMutableBufferPointer(start: out, count: src.count / 4))
+            return
+        }
+        let count = src.count / 2
+        if scratch16.count < count { scratch16 = [UInt16](repeating: 0, count: count) }
+        scratch16.withUnsafeMutableBufferPointer { bits in
+            load16(src, count: count, into: bits)
+            for i in 0..<count { out[i] = UInt32(bits[i]) }
+        }
+    }
+
+    /// Group ids (U8 or U16) as UInt16; returns the largest, for the "< K" check.
+    private func readGroups(_ data: UnsafeRawBufferPointer, _ e: TensorEntry, into out: UnsafeMutablePointer<UInt16>) -> UInt16 {
+        let src = UnsafeRawBufferPointer(rebasing: data[e.byteRange])
+        var largest: UInt16 = 0
+        if e.dtype == .u8 {
+            for i in 0..<src.count {
+                out[i] = UInt16(src[i])
+                largest = max(largest, out[i])
+            }
+            return largest
+        }
+        let count = src.count / 2
+        load16(src, count: count, into: UnsafeMutableBufferPointer(start: out, count: count))
+        for i in 0..<count { largest = max(largest, out[i]) }
+        return largest
+    }
+
+    /// 16-bit little-endian elements, from two byte planes when the cache is shuffled.
+    private func load16(_ src: UnsafeRawBufferPointer, count n: Int, into out: UnsafeMutableBufferPointer<UInt16>) {
+        if shuffled {
+            let p = src.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            let q = p + n
+            for i in 0..<n { out[i] = UInt16(p[i]) | UInt16(q[i]) &<< 8 }
+        } else {
+            for i in 0..<n { out[i] = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+        }
+    }
+
+    /// 32-bit little-endian elements, from four byte planes when the cache is shuffled.
+    private func load32(_ src: UnsafeRawBufferPointer, count n: Int, into out: UnsafeMutableBufferPointer<UInt32>) {
+        if shuffled {
+            let p = src.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            let p1 = p + n, p2 = p + 2 * n, p3 = p + 3 * n
+            for i in 0..<n { out[i] = UInt32(p[i]) | UInt32(p1[i]) &<< 8 | UInt32(p2[i]) &<< 16 | UInt32(p3[i]) &<< 24 }
+        } else {
+            for i in 0..<n { out[i] = UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)) }
+        }
+    }
+}
+

@@ -1,0 +1,157 @@
+import Foundation
+
+/// A rank's view of one epoch of a cache: batches in the order of Schemas/STREAM.md, read and
+/// decompressed ahead of the consumer by a pool of threads.
+///
+/// The order depends only on (seed, epoch) and the cache's shard sizes; threads decode whole
+/// batches and the consumer receives them in sequence, so the thread count changes speed, never
+/// order. At most `prefetch` batches are claimed but not yet taken by `next()`, which bounds
+/// memory to about `prefetch` × batch size.
+///
+/// `next()` is meant for one consumer thread. Dropping the stream stops its threads after the
+/// batches they are decoding.
+///
+/// ```swift
+/// let cache = try TokenCache(path: "imagenet.mtok")
+/// let stream = TokenStream(cache: cache, rank: 0, worldSize: 8, epoch: 3, seed: 42, batchSize: 256)
+/// while let batch = try stream.next() { train(batch.latents, batch.labels) }
+/// ```
+public final class TokenStream: Sendable {
+    public struct Options: Sendable {
+        public var batchSize: Int = 256
+        /// Decoding threads (at least 1).
+        public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        /// Batches decoded ahead of the consumer (default: 2 per thread).
+        public var prefetch: Int?
+        public var padding: StreamOrder.Padding = .pad
+        public var shuffle = StreamOrder.Shuffle()
+        public var latentFormat: LatentFormat = .float32
+        /// Stop after this many samples of this rank (nil: the rest of the epoch).
+        public var limit: Int?
+
+        public init() {}
+    }
+
+    public let cache: TokenCache
+    /// Global record index of each remaining sample of this rank, in order.
+    public let records: [Int]
+    /// Number of batches the stream delivers.
+    public let batchCount: Int
+    let pipeline: Pipeline
+
+    /// Prepares the stream of `rank` of `worldSize` for `epoch`, resuming at global position
+    /// `start` (the number of samples the whole job consumed in this epoch). Reads no record
+    /// before the decoding threads start.
+    public init(cache: TokenCache, rank: Int, worldSize: Int, epoch: UInt64, seed: UInt64, start: Int = 0,
+                options: Options = Options()) {
+        precondition(options.batchSize >= 1 && options.threads >= 1, "batchSize and threads must be at least 1")
+        self.cache = cache
+        let order = StreamOrder(cache: cache, seed: seed, epoch: epoch, shuffle: options.shuffle)
+        var mine = order.rankIndices(rank: rank, worldSize: worldSize, start: start, padding: options.padding)
+        if let limit = options.limit, limit < mine.count { mine.removeLast(mine.count - max(0, limit)) }
+        records = mine
+        batchCount = (mine.count + options.batchSize - 1) / options.batchSize
+        pipeline = Pipeline(cache: cache, records: mine, options: options, batchCount: batchCount)
+        for _ in 0..<options.threads {
+            let p = pipeline
+            let t = Thread { p.work() }
+            t.name = "mtok-stream"
+            t.start()
+        }
+    }
+
+    public convenience init(cache: TokenCache, rank: Int, worldSize: Int, epoch: UInt64, seed: UInt64, start: Int = 0,
+                            batchSize: Int) {
+        var options = Options()
+        options.batchSize = batchSize
+        self.init(cache: cache, rank: rank, worldSize: worldSize, epoch: epoch, seed: seed, start: start, options: options)
+    }
+
+    deinit { pipeline.stop() }
+
+    /// The most batches that were ever decoded or decoding ahead of the consumer at once; never
+    /// more than the prefetch depth (what bounds the stream's memory).
+    package var peakPrefetched: Int { pipeline.peakOutstanding }
+
+    /// The next batch in order, or nil at the end of the epoch.
+    /// - Throws: the `CacheError` of the first record in the batch that could not be read.
+    public func next() throws -> StreamBatch? {
+        try pipeline.take()
+    }
+}
+
+/// Shared state of the decoding threads and the consumer.
+final class Pipeline: @unchecked Sendable {  // every mutable field is guarded by `condition`
+    let cache: TokenCache
+    let records: [Int]
+    let batchSize: Int
+    let depth: Int
+    let batchCount: Int
+    let format: LatentFormat
+    private let condition = NSCondition()
+    private var claimed = 0
+    private var delivered = 0
+    private var ready: [Int: Result<StreamBatch, any Error>] = [:]
+    private var stopped = false
+    /// Largest number of batches claimed but not yet taken, ever (≤ depth; checked by tests).
+    private var peak = 0
+
+    init(cache: TokenCache, records: [Int], options: TokenStream.Options, batchCount: Int) {
+        self.cache = cache
+        self.records = records
+        batchSize = options.batchSize
+        depth = max(1, options.prefetch ?? 2 * options.threads)
+        self.batchCount = batchCount
+        format = options.latentFormat
+    }
+
+    /// A decoding thread: claims the next batch number while fewer than `depth` are outstanding.
+    func work() {
+        let decoder = BatchDecoder(cache: cache, format: format)
+        while true {
+            condition.lock()
+            while !stopped && claimed < batchCount && claimed >= delivered + depth { condition.wait() }
+            if stopped || claimed >= batchCount {
+                condition.unlock()
+                return
+            }
+            let k = claimed
+            claimed += 1
+            peak = max(peak, claimed - delivered)
+            condition.unlock()
+
+            let lo = k * batchSize
+            let slice = Array(records[lo..<min(lo + batchSize, records.count)])
+            let result = Result { try decoder.batch(slice, firstSample: lo) }
+
+            condition.lock()
+            ready[k] = result
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    func take() throws -> StreamBatch? {
+        condition.lock()
+        defer { condition.unlock() }
+        guard delivered < batchCount, !stopped else { return nil }
+        while ready[delivered] == nil { condition.wait() }
+        let result = ready.removeValue(forKey: delivered)!
+        delivered += 1
+        condition.broadcast()
+        return try result.get()
+    }
+
+    var peakOutstanding: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return peak
+    }
+
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

@@ -1,0 +1,446 @@
+import Foundation
+import ShardFormat
+import ShardReader
+import ShardWriter
+import TestSupport
+import Testing
+
+/// Runs Python with `tools/python` on the path (the mtokcache package without installing it).
+enum Py {
+    static var packagePath: String { TestSupport.packageRoot + "/tools/python" }
+
+    /// Runs `script` with `arguments`; records an issue and returns nil when there is no Python.
+    static func run(_ script: String, _ arguments: [String] = []) throws -> TestSupport.ProcessResult? {
+        guard let python = TestSupport.python else {
+            Issue.record("no Python with numpy, lmdb and zstandard: run tools/install-deps.sh")
+            return nil
+        }
+        return try TestSupport.run(python, ["-c", script] + arguments, environment: ["PYTHONPATH": packagePath])
+    }
+
+    /// Runs `script` and parses its stdout as JSON; records an issue when it fails.
+    static func json(_ script: String, _ arguments: [String] = []) throws -> Any? {
+        guard let r = try run(script, arguments) else { return nil }
+        guard r.status == 0 else {
+            Issue.record("python failed (\(r.status)): \(r.stderr)")
+            return nil
+        }
+        return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8))
+    }
+
+    /// True when `import torch` works in the test Python (the DataLoader test needs it).
+    static let hasTorch: Bool = {
+        guard let python = TestSupport.python,
+              let r = try? TestSupport.run(python, ["-c", "import torch"]) else { return false }
+        return r.status == 0
+    }()
+}
+
+/// Writes a Swift cache of `count` synthetic records, in several shards and chunks.
+func writeSwiftCache(_ path: String, count: Int, latent: String = "bf16", logvar: Bool = false, u32Indices: Bool = true,
+                     u16Groups: Bool = true, shuffle: Bool = true, recordsPerChunk: Int = 4, shardCap: Int = 8 << 10,
+                     tokens: Int = 16, channels: Int = 4, patches: Int = 24) throws {
+    var gen = SyntheticRecords()
+    gen.tokens = tokens
+    gen.patches = patches
+    gen.channels = channels
+    gen.latentDType = latent == "f32" ? .f32 : latent == "f16" ? .f16 : .bf16
+    gen.indexDType = u32Indices ? .u32 : .u16
+    gen.groupDType = u16Groups ? .u16 : .u8
+    gen.withLogvar = logvar
+    gen.seed = 5
+    var options = CacheWriter.Options()
+    options.recordsPerChunk = recordsPerChunk
+    options.shardCapBytes = shardCap
+    options.shuffle = shuffle
+    options.threads = 2
+    let writer = try CacheWriter(path: path, settings: gen.settings, options: options)
+    var i = 0
+    while i < count {
+        let n = min(10, count - i)
+        try writer.append((i..<(i + n)).map(gen.record))
+        i += n
+    }
+    _ = try writer.finish()
+}
+
+func bytes(base64 text: Any?) -> [UInt8] {
+    guard let s = text as? String, let d = Data(base64Encoded: s) else { return [] }
+    return Array(d)
+}
+
+func rawBytes<T>(_ array: [T]) -> [UInt8] { array.withUnsafeBytes { Array($0) } }
+
+@Suite(.serialized)
+struct CrossLanguageTests {
+    static let dumpScript = """
+        import base64, json, sys, numpy as np, mtokcache
+        c = mtokcache.open(sys.argv[1], latent_format="raw")
+        f = mtokcache.open(sys.argv[1])
+        out = []
+        for i in range(len(c)):
+            r = c[i]
+            t = {k: [r["dtypes"][k], list(r[k].shape), base64.b64encode(r[k].tobytes()).decode()]
+                 for k in ("latents", "logvar", "indices", "groups") if k in r}
+            out.append({"id": r["id"], "view": r["view"], "label": r["label"], "source_size": list(r["source_size"]),
+                        "crop_box": list(r["crop_box"]), "sha": r["source_sha256"], "tensors": t})
+        b = f.batch(list(range(len(f))))
+        print(json.dumps({"records": out, "batch_latents": base64.b64encode(b["latents"].tobytes()).decode(),
+                          "batch_indices": base64.b64encode(b["indices"].tobytes()).decode(),
+                          "batch_groups": base64.b64encode(b["groups"].tobytes()).decode(),
+                          "batch_labels": b["labels"].tolist()}))
+        """
+
+    /// Compares what Python read (`dump`) with what Swift reads from the same cache, bit for bit.
+    func expectSame(_ dump: [String: Any], _ cache: TokenCache) throws {
+        let records = dump["records"] as! [[String: Any]]
+        #expect(records.count == cache.count)
+        for (i, p) in records.enumerated() {
+            let r = try cache.record(at: i)
+            #expect(p["id"] as? String == r.id && p["view"] as? Int == r.view && p["label"] as? Int == r.label)
+            #expect(p["source_size"] as? [Int] == [r.sourceWidth, r.sourceHeight])
+            #expect(p["crop_box"] as? [Int] == [r.cropBox.x, r.cropBox.y, r.cropBox.width, r.cropBox.height])
+            #expect(p["sha"] as? String == r.sourceSHA256)
+            let t = p["tensors"] as! [String: [Any]]
+            var swiftTensors = [("latents", r.latents), ("indices", r.indices), ("groups", r.groups)]
+            if let lv = r.logvar { swiftTensors.append(("logvar", lv)) }
+            #expect(t.count == swiftTensors.count)
+            for (name, tensor) in swiftTensors {
+                let entry = try #require(t[name], "record \(i): Python has no \(name)")
+                #expect(entry[0] as? String == tensor.dtype.rawValue, "record \(i) \(name)")
+                #expect(entry[1] as? [Int] == tensor.shape, "record \(i) \(name)")
+                let same = bytes(base64: entry[2]) == tensor.bytes
+                #expect(same, "record \(i) \(name): bytes differ")
+            }
+        }
+        let batch = try cache.batch(Array(0..<cache.count))
+        let sameLatents = bytes(base64: dump["batch_latents"]) == rawBytes(batch.latents)
+        let sameIndices = bytes(base64: dump["batch_indices"]) == rawBytes(batch.indices)
+        let sameGroups = bytes(base64: dump["batch_groups"]) == rawBytes(batch.groups)
+        #expect(sameLatents, "float32 batch latents differ")
+        #expect(sameIndices && sameGroups, "batch indices or groups differ")
+        #expect(dump["batch_labels"] as? [Int] == batch.labels.map(Int.init))
+    }
+
+    @Test(arguments: [("bf16", true, true), ("f16", false, true), ("f32", true, false), ("bf16", false, false)])
+    func swiftWritesPythonReadsBitForBit(latent: String, logvar: Bool, shuffle: Bool) throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 45, latent: latent, logvar: logvar, u32Indices: shuffle, u16Groups: !logvar,
+                            shuffle: shuffle)
+        let cache = try TokenCache(path: dir)
+        #expect(cache.manifest.shards.count > 1, "the test wants several shards")
+        guard let dump = try Py.json(Self.dumpScript, [dir]) as? [String: Any] else { return }
+        try expectSame(dump, cache)
+    }
+
+    @Test(arguments: [("bf16", "byte-planes"), ("f16", "none"), ("f32", "byte-planes")])
+    func pythonWritesSwiftVerifiesAndReads(latent: String, shuffle: String) throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        let write = """
+            import sys, numpy as np, mtokcache
+            rng = np.random.default_rng(3)
+            with mtokcache.Writer(sys.argv[1], settings={"from": "python"}, latent_dtype=sys.argv[2], shuffle=sys.argv[3],
+                                  records_per_chunk=5, shard_cap_bytes=16384, classes=["a", "b", "c"]) as w:
+                for i in range(57):
+                    k = 12
+                    w.append(id="py/%03d/ü.png" % i, view=i % 2, label=i % 3, source_size=(300 + i, 200),
+                             crop_box=(i, 0, 200, 200), source_sha256="%064x" % i,
+                             latents=rng.standard_normal((k, 6)).astype(np.float32),
+                             logvar=rng.standard_normal((k, 6)).astype(np.float32),
+                             indices=rng.integers(0, 2**20, k).astype(np.uint32),
+                             groups=rng.integers(0, k, 30).astype(np.uint8))
+            """
+        guard let w = try Py.run(write, [dir, latent, shuffle]) else { return }
+        try #require(w.status == 0, "python writer failed: \(w.stderr)")
+        let verify = try TestSupport.mtok(["verify", dir, "--deep"])
+        #expect(verify.status == 0, "mtok verify --deep: \(verify.stdout) \(verify.stderr)")
+        let cache = try TokenCache(path: dir)
+        #expect(cache.count == 57 && cache.manifest.shards.count > 1)
+        #expect(try cache.index(of: "py/007/ü.png", view: 1) == 7)
+        guard let dump = try Py.json(Self.dumpScript, [dir]) as? [String: Any] else { return }
+        try expectSame(dump, cache)
+    }
+
+    /// Ids with quotes, backslashes, control-free Unicode and JSON escapes take the strict header
+    /// parser instead of the stream's metadata scan; both must give the same records.
+    @Test func streamReadsIdsThatNeedTheStrictParser() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        let write = """
+            import sys, numpy as np, mtokcache
+            ids = ['plain/%d' % i for i in range(6)] + ['q"uote', 'back\\slash', 'ünï/日本', 'tab\\tin', 'emoji 😀', 'a/b']
+            rng = np.random.default_rng(1)
+            with mtokcache.Writer(sys.argv[1], records_per_chunk=3) as w:
+                for i, name in enumerate(ids):
+                    w.append(id=name, view=i % 2, label=i, latents=rng.standard_normal((8, 2)).astype(np.float32),
+                             indices=rng.integers(0, 99, 8).astype(np.uint16), groups=rng.integers(0, 8, 9).astype(np.uint8))
+            print("\\n".join(ids))
+            """
+        guard let w = try Py.run(write, [dir]) else { return }
+        try #require(w.status == 0, "\(w.stderr)")
+        let written = w.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+        let cache = try TokenCache(path: dir)
+        var options = TokenStream.Options()
+        options.shuffle.enabled = false
+        options.batchSize = 5
+        options.threads = 2
+        let stream = TokenStream(cache: cache, rank: 0, worldSize: 1, epoch: 0, seed: 0, options: options)
+        var ids: [String] = [], latents: [Float] = []
+        while let b = try stream.next() {
+            ids += b.ids
+            latents += b.latents.floats
+        }
+        #expect(ids == written)
+        #expect(ids == (0..<cache.count).map { (try? cache.record(at: $0).id) ?? "?" })
+        #expect(latents == (try cache.batch(Array(0..<cache.count)).latents))
+    }
+
+    @Test func pythonUnitTests() throws {
+        guard let r = try Py.run("import runpy, sys; sys.argv = ['t']; runpy.run_path(sys.argv_path, run_name='__main__')"
+            .replacingOccurrences(of: "sys.argv_path", with: "'\(Py.packagePath)/tests/test_mtokcache.py'")) else { return }
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains(" 0 failed"))
+    }
+
+    @Test(.enabled(if: Py.hasTorch, "needs PyTorch in the test Python"))
+    func dataLoaderWithFourWorkersYieldsEveryRecordOncePerEpoch() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 203, recordsPerChunk: 4, shardCap: 16 << 10)
+        let script = """
+            import sys, numpy as np, torch, mtokcache
+            from torch.utils.data import DataLoader, DistributedSampler
+            from mtokcache.datasets import CacheDataset, CacheIterableDataset
+            path = sys.argv[1]
+            c = mtokcache.open(path)
+            c[0]  # the parent has the environments open before the workers fork
+            for epoch in (0, 1):
+                ds = CacheIterableDataset(path, seed=17, batch_size=8, rank=0, world_size=1)
+                ds.set_epoch(epoch)
+                seen = [int(i) for b in DataLoader(ds, batch_size=8, num_workers=4) for i in b["index"]]
+                assert sorted(seen) == list(range(203)), "epoch %d: not every record exactly once" % epoch
+                assert seen == c.stream_indices(0, 1, epoch, 17).tolist(), "not the stream order"
+            ds = CacheIterableDataset(path, seed=17, batch_size=8, rank=0, world_size=1, epoch=1, batched=True)
+            seen = [int(i) for b in DataLoader(ds, batch_size=None, num_workers=4) for i in b["index"]]
+            assert seen == c.stream_indices(0, 1, 1, 17).tolist(), "batched: not the stream order"
+            ranks = []
+            for r in range(2):
+                ds = CacheIterableDataset(path, seed=17, batch_size=8, rank=r, world_size=2, epoch=1)
+                ranks.append([int(i) for b in DataLoader(ds, batch_size=8, num_workers=4) for i in b["index"]])
+                assert ranks[r] == c.stream_indices(r, 2, 1, 17).tolist()
+            assert len(ranks[0]) == len(ranks[1]) == 102 and set(ranks[0]) | set(ranks[1]) == set(range(203))
+            m = CacheDataset(path)
+            got = []
+            for r in range(2):
+                s = DistributedSampler(m, num_replicas=2, rank=r, shuffle=True, seed=3)
+                s.set_epoch(1)
+                for b in DataLoader(m, batch_size=16, sampler=s, num_workers=4):
+                    assert b["latents"].shape[1:] == (16, 4) and b["latents"].dtype == torch.float32
+                    assert torch.equal(b["latents"][0], torch.from_numpy(c[int(b["index"][0])]["latents"]))
+                    got += [int(i) for i in b["index"]]
+            assert set(got) == set(range(203)) and len(got) == 204
+            print("ok")
+            """
+        guard let r = try Py.run(script, [dir]) else { return }
+        #expect(r.status == 0 && r.stdout.contains("ok"), "\(r.stdout)\n\(r.stderr)")
+    }
+}
+
+@Suite struct StreamOrderTests {
+    static let layouts: [[Int]] = [[1000], [100, 0, 37, 64, 1], [17, 17, 17], [5], []]
+
+    @Test func sameOrderAsPython() throws {
+        // (layout, seed, epoch, block, window) combinations; seeds cover the 64-bit range.
+        let seeds: [UInt64] = [0, 42, UInt64.max]
+        var configs: [(Int, UInt64, UInt64, Int, Int)] = []
+        for l in Self.layouts.indices { for s in seeds { for e: UInt64 in [0, 3] { for (b, w) in [(1, 1), (4, 3), (16, 64)] {
+            configs.append((l, s, e, b, w))
+        } } } }
+        let spec = configs.map { "[\($0.0), \($0.1), \($0.2), \($0.3), \($0.4)]" }.joined(separator: ",")
+        let layouts = Self.layouts.map { "\($0)" }.joined(separator: ",")
+        let script = """
+            import json
+            from mtokcache import order
+            layouts = [\(layouts)]
+            print(json.dumps([order.permutation(layouts[l], s, e, b, w).tolist() for l, s, e, b, w in [\(spec)]]))
+            """
+        guard let perms = try Py.json(script) as? [[Int]] else { return }
+        #expect(perms.count == configs.count)
+        for (c, p) in zip(configs, perms) {
+            let o = StreamOrder(shardRecords: Self.layouts[c.0], seed: c.1, epoch: c.2, blockRecords: c.3, windowBlocks: c.4)
+            let same = o.permutation == p  // a Bool, so a failure does not print 1,000-element arrays
+            #expect(same, "layout \(Self.layouts[c.0]) seed \(c.1) epoch \(c.2) block \(c.3) window \(c.4)")
+        }
+    }
+
+    @Test func mtokStreamMatchesPythonStream() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 131, recordsPerChunk: 4, shardCap: 8 << 10)
+        let cases: [(rank: Int, world: Int, epoch: Int, seed: Int, start: Int, padding: String)] =
+            [(0, 1, 0, 0, 0, "pad"), (2, 3, 1, 9, 0, "pad"), (1, 4, 7, 123, 8, "drop"), (3, 5, 2, 5, 25, "pad")]
+        for c in cases {
+            let swiftIds = try TestSupport.mtok(["stream", dir, "--rank", "\(c.rank)", "--world-size", "\(c.world)",
+                                                 "--epoch", "\(c.epoch)", "--seed", "\(c.seed)", "--start", "\(c.start)",
+                                                 "--padding", c.padding, "--ids", "--threads", "3", "--batch-size", "7"])
+            #expect(swiftIds.status == 0, "\(swiftIds.stderr)")
+            let script = """
+                import sys, mtokcache
+                c = mtokcache.open(sys.argv[1])
+                for r in c.stream(\(c.rank), \(c.world), \(c.epoch), \(c.seed), start=\(c.start), padding="\(c.padding)"):
+                    print(r["id"], r["view"])
+                """
+            guard let py = try Py.run(script, [dir]) else { return }
+            #expect(py.status == 0, "\(py.stderr)")
+            #expect(!py.stdout.isEmpty && py.stdout == swiftIds.stdout, "rank \(c.rank)/\(c.world) epoch \(c.epoch)")
+        }
+    }
+
+    /// The worked example of Schemas/STREAM.md section 5.
+    @Test func documentTestVectors() {
+        #expect(StreamOrder.base(seed: 0, epoch: 0, tag: 1) == 0xB382_A305_F441_4F5E)
+        let keys = (0..<4).map { StreamOrder.key(base: StreamOrder.base(seed: 0, epoch: 0, tag: 1), $0) }
+        #expect(keys == [0x2F10_1FE2_1496_EA20, 0xA006_2408_8F65_D5B6, 0x7496_3FA7_9989_4AB9, 0xFD94_6AE7_1E2C_1470])
+        let o = StreamOrder(shardRecords: [5, 7], seed: 0, epoch: 0, blockRecords: 4, windowBlocks: 2)
+        #expect(o.permutation == [0, 7, 5, 1, 8, 6, 2, 3, 4, 11, 9, 10])
+        #expect((0..<5).map { o.rankIndices(rank: $0, worldSize: 5) } == [[0, 6, 9], [7, 2, 10], [5, 3, 0], [1, 4, 7], [8, 11, 5]])
+        #expect((0..<5).map { o.rankIndices(rank: $0, worldSize: 5, padding: .drop) } == [[0, 6], [7, 2], [5, 3], [1, 4], [8, 11]])
+        #expect(o.rankIndices(rank: 1, worldSize: 5, start: 5) == [2, 10])
+    }
+
+    @Test(arguments: 1...7)
+    func ranksAreDisjointCompleteAndEqual(worldSize: Int) {
+        let o = StreamOrder(shardRecords: [50, 3, 60], seed: 11, epoch: 4, blockRecords: 8, windowBlocks: 2)
+        #expect(o.permutation.sorted() == Array(0..<113))
+        for padding in StreamOrder.Padding.allCases {
+            let parts = (0..<worldSize).map { o.rankIndices(rank: $0, worldSize: worldSize, padding: padding) }
+            #expect(Set(parts.map(\.count)).count == 1, "ranks get different counts")
+            let all = parts.flatMap { $0 }
+            switch padding {
+            case .drop:
+                #expect(all.count == 113 / worldSize * worldSize && Set(all).count == all.count)
+            case .pad:
+                #expect(all.count == (113 + worldSize - 1) / worldSize * worldSize && Set(all) == Set(0..<113))
+            }
+        }
+    }
+
+    @Test func resumingAndElasticWorldSize() {
+        let o = StreamOrder(shardRecords: [40, 41], seed: 2, epoch: 0, blockRecords: 4, windowBlocks: 3)
+        for w in 1...5 {
+            for r in 0..<w {
+                let full = o.rankIndices(rank: r, worldSize: w)
+                for start in [0, w, 4 * w, 13] {
+                    let tail = o.rankIndices(rank: r, worldSize: w, start: start)
+                    #expect(Array(full.suffix(tail.count)) == tail, "w \(w) r \(r) start \(start)")
+                }
+            }
+        }
+        // 4 ranks consume global positions 0..<40, then 3 ranks continue from 40: the job sees P in order.
+        var sequence = [Int](repeating: -1, count: 81)
+        for r in 0..<4 { for (j, i) in o.rankIndices(rank: r, worldSize: 4).prefix(10).enumerated() { sequence[j * 4 + r] = i } }
+        for r in 0..<3 {
+            var g = 40
+            while g % 3 != r { g += 1 }
+            for i in o.rankIndices(rank: r, worldSize: 3, start: 40, padding: .drop) {
+                sequence[g] = i
+                g += 3
+            }
+        }
+        #expect(sequence == o.permutation)
+        #expect(StreamOrder(shardRecords: [40, 41], seed: 2, epoch: 1, blockRecords: 4).permutation != o.permutation)
+    }
+}
+
+@Suite struct TokenStreamTests {
+    @Test func threadCountsAndPrefetchNeverChangeTheOrderOrTheData() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 150, latent: "bf16", logvar: true, recordsPerChunk: 4, shardCap: 8 << 10)
+        let cache = try TokenCache(path: dir)
+        let order = StreamOrder(cache: cache, seed: 8, epoch: 2)
+        let want = order.rankIndices(rank: 1, worldSize: 2)
+        let reference = try cache.batch(want)
+        for (threads, prefetch, batchSize) in [(1, 1, 7), (2, 4, 32), (4, 1, 1), (3, 2, 200)] {
+            var options = TokenStream.Options()
+            options.threads = threads
+            options.prefetch = prefetch
+            options.batchSize = batchSize
+            let stream = TokenStream(cache: cache, rank: 1, worldSize: 2, epoch: 2, seed: 8, options: options)
+            var records: [Int] = [], latents: [Float] = [], logvar: [Float] = [], indices: [UInt32] = []
+            var groups: [UInt16] = [], labels: [Int32] = [], ids: [String] = []
+            var next = 0
+            while let b = try stream.next() {
+                #expect(b.firstSample == next)
+                next += b.count
+                records += b.records
+                latents += b.latents.floats
+                logvar += b.logvar?.floats ?? []
+                indices += b.indices
+                groups += b.groups
+                labels += b.labels
+                ids += b.ids
+            }
+            #expect(stream.peakPrefetched <= prefetch, "more batches in flight than the prefetch depth")
+            let sameOrder = records == want
+            #expect(sameOrder, "order differs with threads \(threads), prefetch \(prefetch), batch size \(batchSize)")
+            let sameFloats = rawBytes(latents) == rawBytes(reference.latents) && rawBytes(logvar) == rawBytes(reference.logvar ?? [])
+            let sameRest = indices == reference.indices && groups == reference.groups && labels == reference.labels && ids == reference.ids
+            #expect(sameFloats, "latents or logvar differ from TokenCache.batch (threads \(threads))")
+            #expect(sameRest, "indices, groups, labels or ids differ from TokenCache.batch (threads \(threads))")
+        }
+    }
+
+    @Test func latentFormatsAndResume() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 60, latent: "f32", recordsPerChunk: 4, shardCap: 8 << 10)
+        let cache = try TokenCache(path: dir)
+        var options = TokenStream.Options()
+        options.batchSize = 10
+        options.threads = 2
+        options.latentFormat = .bfloat16
+        let full = TokenStream(cache: cache, rank: 0, worldSize: 3, epoch: 0, seed: 1, options: options)
+        var fullRecords: [Int] = []
+        while let b = try full.next() {
+            fullRecords += b.records
+            guard case let .bfloat16(bits) = b.latents else {
+                Issue.record("asked for bf16 latents")
+                break
+            }
+            let f32 = try cache.batch(b.records).latents
+            #expect(bits.count == f32.count)
+            for (x, y) in zip(bits, f32) where abs(Float(bitPattern: UInt32(x) << 16) - y) > abs(y) * 0.01 {
+                Issue.record("bf16 \(x) far from \(y)")
+                break
+            }
+        }
+        #expect(fullRecords.count == 20)
+        // Resume at global position 30 (10 samples of each of the 3 ranks consumed).
+        let resumed = TokenStream(cache: cache, rank: 0, worldSize: 3, epoch: 0, seed: 1, start: 30, options: options)
+        var tail: [Int] = []
+        while let b = try resumed.next() { tail += b.records }
+        #expect(tail == Array(fullRecords.suffix(10)))
+    }
+
+    @Test func corruptRecordIsReportedWithItsLocation() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 8, recordsPerChunk: 8, shardCap: 1 << 20)
+        let cache = try TokenCache(path: dir)
+        let shardPath = dir + "/" + cache.manifest.shards[0].file
+        // Flip a byte in the middle of the file's chunk data: some frame's checksum then fails.
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: shardPath)
+        var data = try Data(contentsOf: URL(fileURLWithPath: shardPath))
+        let frameStart = data.count / 2
+        var found = false
+        for i in stride(from: 0, to: data.count - 4, by: 1) where data[i] == 0x28 && data[i + 1] == 0xB5 && data[i + 2] == 0x2F && data[i + 3] == 0xFD {
+            if i > frameStart / 4 { data[i + 40] ^= 0x5A; found = true; break }
+        }
+        try #require(found)
+        try data.write(to: URL(fileURLWithPath: shardPath))
+        let reopened = try TokenCache(path: dir)
+        var options = TokenStream.Options()
+        options.shuffle.enabled = false
+        options.batchSize = 1
+        let stream = TokenStream(cache: reopened, rank: 0, worldSize: 1, epoch: 0, seed: 0, options: options)
+        var error: CacheError?
+        do { while try stream.next() != nil {} } catch let e as CacheError { error = e }
+        let e = try #require(error)
+        #expect(e.location.shard == "shards/shard-00000.mdb" && e.location.chunk == 0 && e.location.index != nil)
+    }
+}

@@ -1,0 +1,150 @@
+"""PyTorch datasets over a cache (needs torch; the rest of mtokcache does not).
+
+Both datasets keep only the path and a few integers until a process first reads: the LMDB
+environments open lazily inside each DataLoader worker (after fork, or after unpickling under
+spawn), read-only, lock=False, readahead=False (Schemas/FORMAT.md 3.3). No environment is ever
+shared across fork.
+
+- `CacheDataset`: map-style; use with any sampler, including `DistributedSampler`.
+- `CacheIterableDataset`: the rank's stream of Schemas/STREAM.md. DataLoader worker k of K reads
+  the batches k, k+K, ... of `batch_size` samples; DataLoader takes one batch from each worker in
+  turn, so with DataLoader(batch_size=batch_size) the samples arrive in exactly the rank's stream
+  order, each record once per epoch whatever the number of workers. With `batched=True` the
+  dataset yields whole batches as contiguous tensors (use DataLoader(batch_size=None)): the
+  same order without per-sample collation, which is the faster way.
+"""
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from . import order as _order
+from .reader import Cache
+
+__all__ = ["CacheDataset", "CacheIterableDataset", "to_sample"]
+
+
+def to_sample(record):
+    """A record dict as DataLoader-friendly values: int64 indices and groups (what embedding
+    lookups and gathers take), float32 latents, and the identity fields."""
+    out = {"latents": torch.from_numpy(record["latents"]),
+           "indices": torch.from_numpy(record["indices"].astype(np.int64)),
+           "groups": torch.from_numpy(record["groups"].astype(np.int64)),
+           "label": record["label"], "index": record["index"], "id": record["id"], "view": record["view"]}
+    if "logvar" in record:
+        out["logvar"] = torch.from_numpy(record["logvar"])
+    return out
+
+
+class _Lazy:
+    """Holds the path and opens the cache on first use in the current process."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        # Reads only manifest.json, so __len__ works in the parent without opening LMDB.
+        self._cache = Cache(self.path)
+
+    @property
+    def cache(self):
+        return self._cache  # Cache itself reopens its environments per process
+
+
+class CacheDataset(Dataset, _Lazy):
+    """Map-style dataset: `ds[i]` is record i as `to_sample` gives it."""
+
+    def __init__(self, path, transform=to_sample):
+        _Lazy.__init__(self, path)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self._cache)
+
+    def __getitem__(self, i):
+        r = self._cache[int(i)]
+        return self.transform(r) if self.transform else r
+
+    def __getitems__(self, indices):
+        """What DataLoader's fetcher calls for a whole batch of indices (PyTorch >= 2.1): decodes
+        them together, vectorized, then splits them into samples."""
+        if self.transform is not to_sample:
+            return [self[i] for i in indices]
+        return _rows(_batch_to_torch(self._cache.batch(indices)))
+
+
+class CacheIterableDataset(IterableDataset, _Lazy):
+    """The stream of one rank (Schemas/STREAM.md), split across DataLoader workers by batches.
+
+    rank and world_size default to torch.distributed's when it is initialised, else 0 and 1.
+    Call `set_epoch(e)` before each epoch (as with DistributedSampler) and `set_start(g)` to
+    resume at global position g (samples consumed by the whole job in this epoch). Workers copy
+    the dataset when an epoch's iteration starts, so with persistent_workers=True these calls do
+    not reach them: leave persistent_workers off, or build a DataLoader per epoch.
+    """
+
+    def __init__(self, path, seed=0, batch_size=256, rank=None, world_size=None, padding="pad", epoch=0, start=0,
+                 transform=to_sample, batched=False, **order_args):
+        _Lazy.__init__(self, path)
+        if rank is None or world_size is None:
+            if dist.is_available() and dist.is_initialized():
+                rank, world_size = dist.get_rank(), dist.get_world_size()
+            else:
+                rank, world_size = 0, 1
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.batch_size, self.padding = seed, batch_size, padding
+        self.epoch, self.start = epoch, start
+        self.transform = transform
+        self.batched = batched
+        self.order_args = order_args
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, start):
+        self.start = start
+
+    def indices(self):
+        """The rank's global record indices for the current epoch and start."""
+        return self._cache.stream_indices(self.rank, self.world_size, self.epoch, self.seed, self.start,
+                                          self.padding, **self.order_args)
+
+    def __len__(self):
+        # Arithmetic, not the permutation: DataLoader asks for the length often.
+        return _order.rank_count(len(self._cache), self.rank, self.world_size, self.start, self.padding)
+
+    def __iter__(self):
+        idx = self.indices()
+        info = get_worker_info()
+        k, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        b = self.batch_size
+        for lo in range(k * b, len(idx), workers * b):
+            if self.batched:
+                yield _batch_to_torch(self._cache.batch(idx[lo:lo + b]))
+                continue
+            if self.transform is to_sample:
+                # Decode the worker's batch at once (vectorized), then hand out its rows.
+                yield from _rows(_batch_to_torch(self._cache.batch(idx[lo:lo + b])))
+                continue
+            for i in idx[lo:lo + b]:
+                r = self._cache[int(i)]
+                yield self.transform(r) if self.transform else r
+
+
+def _rows(t):
+    """Splits a `_batch_to_torch` batch into `to_sample` dicts: unbind/tolist split each field in
+    one call (indexing tensors row by row is several times slower)."""
+    cols = {key: (v.unbind(0) if key in ("latents", "logvar", "indices", "groups") else
+                  v.tolist() if key != "id" else v) for key, v in t.items()}
+    names = list(cols)
+    return [dict(zip(names, values)) for values in zip(*(cols[key] for key in names))]
+
+
+def _batch_to_torch(b):
+    """cache.batch() output as tensors: one contiguous array per field, no per-sample collation."""
+    out = {"latents": torch.from_numpy(b["latents"]), "indices": torch.from_numpy(b["indices"].astype(np.int64)),
+           "groups": torch.from_numpy(b["groups"].astype(np.int64)), "label": torch.from_numpy(b["labels"]),
+           "index": torch.from_numpy(b["records"]), "view": torch.from_numpy(b["views"]), "id": b["ids"]}
+    if "logvar" in b:
+        out["logvar"] = torch.from_numpy(b["logvar"])
+    return out

@@ -1,0 +1,45 @@
+"""Errors raised by mtokcache; each names what failed and where (shard, chunk, index, id)."""
+
+
+class CacheError(Exception):
+    """Base class. `location` holds whichever of shard, chunk, index, id, view are known."""
+
+    kind = "cache error"
+
+    def __init__(self, message, **location):
+        self.message = message
+        self.location = {k: v for k, v in location.items() if v is not None}
+        where = ", ".join("%s %s" % (k, v) for k, v in self.location.items())
+        super().__init__("%s at %s: %s" % (self.kind, where, message) if where else "%s: %s" % (self.kind, message))
+
+
+class NotACacheError(CacheError):
+    kind = "not a cache"
+
+
+class UnknownVersionError(CacheError):
+    kind = "unknown format version"
+
+
+class MissingShardError(CacheError):
+    kind = "missing shard"
+
+
+class ShardMismatchError(CacheError):
+    kind = "shard does not match the manifest"
+
+
+class CorruptRecordError(CacheError):
+    """A stored record that cannot be read: bad chunk, bad zstd frame, checksum mismatch."""
+
+    kind = "corrupt record"
+
+
+class BadRecordError(CorruptRecordError):
+    """A payload that decompressed but does not follow Schemas/FORMAT.md section 4.1."""
+
+    kind = "record does not follow the schema"
+
+
+class ShapeMismatchError(CacheError):
+    kind = "records differ in shape"

@@ -1,0 +1,579 @@
+"""Reading a cache, written from Schemas/FORMAT.md (sections cited as FORMAT n.m)."""
+
+import builtins
+import json
+import os
+import re
+import struct
+
+import lmdb
+import numpy as np
+import zstandard
+
+from . import order as _order
+from .errors import (BadRecordError, CorruptRecordError, MissingShardError, NotACacheError, ShapeMismatchError,
+                     ShardMismatchError, UnknownVersionError)
+
+FORMAT = "mtok.cache"
+FORMAT_VERSION = 1
+SHARD_FORMAT = "mtok.shard/1"
+RECORD_FORMAT = "1"
+MAX_PAYLOAD = 64 << 20  # FORMAT 4.2: refuse larger declared sizes before allocating
+
+# safetensors dtype name -> (NumPy dtype of the stored elements, element size)
+DTYPES = {
+    "F32": (np.dtype("<f4"), 4), "F16": (np.dtype("<f2"), 2), "BF16": (np.dtype("<u2"), 2),
+    "U32": (np.dtype("<u4"), 4), "U16": (np.dtype("<u2"), 2), "U8": (np.dtype("u1"), 1),
+}
+LATENT_DTYPES = ("F32", "F16", "BF16")
+TENSORS = ("latents", "logvar", "indices", "groups")
+
+
+def bf16_to_float32(bits):
+    """bfloat16 bit patterns (uint16) to float32: bf16 is the top half of a binary32 (exact)."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def open(path, **kwargs):  # noqa: A001 - the package's entry point is mtokcache.open
+    """Opens the cache at `path` for reading. See `Cache`."""
+    return Cache(path, **kwargs)
+
+
+class _Shard:
+    """One shard's LMDB environment, opened read-only without a lock file (FORMAT 3.3)."""
+
+    def __init__(self, root, entry, records_per_chunk):
+        self.file = entry["file"]
+        path = os.path.join(root, self.file)
+        self.path = path
+        if not os.path.isfile(path):
+            raise MissingShardError("%s does not exist" % path, shard=self.file)
+        try:
+            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False, max_dbs=4,
+                            max_spare_txns=0)
+        except lmdb.Error as e:
+            raise ShardMismatchError("cannot open as LMDB: %s" % e, shard=self.file) from e
+        # A truncated file opens, but touching its missing pages through the map raises SIGBUS.
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.path.getsize(path)
+        if size < need:
+            env.close()
+            raise ShardMismatchError("file is truncated: %d bytes, its pages need %d" % (size, need), shard=self.file)
+        try:
+            self.records = env.open_db(b"records", create=False)
+            self.ids = env.open_db(b"ids", create=False)
+            self.digests = env.open_db(b"digests", create=False)
+            meta_db = env.open_db(b"meta", create=False)
+        except lmdb.Error as e:
+            env.close()
+            raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=self.file) from e
+        with env.begin(db=meta_db) as txn:
+            meta = {bytes(k).decode("ascii", "replace"): bytes(v).decode("ascii", "replace") for k, v in txn.cursor()}
+        if meta.get("format") != SHARD_FORMAT:
+            env.close()
+            raise UnknownVersionError("shard format %r, expected %r" % (meta.get("format"), SHARD_FORMAT),
+                                      shard=self.file)
+        if meta.get("records_per_chunk") != str(records_per_chunk):
+            env.close()
+            raise ShardMismatchError("records_per_chunk %r differs from the manifest's %d"
+                                     % (meta.get("records_per_chunk"), records_per_chunk), shard=self.file)
+        if meta.get("count") != str(entry["records"]):
+            env.close()
+            raise ShardMismatchError("holds %r records, manifest says %d" % (meta.get("count"), entry["records"]),
+                                     shard=self.file)
+        self.env = env
+        # One long read transaction per shard and process: no writer may run (lock=False), so it
+        # pins nothing, and it saves a begin/abort per record. buffers=True avoids copying chunks.
+        self.txn = env.begin(buffers=True)
+
+    def close(self):
+        self.txn.abort()
+        self.env.close()
+
+
+# Shards open in this process, shared by every Cache of the same files: LMDB (and py-lmdb's
+# guard) forbid opening one environment twice in a process. Keyed by real path; value
+# [shard, users]. After a fork the child inherits the parent's entries: it closes them (safe for
+# read-only MDB_NOLOCK environments: that only unmaps and closes the child's copies) and opens
+# its own, as lmdb.h requires.
+_REGISTRY = {}
+_REGISTRY_PID = os.getpid()
+
+
+def _acquire(root, entry, records_per_chunk):
+    global _REGISTRY_PID
+    if _REGISTRY_PID != os.getpid():
+        for shard, _ in _REGISTRY.values():
+            try:
+                shard.env.close()
+            except lmdb.Error:
+                pass
+        _REGISTRY.clear()
+        _REGISTRY_PID = os.getpid()
+    key = os.path.realpath(os.path.join(root, entry["file"]))
+    slot = _REGISTRY.get(key)
+    if slot is None:
+        slot = _REGISTRY[key] = [_Shard(root, entry, records_per_chunk), 0]
+    slot[1] += 1
+    return slot[0]
+
+
+def _release(shard):
+    key = os.path.realpath(shard.path)
+    slot = _REGISTRY.get(key)
+    if slot is not None and slot[0] is shard:
+        slot[1] -= 1
+        if slot[1] == 0:
+            del _REGISTRY[key]
+            shard.close()
+
+
+class Cache:
+    """A finished cache opened for reading.
+
+    LMDB environments are opened lazily, per process: after a fork (DataLoader workers) the child
+    opens its own on first use and never touches the parent's. Per-process memory is a few small
+    NumPy arrays (no per-record Python objects).
+
+    `latents` (and `logvar`) come back as float32 by default; `latent_format="raw"` keeps the
+    stored dtype (bf16 as uint16 bit patterns).
+    """
+
+    def __init__(self, path, latent_format="f32"):
+        if latent_format not in ("f32", "raw"):
+            raise ValueError("latent_format must be 'f32' or 'raw'")
+        self.path = os.fspath(path)
+        self.latent_format = latent_format
+        mpath = os.path.join(self.path, "manifest.json")
+        try:
+            with builtins.open(mpath, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise NotACacheError("%s has no readable manifest.json (%s)" % (self.path, e.strerror)) from e
+        try:
+            m = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise NotACacheError("%s is not JSON: %s" % (mpath, e)) from e
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise NotACacheError("%s does not name format %r" % (mpath, FORMAT))
+        if m.get("format_version") != FORMAT_VERSION:
+            raise UnknownVersionError("%s: format_version %r, this reader knows %d"
+                                      % (mpath, m.get("format_version"), FORMAT_VERSION))
+        try:
+            self.records_per_chunk = int(m["records_per_chunk"])
+            self.shuffled = m["compression"]["shuffle"] == "byte-planes"
+            self.shard_entries = [dict(s) for s in m["shards"]]
+            counts = [int(s["records"]) for s in self.shard_entries]
+        except (KeyError, TypeError, ValueError) as e:
+            raise NotACacheError("%s lacks a field: %s" % (mpath, e)) from e
+        for s in self.shard_entries:
+            f = s["file"]
+            if f.startswith("/") or ".." in f.split("/"):
+                raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
+        self.manifest = m
+        self.classes = m.get("classes")
+        self.shard_records = np.asarray(counts, dtype=np.int64)
+        # first(s) of FORMAT 2, plus the total at the end.
+        self.bounds = np.concatenate([[0], np.cumsum(self.shard_records)]).astype(np.int64)
+        self._pid = None
+        self._shards = None
+        self._dctx = None
+
+    # -- process-local state ------------------------------------------------------------------
+
+    def _open(self):
+        pid = os.getpid()
+        if self._pid != pid:
+            self._shards = [_acquire(self.path, e, self.records_per_chunk) for e in self.shard_entries]
+            self._dctx = zstandard.ZstdDecompressor()
+            self._pid = pid
+        return self._shards
+
+    def close(self):
+        if self._shards is not None and self._pid == os.getpid():
+            for s in self._shards:
+                _release(s)
+        self._shards, self._pid = None, None
+
+    def __getstate__(self):
+        # Pickled into spawned workers: the handles stay behind and reopen lazily there.
+        state = self.__dict__.copy()
+        state.update(_pid=None, _shards=None, _dctx=None)
+        return state
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- records ------------------------------------------------------------------------------
+
+    def __len__(self):
+        return int(self.bounds[-1])
+
+    def locate(self, index):
+        """(shard number, local record number) of a global index."""
+        n = len(self)
+        if not (0 <= index < n):
+            raise IndexError("index %d not in 0..%d" % (index, n - 1))
+        s = int(np.searchsorted(self.bounds, index, side="right")) - 1
+        return s, index - int(self.bounds[s])
+
+    def _stored(self, index):
+        """Decompressed (still byte-shuffled) payload of record `index`, and its location."""
+        index = int(index)
+        s, local = self.locate(index)
+        shard = self._open()[s]
+        R = self.records_per_chunk
+        chunk_no, slot = divmod(local, R)
+        loc = dict(shard=shard.file, chunk=chunk_no, index=index)
+        chunk = shard.txn.get(struct.pack(">Q", chunk_no), db=shard.records)
+        if chunk is None:
+            raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
+        # FORMAT 3.2: u32 n, u32 offsets[n + 1], frames; check the offsets before slicing.
+        size = len(chunk)
+        if size < 8:
+            raise CorruptRecordError("chunk of %d bytes is too short" % size, **loc)
+        (n,) = struct.unpack_from("<I", chunk, 0)
+        if not (1 <= n <= R) or 4 * (n + 2) > size or slot >= n:
+            raise CorruptRecordError("chunk claims %d records in %d bytes (slot %d)" % (n, size, slot), **loc)
+        start, end = struct.unpack_from("<II", chunk, 4 * (1 + slot))
+        base = 4 * (n + 2)
+        if start > end or base + end > size:
+            raise CorruptRecordError("frame %d offsets %d..%d outside a %d-byte chunk" % (slot, start, end, size), **loc)
+        frame = chunk[base + start:base + end]
+        declared = zstandard.frame_content_size(frame) if len(frame) >= 4 else -1
+        if declared < 0:
+            raise CorruptRecordError("not a zstd frame with a declared content size", **loc)
+        if declared > MAX_PAYLOAD:
+            raise CorruptRecordError("frame declares %d bytes, limit is %d" % (declared, MAX_PAYLOAD), **loc)
+        try:
+            stored = self._dctx.decompress(frame)  # verifies the XXH64 content checksum
+        except zstandard.ZstdError as e:
+            raise CorruptRecordError("zstd: %s" % e, **loc) from e
+        if len(stored) != declared:
+            raise CorruptRecordError("frame produced %d bytes, declared %d" % (len(stored), declared), **loc)
+        return stored, loc
+
+    def payload(self, index):
+        """The record's payload (a safetensors blob) with the byte shuffle undone."""
+        stored, loc = self._stored(index)
+        if not self.shuffled:
+            return stored
+        header, data_start = _parse_header(stored, loc)
+        out = bytearray(stored)
+        for name, (dt, shape, (b, e)) in header["tensors"].items():
+            size = DTYPES[dt][1]
+            if size > 1:
+                n = (e - b) // size
+                planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(size, n)
+                out[data_start + b:data_start + e] = planes.T.tobytes()
+        return bytes(out)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            if index < 0:
+                index += len(self)
+            return self._decode(index)
+        raise TypeError("index with an int; use batch() for many records")
+
+    def _decode(self, index):
+        stored, loc = self._stored(index)
+        header, data_start = _parse_header(stored, loc)
+        meta = header["metadata"]
+        loc = dict(loc, id=meta.get("id"), view=meta.get("view"))
+        t = header["tensors"]
+        out = {}
+        f32 = self.latent_format == "f32"
+        for name, (dt, shape, (b, e)) in t.items():
+            np_dt, size = DTYPES[dt]
+            n = (e - b) // size
+            is_float = name in ("latents", "logvar")
+            if self.shuffled and size > 1:
+                if is_float and f32 and dt == "BF16":
+                    arr = _unplane(stored, data_start + b, n, 2, 16, np.uint32).view(np.float32)
+                elif n * size <= 4096:
+                    # Small tensors: one transposing copy beats several whole-plane operations.
+                    planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(size, n)
+                    arr = planes.T.copy().view(np_dt).reshape(n)
+                else:
+                    arr = _unplane(stored, data_start + b, n, size).view(np_dt)
+            else:
+                arr = np.frombuffer(stored, np_dt, count=n, offset=data_start + b)
+                if is_float and f32 and dt == "BF16":
+                    arr = bf16_to_float32(arr)
+                else:
+                    arr = arr.copy()
+            if is_float and f32 and arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            out[name] = arr.reshape(shape)
+        k = t["latents"][1][0]
+        groups = out["groups"]
+        if groups.size and int(groups.max()) >= k:
+            raise BadRecordError("group id %d is not a kept token (K = %d)" % (int(groups.max()), k), **loc)
+        out.update(_metadata(meta, loc))
+        out["index"] = index
+        out["dtypes"] = {name: v[0] for name, v in t.items()}
+        return out
+
+    def get(self, id, view=0):
+        """The record of (id, view); KeyError if the cache does not hold it."""
+        i = self.index_of(id, view)
+        if i is None:
+            raise KeyError((id, view))
+        return self[i]
+
+    def index_of(self, id, view=0):
+        """Global index of (id, view), or None (FORMAT 3.1, database `ids`)."""
+        raw = id.encode("utf-8")
+        if not raw or len(raw) > 508 or b"\x00" in raw or not (0 <= view <= 65535):
+            return None
+        key = raw + b"\x00" + struct.pack(">H", view)
+        for s, shard in enumerate(self._open()):
+            v = shard.txn.get(key, db=shard.ids)
+            if v is not None:
+                if len(v) != 4:
+                    raise CorruptRecordError("ids value of %d bytes" % len(v), shard=shard.file, id=id, view=view)
+                return int(self.bounds[s]) + struct.unpack("<I", v)[0]
+        return None
+
+    def batch(self, indices):
+        """Records `indices` (in that order) as contiguous arrays: latents [B,K,C] float32 (or the
+        stored dtype with latent_format="raw"), logvar [B,K,C] (when the records have one), indices
+        [B,K] uint32, groups [B,N] uint16, labels [B] int32, views [B] int32, records [B] int64
+        (global indices), ids (a list).
+
+        Each tensor's bytes are gathered from all records first and its byte planes undone for the
+        whole batch at once: a few NumPy calls per batch instead of per record."""
+        indices = np.asarray(indices, dtype=np.int64)
+        B = len(indices)
+        if B == 0:
+            return {"records": indices, "ids": []}
+        parts = []
+        layout = None
+        labels = np.empty(B, np.int32)
+        views = np.empty(B, np.int32)
+        ids = []
+        for row, i in enumerate(indices):
+            stored, loc = self._stored(int(i))
+            header, data_start = _parse_header(stored, loc)
+            meta = _metadata(header["metadata"], loc)
+            t = header["tensors"]
+            if layout is None:
+                layout = t
+            elif t is not layout and _shapes(t) != _shapes(layout):
+                raise ShapeMismatchError("record has %s; the batch has %s" % (_shapes(t), _shapes(layout)),
+                                         index=int(i), id=meta["id"], view=meta["view"])
+            parts.append((stored, data_start, t))
+            labels[row] = meta["label"]
+            views[row] = meta["view"]
+            ids.append(meta["id"])
+        f32 = self.latent_format == "f32"
+        out = {"labels": labels, "views": views, "records": indices.copy(), "ids": ids}
+        for name, (_, shape, _) in layout.items():
+            dts = {p[2][name][0] for p in parts}
+            if len(dts) != 1:
+                raise ShapeMismatchError("records of the batch store %s as %s" % (name, sorted(dts)))
+            dt = dts.pop()
+            np_dt, size = DTYPES[dt]
+            n = 1
+            for d in shape:
+                n *= d
+            # memoryview slices: join copies each record's bytes once, straight into the batch.
+            raw = np.frombuffer(b"".join(memoryview(st)[ds + p[name][2][0]:ds + p[name][2][1]] for st, ds, p in parts),
+                                np.uint8)
+            is_float = name in ("latents", "logvar")
+            if self.shuffled and size > 1:
+                planes = raw.reshape(B, size, n)
+                if is_float and f32 and dt == "BF16":
+                    arr = (planes[:, 0].astype(np.uint32) << np.uint32(16)) | (planes[:, 1].astype(np.uint32) << np.uint32(24))
+                    arr = arr.view(np.float32)
+                else:
+                    wide = {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
+                    arr = planes[:, 0].astype(wide)
+                    for j in range(1, size):
+                        arr |= planes[:, j].astype(wide) << wide(8 * j)
+                    arr = arr.view(np_dt)
+            else:
+                arr = raw.view(np_dt).reshape(B, n)
+                if is_float and f32 and dt == "BF16":
+                    arr = bf16_to_float32(arr)
+            if is_float and f32 and arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            if name == "indices":
+                arr = arr.astype(np.uint32, copy=False)
+            elif name == "groups":
+                k = layout["latents"][1][0]
+                if arr.size:
+                    worst = arr.max(axis=1)
+                    if int(worst.max()) >= k:
+                        row = int(np.argmax(worst >= k))
+                        raise BadRecordError("group id %d is not a kept token (K = %d)" % (int(worst[row]), k),
+                                             index=int(indices[row]), id=ids[row], view=int(views[row]))
+                arr = arr.astype(np.uint16, copy=False)
+            out[name] = arr.reshape((B,) + tuple(shape))
+        return out
+
+    # -- streams (Schemas/STREAM.md) ----------------------------------------------------------
+
+    def permutation(self, epoch, seed, block_records=None, window_blocks=_order.DEFAULT_WINDOW_BLOCKS, shuffle=True):
+        """P, the epoch's global permutation (STREAM.md section 3)."""
+        return _order.permutation(self.shard_records, seed, epoch, block_records or self.records_per_chunk,
+                                  window_blocks, shuffle)
+
+    def stream_indices(self, rank, world_size, epoch, seed, start=0, padding="pad", block_records=None,
+                       window_blocks=_order.DEFAULT_WINDOW_BLOCKS, shuffle=True):
+        """Global record indices `rank` reads from global position `start` on (STREAM.md 4)."""
+        perm = self.permutation(epoch, seed, block_records, window_blocks, shuffle)
+        return _order.rank_indices(perm, rank, world_size, start, padding)
+
+    def stream(self, rank, world_size, epoch, seed, start=0, padding="pad", batch_size=None, limit=None, **order_args):
+        """Yields the records `rank` of `world_size` sees in `epoch`, from global position `start`
+        on: one dict per sample, or batches (see `batch`) of `batch_size` when given."""
+        idx = self.stream_indices(rank, world_size, epoch, seed, start, padding, **order_args)
+        if limit is not None:
+            idx = idx[:limit]
+        if batch_size is None:
+            for i in idx:
+                yield self._decode(int(i))
+        else:
+            for lo in range(0, len(idx), batch_size):
+                yield self.batch(idx[lo:lo + batch_size])
+
+
+# Validated tensor layouts, keyed by (data length, tensor entries): every record of a cache has
+# the same few layouts, so the checks of FORMAT 4.1 run once per layout, not once per record.
+_LAYOUTS = {}
+
+
+def _parse_header(stored, loc):
+    """Parses and checks the safetensors header (FORMAT 4.1). Returns ({"tensors": {name: (dtype,
+    shape, (begin, end))}, "metadata": {...}}, data start)."""
+    if len(stored) < 8:
+        raise BadRecordError("payload of %d bytes" % len(stored), **loc)
+    (hlen,) = struct.unpack_from("<Q", stored, 0)
+    if hlen > len(stored) - 8:
+        raise BadRecordError("header length %d exceeds the %d-byte payload" % (hlen, len(stored)), **loc)
+    try:
+        h = json.loads(bytes(stored[8:8 + hlen]))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRecordError("header is not JSON: %s" % e, **loc) from e
+    if not isinstance(h, dict):
+        raise BadRecordError("header is not a JSON object", **loc)
+    meta = h.pop("__metadata__", None)
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise UnknownVersionError("no __metadata__ of strings", **loc) if meta is None else \
+            BadRecordError("__metadata__ must map strings to strings", **loc)
+    if meta.get("mtok.format") != RECORD_FORMAT:
+        raise UnknownVersionError("record format %r, this reader knows %r" % (meta.get("mtok.format"), RECORD_FORMAT),
+                                  **loc)
+    data_start = 8 + hlen
+    data_len = len(stored) - data_start
+    try:
+        key = (data_len,) + tuple((name, v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"]))
+                                  for name, v in h.items())
+        tensors = _LAYOUTS.get(key)
+    except (KeyError, TypeError, AttributeError):
+        key, tensors = None, None
+    if tensors is None:
+        tensors = _check_layout(h, data_len, loc)
+        if key is not None and len(_LAYOUTS) < 1024:
+            _LAYOUTS[key] = tensors
+    return {"tensors": tensors, "metadata": meta}, data_start
+
+
+def _check_layout(h, data_len, loc):
+    tensors = {}
+    for name, v in h.items():
+        if name not in TENSORS:
+            raise BadRecordError("unexpected tensor %r" % name, **loc)
+        try:
+            dt, shape, (b, e) = v["dtype"], [int(d) for d in v["shape"]], v["data_offsets"]
+        except (KeyError, TypeError, ValueError) as ex:
+            raise BadRecordError("tensor %s: bad header entry (%s)" % (name, ex), **loc) from ex
+        if dt not in DTYPES:
+            raise BadRecordError("tensor %s: unknown dtype %r" % (name, dt), **loc)
+        if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e <= data_len):
+            raise BadRecordError("tensor %s: data_offsets %r outside %d bytes" % (name, [b, e], data_len), **loc)
+        count = 1
+        for d in shape:
+            count *= d
+        if any(d < 0 for d in shape) or count * DTYPES[dt][1] != e - b:
+            raise BadRecordError("tensor %s: shape %s of %s does not fill %d bytes" % (name, shape, dt, e - b), **loc)
+        tensors[name] = (dt, shape, (b, e))
+    for req in ("latents", "indices", "groups"):
+        if req not in tensors:
+            raise BadRecordError("missing tensor %r" % req, **loc)
+    ldt, lshape, _ = tensors["latents"]
+    if ldt not in LATENT_DTYPES or len(lshape) != 2:
+        raise BadRecordError("latents must be F32, F16 or BF16 [K, C], got %s %s" % (ldt, lshape), **loc)
+    k = lshape[0]
+    if "logvar" in tensors and tensors["logvar"][:2] != (ldt, lshape):
+        raise BadRecordError("logvar must match latents", **loc)
+    idt, ishape, _ = tensors["indices"]
+    if idt not in ("U16", "U32") or ishape != [k]:
+        raise BadRecordError("indices must be U16 or U32 [%d], got %s %s" % (k, idt, ishape), **loc)
+    gdt, gshape, _ = tensors["groups"]
+    if gdt not in ("U8", "U16") or len(gshape) != 1 or gshape[0] < k:
+        raise BadRecordError("groups must be U8 or U16 [N] with N >= K = %d, got %s %s" % (k, gdt, gshape), **loc)
+    # Tensors must tile the data section (safetensors): sorted by offset, no gaps, to the end.
+    pos = 0
+    for name, (dt, shape, (b, e)) in sorted(tensors.items(), key=lambda kv: kv[1][2][0]):
+        if b != pos:
+            raise BadRecordError("tensor %s starts at %d, expected %d" % (name, b, pos), **loc)
+        pos = e
+    if pos != data_len:
+        raise BadRecordError("tensors cover %d of %d data bytes" % (pos, data_len), **loc)
+    return tensors
+
+
+def _unplane(stored, offset, n, size, out_shift=0, out_dtype=None):
+    """Element i = sum_j planes[j][i] << 8j, read from `size` byte planes of n bytes (FORMAT 4.2).
+    Shift-and-or on whole planes is several times faster in NumPy than a transposing copy.
+    `out_shift` moves the result up (bf16 bits << 16 gives the float32 bits)."""
+    planes = np.frombuffer(stored, np.uint8, count=n * size, offset=offset).reshape(size, n)
+    wide = out_dtype or {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
+    out = planes[0].astype(wide)
+    if out_shift:
+        out <<= wide(out_shift)
+    for j in range(1, size):
+        out |= planes[j].astype(wide) << wide(8 * j + out_shift)
+    return out
+
+
+_DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def _dec(text):
+    """A decimal integer as FORMAT.md writes them: Python's int() would also take spaces and '_'."""
+    if not isinstance(text, str) or not _DECIMAL.match(text):
+        raise ValueError("not a decimal integer: %r" % (text,))
+    return int(text)
+
+
+_INT_LISTS = {2: re.compile(r"[+]?[0-9]+,[+]?[0-9]+\Z"), 4: re.compile(r"(?:[+]?[0-9]+,){3}[+]?[0-9]+\Z")}
+
+
+def _ints(text, count, name, loc):
+    if not isinstance(text, str) or not _INT_LISTS[count].match(text):
+        raise BadRecordError("%s must be %d non-negative integers, got %r" % (name, count, text), **loc)
+    return tuple(map(int, text.split(",")))
+
+
+def _shapes(tensors):
+    return {name: (v[0], tuple(v[1])) for name, v in tensors.items()}
+
+
+def _metadata(meta, loc):
+    try:
+        view, label = _dec(meta["view"]), _dec(meta["label"])
+        rid = meta["id"]
+    except (KeyError, ValueError) as e:
+        raise BadRecordError("metadata needs id, view and label (%s)" % e, **loc) from e
+    if view < 0 or label < -1:
+        raise BadRecordError("view %d / label %d out of range" % (view, label), **loc)
+    return {"id": rid, "view": view, "label": label,
+            "source_size": _ints(meta.get("source_size"), 2, "source_size", loc),
+            "crop_box": _ints(meta.get("crop_box"), 4, "crop_box", loc),
+            "source_sha256": meta.get("source_sha256", "")}

@@ -1,0 +1,291 @@
+"""Writing a cache from Python (e.g. in a PyTorch GPU job), written from Schemas/FORMAT.md.
+
+    with mtokcache.Writer("out.mtok", settings={"model": "..."}, latent_dtype="bf16") as w:
+        for ...:
+            w.append(id="n01440764/x.JPEG", latents=lat, indices=idx, groups=grp, label=0)
+
+The result is a complete cache that `mtok verify --deep` accepts. This writer starts a new cache;
+it does not resume an interrupted one (the Swift writer does).
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import struct
+
+import lmdb
+import numpy as np
+import zstandard
+
+from .reader import FORMAT, FORMAT_VERSION, RECORD_FORMAT, SHARD_FORMAT
+
+_SAFETENSORS = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<u4"): "U32", np.dtype("<u2"): "U16",
+                np.dtype("u1"): "U8"}
+
+
+def float32_to_bf16(values):
+    """float32 -> bfloat16 bit patterns (uint16): round to nearest, ties to even; NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
+    return rounded
+
+
+def _payload(tensors, metadata):
+    """A safetensors blob: u64 header length, JSON header padded with spaces to a multiple of 8,
+    then the tensors' bytes in the given order (FORMAT 4.1)."""
+    header = {"__metadata__": metadata}
+    offset = 0
+    blobs = []
+    for name, dtype_name, arr in tensors:
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blobs.append(raw)
+    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs), 8 + len(h)
+
+
+def _shuffle(payload, data_start, tensors):
+    """FORMAT 4.2: stored[b + j*n + i] = payload[b + i*s + j] for each tensor with s > 1."""
+    out = bytearray(payload)
+    b = data_start
+    for _, _, arr in tensors:
+        s = arr.dtype.itemsize
+        size = arr.size * s
+        if s > 1:
+            elems = np.frombuffer(payload, np.uint8, count=size, offset=b).reshape(arr.size, s)
+            out[b:b + size] = elems.T.tobytes()
+        b += size
+    return bytes(out)
+
+
+class Writer:
+    """Writes records into a new cache at `path` (which must not exist or be empty).
+
+    - latent_dtype: "bf16", "f16" or "f32"; float inputs are converted (bf16 rounds to nearest
+      even), uint16 inputs with latent_dtype "bf16" are taken as bf16 bit patterns.
+    - records_per_chunk: R of FORMAT 3.1; shard_cap_bytes: seal a shard past this size.
+    """
+
+    def __init__(self, path, settings=None, latent_dtype="bf16", records_per_chunk=16, compression_level=3,
+                 shuffle="byte-planes", shard_cap_bytes=1 << 30, classes=None, created_by="mtokcache (Python)"):
+        if latent_dtype not in ("bf16", "f16", "f32"):
+            raise ValueError("latent_dtype must be bf16, f16 or f32")
+        if not (1 <= records_per_chunk <= 65536):
+            raise ValueError("records_per_chunk must be 1 ... 65536")
+        if shuffle not in ("byte-planes", "none"):
+            raise ValueError("shuffle must be 'byte-planes' or 'none'")
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and os.listdir(self.path):
+            raise FileExistsError("%s exists and is not empty; this writer only starts new caches" % self.path)
+        os.makedirs(os.path.join(self.path, "shards"), exist_ok=True)
+        # FORMAT 1: the single writer holds an advisory lock on .writer.lock while it writes.
+        self._lock = open(os.path.join(self.path, ".writer.lock"), "a+")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._lock.close()
+            raise RuntimeError("%s is being written by another process" % self.path) from e
+        self.settings = settings if settings is not None else {}
+        self.latent_dtype = latent_dtype
+        self.R = records_per_chunk
+        self.level = compression_level
+        self.shuffle = shuffle
+        self.cap = shard_cap_bytes
+        self.classes = classes
+        self.created_by = created_by
+        self._cctx = zstandard.ZstdCompressor(level=compression_level, write_checksum=True, write_content_size=True)
+        self._seen = set()
+        self._digest = hashlib.sha256()
+        self._shards = []  # manifest entries of finished shards
+        self._env = None
+        self._pending = []  # (frame, sha256, id key, payload size) of the chunk being filled
+        self._finished = False
+        self._write_manifest(complete=False)
+
+    # -- records ------------------------------------------------------------------------------
+
+    def _latent(self, name, arr):
+        arr = np.asarray(arr)
+        if self.latent_dtype == "bf16":
+            if arr.dtype == np.uint16:
+                return arr, "BF16"
+            return float32_to_bf16(arr.astype(np.float32)), "BF16"
+        if self.latent_dtype == "f16":
+            return arr.astype("<f2"), "F16"
+        return arr.astype("<f4"), "F32"
+
+    def append(self, id, latents, indices, groups, label=-1, view=0, logvar=None, source_size=(0, 0),
+               crop_box=(0, 0, 0, 0), source_sha256=""):
+        """Adds one record. `indices` must be uint16 or uint32, `groups` uint8 or uint16 (their
+        dtype is stored as given)."""
+        if self._finished:
+            raise RuntimeError("writer already finished")
+        raw_id = id.encode("utf-8")
+        if not (1 <= len(raw_id) <= 508) or b"\x00" in raw_id:
+            raise ValueError("id must be 1 ... 508 UTF-8 bytes without NUL: %r" % id[:80])
+        if not (0 <= view <= 65535):
+            raise ValueError("view must be 0 ... 65535")
+        if label < -1:
+            raise ValueError("label must be >= -1")
+        key = raw_id + b"\x00" + struct.pack(">H", view)
+        if key in self._seen:
+            raise ValueError("duplicate (id, view): (%r, %d)" % (id, view))
+        lat, ldt = self._latent("latents", latents)
+        if lat.ndim != 2:
+            raise ValueError("latents must be [K, C]")
+        k = lat.shape[0]
+        indices = np.asarray(indices)
+        groups = np.asarray(groups)
+        if indices.dtype not in (np.uint16, np.uint32) or indices.shape != (k,):
+            raise ValueError("indices must be uint16 or uint32 of shape [K] = [%d]" % k)
+        if groups.dtype not in (np.uint8, np.uint16) or groups.ndim != 1 or groups.shape[0] < k:
+            raise ValueError("groups must be uint8 or uint16 of shape [N], N >= K")
+        if groups.size and int(groups.max()) >= k:
+            raise ValueError("group id %d is not a kept token (K = %d)" % (int(groups.max()), k))
+        tensors = [("latents", ldt, lat.astype(lat.dtype.newbyteorder("<")))]
+        if logvar is not None:
+            lv, _ = self._latent("logvar", logvar)
+            if lv.shape != lat.shape:
+                raise ValueError("logvar must have the shape of latents")
+            tensors.append(("logvar", ldt, lv))
+        tensors.append(("indices", _SAFETENSORS[indices.dtype.newbyteorder("<")], indices.astype(indices.dtype.newbyteorder("<"))))
+        tensors.append(("groups", _SAFETENSORS[groups.dtype.newbyteorder("<")], groups.astype(groups.dtype.newbyteorder("<"))))
+        meta = {"mtok.format": RECORD_FORMAT, "id": id, "view": str(int(view)), "label": str(int(label)),
+                "source_size": "%d,%d" % tuple(source_size), "crop_box": "%d,%d,%d,%d" % tuple(crop_box),
+                "source_sha256": source_sha256}
+        payload, data_start = _payload(tensors, meta)
+        stored = _shuffle(payload, data_start, tensors) if self.shuffle == "byte-planes" else payload
+        frame = self._cctx.compress(stored)
+        self._seen.add(key)
+        self._pending.append((frame, hashlib.sha256(payload).digest(), key, len(payload)))
+        if len(self._pending) == self.R:
+            self._flush_chunk()
+
+    # -- shards -------------------------------------------------------------------------------
+
+    def _open_shard(self):
+        n = len(self._shards)
+        self._file = "shards/shard-%05d.mdb" % n
+        self._shard_path = os.path.join(self.path, self._file)
+        # The map is a reservation of address space, not disk: the cap plus room for one chunk
+        # and LMDB's copy-on-write pages.
+        self._env = lmdb.open(self._shard_path, subdir=False, map_size=2 * self.cap + (256 << 20), max_dbs=4,
+                              sync=True, metasync=True)
+        self._db = {name: self._env.open_db(name.encode()) for name in ("records", "digests", "ids", "meta")}
+        self._count = 0
+        self._payload_bytes = 0
+        self._compressed_bytes = 0
+
+    def _flush_chunk(self):
+        if not self._pending:
+            return
+        if self._env is None:
+            self._open_shard()
+        frames = [p[0] for p in self._pending]
+        offsets = np.zeros(len(frames) + 1, dtype="<u4")
+        offsets[1:] = np.cumsum([len(f) for f in frames])
+        chunk = struct.pack("<I", len(frames)) + offsets.tobytes() + b"".join(frames)
+        chunk_no = self._count // self.R
+        with self._env.begin(write=True) as txn:
+            ckey = struct.pack(">Q", chunk_no)
+            txn.put(ckey, chunk, db=self._db["records"], append=True)
+            txn.put(ckey, b"".join(p[1] for p in self._pending), db=self._db["digests"], append=True)
+            for i, p in enumerate(self._pending):
+                if not txn.put(p[2], struct.pack("<I", self._count + i), db=self._db["ids"], overwrite=False):
+                    raise ValueError("duplicate id key in shard")
+            self._count += len(frames)
+            self._payload_bytes += sum(p[3] for p in self._pending)
+            self._compressed_bytes += sum(len(f) for f in frames)
+            for k, v in (("format", SHARD_FORMAT), ("records_per_chunk", str(self.R)), ("count", str(self._count)),
+                         ("payload_bytes", str(self._payload_bytes)),
+                         ("compressed_bytes", str(self._compressed_bytes))):
+                txn.put(k.encode(), v.encode(), db=self._db["meta"])
+        for p in self._pending:
+            self._digest.update(p[1])
+        self._pending = []
+        info = self._env.info()
+        if (info["last_pgno"] + 1) * self._env.stat()["psize"] >= self.cap:
+            self._seal()
+
+    def _seal(self):
+        """FORMAT 6: compact into shard.compact, rename over the shard, drop the lock file, hash it,
+        make it read-only."""
+        compact = self._shard_path + ".compact"
+        self._env.copy(compact, compact=True)
+        self._env.close()
+        self._env = None
+        os.replace(compact, self._shard_path)
+        lock = self._shard_path + "-lock"
+        if os.path.exists(lock):
+            os.remove(lock)
+        h = hashlib.sha256()
+        with open(self._shard_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        os.chmod(self._shard_path, 0o444)
+        self._shards.append({"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
+                             "compressed_bytes": self._compressed_bytes,
+                             "bytes": os.path.getsize(self._shard_path), "sealed": True, "sha256": h.hexdigest()})
+        self._write_manifest(complete=False)
+
+    def _write_manifest(self, complete):
+        shards = self._shards
+        m = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": self.created_by, "complete": complete,
+             "records_per_chunk": self.R,
+             "compression": {"codec": "zstd", "level": self.level, "checksum": True, "shuffle": self.shuffle},
+             "shard_cap_bytes": self.cap, "settings": self.settings}
+        if self.classes is not None:
+            m["classes"] = list(self.classes)
+        m["shards"] = shards
+        m["totals"] = {"records": sum(s["records"] for s in shards),
+                       "payload_bytes": sum(s["payload_bytes"] for s in shards),
+                       "compressed_bytes": sum(s["compressed_bytes"] for s in shards),
+                       "bytes_on_disk": sum(s["bytes"] for s in shards)}
+        m["content_digest"] = "sha256:" + self._digest.hexdigest() if complete else None
+        # Atomic replace: temp file, fsync, rename, fsync the directory (FORMAT 2).
+        tmp = os.path.join(self.path, "manifest.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(m, f, indent=2, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.path, "manifest.json"))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def finish(self):
+        """Writes the last chunk, seals the last shard and marks the cache complete."""
+        if self._finished:
+            return
+        self._flush_chunk()
+        if self._env is not None:
+            self._seal()
+        self._finished = True
+        self._write_manifest(complete=True)
+        self._unlock()
+
+    def _unlock(self):
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.finish()
+        else:
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+            self._unlock()

@@ -1,0 +1,263 @@
+"""Unit tests of mtokcache that need only numpy, lmdb and zstandard (no torch, no Swift).
+
+Run as a script (`python tools/python/tests/test_mtokcache.py`, exit status 0 when all pass), or
+with pytest. Tests/ReaderTests runs the script.
+"""
+
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import mtokcache  # noqa: E402
+from mtokcache import order  # noqa: E402
+
+
+def make_records(n, k=16, c=4, n_patches=24, seed=0, logvar=False):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        r = dict(id="img/%05d.jpg" % i, view=i % 3, label=i % 7 - 1,
+                 latents=rng.standard_normal((k, c)).astype(np.float32),
+                 indices=rng.integers(0, 70000, k).astype(np.uint32),
+                 groups=rng.integers(0, k, n_patches).astype(np.uint16),
+                 source_size=(640, 480), crop_box=(80, 0, 480, 480), source_sha256="ab" * 32)
+        if logvar:
+            r["logvar"] = rng.standard_normal((k, c)).astype(np.float32)
+        yield r
+
+
+def write(path, records, **kw):
+    with mtokcache.Writer(path, settings={"test": True}, **kw) as w:
+        for r in records:
+            w.append(**r)
+
+
+class TempDir:
+    def __enter__(self):
+        self.path = tempfile.mkdtemp(prefix="mtokcache-test-")
+        return self.path
+
+    def __exit__(self, *exc):
+        for root, dirs, files in os.walk(self.path):
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        shutil.rmtree(self.path)
+
+
+def test_round_trip_every_dtype_and_shuffle():
+    for latent_dtype in ("bf16", "f16", "f32"):
+        for shuffle in ("byte-planes", "none"):
+            with TempDir() as d:
+                recs = list(make_records(50, logvar=True))
+                write(d + "/c", recs, latent_dtype=latent_dtype, shuffle=shuffle, records_per_chunk=4,
+                      shard_cap_bytes=20000)
+                c = mtokcache.open(d + "/c")
+                assert len(c) == 50 and len(c.shard_entries) > 1, (len(c), len(c.shard_entries))
+                raw = mtokcache.open(d + "/c", latent_format="raw")
+                for i, r in enumerate(recs):
+                    got = c[i]
+                    assert got["id"] == r["id"] and got["view"] == r["view"] and got["label"] == r["label"]
+                    assert got["source_size"] == (640, 480) and got["crop_box"] == (80, 0, 480, 480)
+                    assert np.array_equal(got["indices"], r["indices"]) and got["indices"].dtype == np.uint32
+                    assert np.array_equal(got["groups"], r["groups"]) and got["groups"].dtype == np.uint16
+                    tol = {"f32": 0, "f16": 1e-3, "bf16": 1e-2}[latent_dtype]
+                    assert np.allclose(got["latents"], r["latents"], rtol=tol, atol=tol)
+                    if latent_dtype == "bf16":
+                        want = mtokcache.writer.float32_to_bf16(r["latents"])
+                        assert np.array_equal(raw[i]["latents"], want)
+                    assert got["latents"].dtype == np.float32 and got["logvar"].shape == (16, 4)
+                    assert c.get(r["id"], r["view"])["index"] == i
+                b = c.batch([3, 1, 2])
+                assert b["latents"].shape == (3, 16, 4) and b["indices"].dtype == np.uint32
+                assert np.array_equal(b["latents"][1], c[1]["latents"]) and b["ids"] == [recs[j]["id"] for j in (3, 1, 2)]
+
+
+def test_content_digest_and_manifest():
+    import hashlib
+    with TempDir() as d:
+        recs = list(make_records(20))
+        write(d + "/c", recs, records_per_chunk=3)
+        c = mtokcache.open(d + "/c")
+        m = c.manifest
+        assert m["complete"] and m["totals"]["records"] == 20
+        h = hashlib.sha256()
+        for i in range(20):
+            h.update(hashlib.sha256(c.payload(i)).digest())
+        assert m["content_digest"] == "sha256:" + h.hexdigest()
+
+
+def test_duplicate_ids_refused():
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/c")
+        r = next(make_records(1))
+        w.append(**r)
+        try:
+            w.append(**r)
+        except ValueError as e:
+            assert "duplicate" in str(e)
+        else:
+            raise AssertionError("duplicate accepted")
+
+
+def test_errors_not_a_cache_and_unknown_version():
+    with TempDir() as d:
+        try:
+            mtokcache.open(d)
+        except mtokcache.NotACacheError as e:
+            assert "manifest.json" in str(e)
+        else:
+            raise AssertionError("opened a directory without a manifest")
+        write(d + "/c", make_records(3))
+        mpath = d + "/c/manifest.json"
+        m = json.load(open(mpath))
+        m["format_version"] = 2
+        os.chmod(mpath, 0o644)
+        json.dump(m, open(mpath, "w"))
+        try:
+            mtokcache.open(d + "/c")
+        except mtokcache.UnknownVersionError as e:
+            assert "format_version 2" in str(e)
+        else:
+            raise AssertionError("accepted format_version 2")
+
+
+def test_corrupt_record_names_its_location():
+    with TempDir() as d:
+        write(d + "/c", make_records(40), records_per_chunk=8)
+        c = mtokcache.open(d + "/c")
+        # Find record 13's frame in the file (chunk 1, slot 5) and flip a byte in its middle.
+        shard = c._open()[0]
+        chunk = bytes(shard.txn.get(struct.pack(">Q", 1), db=shard.records))
+        n = struct.unpack_from("<I", chunk)[0]
+        a, b = struct.unpack_from("<II", chunk, 4 * (1 + 5))
+        frame = chunk[4 * (n + 2) + a:4 * (n + 2) + b]
+        c.close()
+        path = d + "/c/" + c.shard_entries[0]["file"]
+        os.chmod(path, 0o644)
+        data = bytearray(open(path, "rb").read())
+        at = data.find(frame)
+        assert at > 0 and data.find(frame, at + 1) < 0
+        data[at + len(frame) // 2] ^= 0x55
+        open(path, "wb").write(bytes(data))
+        c = mtokcache.open(d + "/c")
+        for i in range(40):
+            if i != 13:
+                c[i]
+        try:
+            c[13]
+        except mtokcache.CorruptRecordError as e:
+            assert e.location == {"shard": "shards/shard-00000.mdb", "chunk": 1, "index": 13}, e.location
+            assert "shard shards/shard-00000.mdb, chunk 1, index 13" in str(e)
+        else:
+            raise AssertionError("corrupt frame read without error")
+
+
+def test_order_is_a_permutation_with_locality():
+    counts = [100, 0, 37, 64, 1]
+    for seed in (0, 1, 2**64 - 1):
+        for epoch in (0, 5):
+            p = order.permutation(counts, seed, epoch, 8, 3)
+            assert sorted(p.tolist()) == list(range(sum(counts)))
+    a = order.permutation(counts, 1, 0, 8, 3)
+    assert not np.array_equal(a, order.permutation(counts, 1, 1, 8, 3))
+    assert not np.array_equal(a, order.permutation(counts, 2, 0, 8, 3))
+    assert np.array_equal(order.permutation(counts, 1, 0, 8, 3, shuffle=False), np.arange(202))
+    # Each window holds whole blocks: the first 3 blocks' records are the first window.
+    first_window = set(a[:24].tolist())
+    blocks = {i // 8 for i in first_window if i < 96}
+    assert len(blocks) <= 3
+
+
+def test_ranks_disjoint_complete_equal_resumable():
+    p = order.permutation([50, 53], 9, 2, 4, 2)
+    n = len(p)
+    for w in range(1, 8):
+        for padding in ("pad", "drop"):
+            parts = [order.rank_indices(p, r, w, 0, padding) for r in range(w)]
+            assert len({len(x) for x in parts}) == 1
+            allv = np.concatenate(parts)
+            if padding == "drop":
+                assert len(set(allv.tolist())) == len(allv) == n // w * w
+            else:
+                assert set(allv.tolist()) == set(range(n)) and len(allv) == -(-n // w) * w
+            for r in range(w):
+                for start in (0, 1, w, 7, n, n + 5):
+                    assert order.rank_count(n, r, w, start, padding) == len(order.rank_indices(p, r, w, start, padding))
+            # Resuming at a global position continues the same sequence, with any world size.
+            for start in (0, w, 3 * w, 7):
+                for r in range(w):
+                    full = order.rank_indices(p, r, w, 0, padding)
+                    tail = order.rank_indices(p, r, w, start, padding)
+                    assert np.array_equal(full[len(full) - len(tail):], tail)
+    # Elastic: global positions 0..29 from 3 ranks, then 5 ranks from position 30, give P[0..].
+    seq = np.empty(n, np.int64)
+    for r in range(3):
+        seq[r:30:3] = order.rank_indices(p, r, 3)[:10]
+    for r in range(5):
+        part = order.rank_indices(p, r, 5, start=30, padding="drop")
+        seq[30 + r::5][:len(part)] = part[:len(seq[30 + r::5])]
+    assert np.array_equal(seq[:100], p[:100])
+
+
+def test_stream_worker_split_is_the_rank_order():
+    """The split the iterable dataset uses (worker k takes batches k, k+K, ...), interleaved
+    round-robin as DataLoader does, is the rank's order for any worker count."""
+    with TempDir() as d:
+        write(d + "/c", make_records(45), records_per_chunk=4)
+        c = mtokcache.open(d + "/c")
+        want = c.stream_indices(1, 2, 3, 11)
+        b = 4
+        for workers in (1, 2, 3, 4):
+            per = [[] for _ in range(workers)]
+            for k in range(workers):
+                for lo in range(k * b, len(want), workers * b):
+                    per[k].append(want[lo:lo + b])
+            got, j = [], 0
+            while any(per):
+                if per[j % workers]:
+                    got.extend(per[j % workers].pop(0))
+                j += 1
+            assert np.array_equal(np.array(got), want)
+        got = [r["index"] for r in c.stream(1, 2, 3, 11)]
+        assert got == want.tolist()
+        batches = list(c.stream(1, 2, 3, 11, batch_size=5))
+        assert np.concatenate([x["records"] for x in batches]).tolist() == want.tolist()
+
+
+def test_reopens_after_fork():
+    with TempDir() as d:
+        write(d + "/c", make_records(10))
+        c = mtokcache.open(d + "/c")
+        parent = c[3]["latents"]
+        pid = os.fork()
+        if pid == 0:
+            ok = np.array_equal(c[3]["latents"], parent) and c._pid == os.getpid()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert np.array_equal(c[3]["latents"], parent)
+
+
+def main():
+    tests = [(k, v) for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
+    failed = 0
+    for name, fn in tests:
+        try:
+            fn()
+            print("ok    ", name)
+        except Exception as e:  # report every failure, then exit non-zero
+            failed += 1
+            import traceback
+            traceback.print_exc()
+            print("FAILED", name, e)
+    print("%d passed, %d failed" % (len(tests) - failed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
