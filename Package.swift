@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "ShardStoreTests", dependencies: ["ShardReader", "ShardWriter", "ShardFormat", "LMDBCore",
                                                             "ZstdCore", "TestSupport"],
                     swiftSettings: swiftSettings),
-        .testTarget(name: "ImageDecodingTests", dependencies: ["ImageDecoding", "TestSupport"],
+        .testTarget(name: "ImageDecodingTests", dependencies: ["ImageDecoding", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "EncoderModelTests", dependencies: ["EncoderModel", "TensorCore", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),

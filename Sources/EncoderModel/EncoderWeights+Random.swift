@@ -1,4 +1,5 @@
 import Foundation
+import TensorFiles
 
 /// Seeded random test weights (spec §7): conv/linear weights N(0,1)/√fan_in, biases, norm biases
 /// and the class token N(0, 0.2²), norm weights and LayerScale gammas 1 + N(0, 0.3²), codebook N(0,1).
@@ -33,18 +34,12 @@ extension EncoderWeights {
 
 /// Standard normal draws from SplitMix64 (Box–Muller, both outputs used).
 struct SeededNormal {
-    private var state: UInt64
+    private var bits: SplitMix64
     private var spare: Double?
 
-    init(seed: UInt64) { state = seed }
+    init(seed: UInt64) { bits = SplitMix64(seed: seed) }
 
-    private mutating func nextBits() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    private mutating func nextBits() -> UInt64 { bits.next() }
 
     /// Uniform in (0, 1], never 0 so the logarithm is finite.
     private mutating func uniform() -> Double { (Double(nextBits() >> 11) + 1) * 0x1p-53 }

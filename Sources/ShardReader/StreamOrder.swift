@@ -1,3 +1,5 @@
+import TensorFiles
+
 /// The order in which ranks see a cache's records during an epoch (Schemas/STREAM.md).
 ///
 /// One global permutation per (seed, epoch), computed from the shard record counts alone, dealt
@@ -119,16 +121,10 @@ public struct StreamOrder: Sendable, Equatable {
 }
 
 extension StreamOrder {
-    static let golden: UInt64 = 0x9E37_79B9_7F4A_7C15
+    static let golden = SplitMix64.golden
 
-    /// SplitMix64's output function.
     @inline(__always)
-    static func mix(_ value: UInt64) -> UInt64 {
-        var z = value
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    static func mix(_ value: UInt64) -> UInt64 { SplitMix64.mix(value) }
 
     /// base(seed, epoch, tag) of STREAM.md section 2 (public for checking other implementations).
     public static func base(seed: UInt64, epoch: UInt64, tag: UInt64) -> UInt64 {

@@ -26,7 +26,7 @@ public struct SyntheticRecords: Sendable {
 
     /// Record `i` (deterministic in `seed` and `i`), with id "synthetic/%08d" and view 0.
     public func record(_ i: Int) -> TokenRecord {
-        var rng = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(i))
+        var rng = SplitMix64(seed: seed &* SplitMix64.golden &+ UInt64(i))
         let side = max(1, Int(Double(tokens).squareRoot()))
         var latents = [Float](repeating: 0, count: tokens * channels)
         for c in 0..<channels {
@@ -93,19 +93,7 @@ public struct SyntheticRecords: Sendable {
     }
 }
 
-/// A small, fast, seedable generator (SplitMix64).
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+extension SplitMix64 {
     /// Uniform in [0, 1).
     mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) }
 

@@ -3,6 +3,7 @@ import Foundation
 import ShardReader
 import ShardFormat
 import ShardWriter
+import TensorFiles
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,7 +25,7 @@ struct BenchStoreCommand: ParsableCommand {
     func run() throws {
         if let write { return try timeWriter(count: write) }
         let c = try openCache(cache)
-        var rng = SplitMix(state: seed)
+        var rng = SplitMix64(seed: seed)
         let indices = (0..<reads).map { _ in Int(rng.next() % UInt64(c.count)) }
         var randomRates: [Double] = []
         var scanRates: [Double] = []
@@ -86,16 +87,5 @@ extension BenchStoreCommand {
         var u = rusage()
         getrusage(RUSAGE_SELF.rawValue, &u)
         return Double(u.ru_utime.tv_sec) + Double(u.ru_utime.tv_usec) / 1e6 + Double(u.ru_stime.tv_sec) + Double(u.ru_stime.tv_usec) / 1e6
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
