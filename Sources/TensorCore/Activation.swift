@@ -22,8 +22,16 @@ public enum Activation {
     /// rather than 0, which SiLU does not distinguish.
     @inlinable
     public static func exp(_ x: SIMD16<Float>) -> SIMD16<Float> {
-        let x = x.clamped(lowerBound: SIMD16(repeating: -87.3), upperBound: SIMD16(repeating: 88.7))
-        let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+        // Mask-based clamp: the stdlib's pointwiseMin/Max run lane by lane through memory.
+        let hi = SIMD16<Float>(repeating: 88.7), lo = SIMD16<Float>(repeating: -87.3)
+        var x = x
+        x.replace(with: hi, where: x .> hi)
+        x.replace(with: lo, where: x .< lo)
+        // Round x·log2(e) to the nearest integer by adding 1.5·2^23: the sum's low mantissa bits
+        // then hold n, which also gives the integer without a (slow, generic) float→int conversion.
+        let magic = SIMD16<Float>(repeating: 12582912)
+        let shifted = x * 1.44269504088896341 + magic
+        let n = shifted - magic
         var r = x - n * 0.693359375
         r = r + n * 2.12194440e-4
         // exp(r) ≈ 1 + r + r²·P(r), coefficients of the Cephes expf polynomial.
@@ -34,8 +42,9 @@ public enum Activation {
         p = p * r + 1.6666665459e-1
         p = p * r + 5.0000001201e-1
         let e = (p * r * r + r) + 1
-        let bits = (SIMD16<Int32>(n, rounding: .toNearestOrEven) &+ 127) &<< 23
-        return e * unsafeBitCast(bits, to: SIMD16<Float>.self)
+        let ni = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- unsafeBitCast(magic, to: SIMD16<Int32>.self)
+        let scale = unsafeBitCast((ni &+ 127) &<< 23, to: SIMD16<Float>.self)
+        return e * scale
     }
 
     public static func silu(_ x: UnsafeMutablePointer<Float>, count: Int) {
