@@ -47,10 +47,7 @@ public enum Activation {
         return e * scale
     }
 
-    public static func silu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count { x[i] = silu(x[i]) }
-    }
-
+    /// GELU in place over `count` values, split over the BLAS thread count.
     public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
         let p = UncheckedBox(x)
         Parallel.chunks(count, minimumChunk: 4096) { range in

@@ -16,10 +16,6 @@ public struct ConvGeometry: Sendable, Hashable {
 
     public func outputSide(_ side: Int) -> Int { (side + 2 * padding - kernel) / stride + 1 }
 
-    /// Multiply-accumulates for one image of `height × width`.
-    public func macs(height: Int, width: Int) -> Int {
-        outputSide(height) * outputSide(width) * outChannels * inChannels * kernel * kernel
-    }
 }
 
 /// Convolution of one channel-major image by im2col + sgemm.
