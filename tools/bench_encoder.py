@@ -7,8 +7,7 @@ Steps: `mtok model init` writes seeded random weights for the preset (default
 mergevq-gr-d64-k144, 256×256); the PyTorch reference (tools/encoder_reference.py: CPU, eager,
 float32, the CNN stem batched over the images) loads the same file; both encode batch 1 and batch 8
 of the same input. The Swift side runs as `mtok bench-encoder` in its own process per batch size,
-which also measures OpenBLAS sgemm GFLOP/s (2048³) and reports its peak RSS (VmHWM); for batch > 1
-it also runs one image per worker thread with single-threaded OpenBLAS on the same cores. Prints
+which also measures OpenBLAS sgemm GFLOP/s (2048³) and reports its peak RSS (VmHWM). Prints
 medians: images/s for both and their ratio, Swift GFLOP/s against sgemm GFLOP/s, peak RSS, and a
 parity check (latent max |Δ|, indices and groups equal) on one image.
 """
@@ -32,9 +31,9 @@ from encoder_reference import Reference  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def swift_bench(mtok, model, batch, threads, repeats, npy, workers=1):
+def swift_bench(mtok, model, batch, threads, repeats, npy):
     out = subprocess.run([mtok, "bench-encoder", "--model", model, "--batch", str(batch), "--threads",
-                          str(threads), "--workers", str(workers), "--repeats", str(repeats), "--input", npy],
+                          str(threads), "--repeats", str(repeats), "--input", npy],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -92,13 +91,6 @@ def main():
             print(f"batch {b}: swift {sw:.3f} img/s, pytorch {pt:.3f} img/s, ratio {sw / pt:.2f}x | "
                   f"swift {s['gflops']:.1f} GFLOP/s = {100 * s['gflops'] / s['sgemm_gflops']:.0f}% of "
                   f"sgemm {s['sgemm_gflops']:.1f} GFLOP/s | swift peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB")
-            if b > 1 and args.threads > 1:
-                # The same cores as one image per worker thread, OpenBLAS single-threaded.
-                w = swift_bench(args.mtok, model, b, 1, args.repeats, npy, workers=args.threads)
-                print(f"batch {b}, {args.threads} image workers x 1 BLAS thread: swift {w['images_per_second']:.3f} img/s, "
-                      f"ratio {w['images_per_second'] / pt:.2f}x | {w['gflops']:.1f} GFLOP/s = "
-                      f"{100 * w['gflops'] / s['sgemm_gflops']:.0f}% of the {args.threads}-thread sgemm | "
-                      f"peak RSS {w['peak_rss_bytes'] / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import TensorCore
 
@@ -6,27 +5,19 @@ import TensorCore
 ///
 /// Immutable and `Sendable`: one instance may serve several threads, each call allocating its own
 /// activations. Every image runs the identical sequence of kernels whatever the batch it arrived in,
-/// so results do not depend on batch size or split.
-///
-/// Threads: matrix work runs on OpenBLAS with ``BLAS/threadCount`` threads (process-wide, set with
-/// ``BLAS/setThreadCount(_:)``), and the element-wise kernels split over the same count. With
-/// `imageWorkers` > 1 a batch is spread over that many threads, one image each; then set the BLAS
-/// count to 1 (workers × BLAS threads ≤ cores). Keep both fixed for reproducible bytes.
+/// so results do not depend on batch size or split. Matrix work runs on OpenBLAS with
+/// ``BLAS/threadCount`` threads (set it with ``BLAS/setThreadCount(_:)``).
 public final class MergeTokEncoder: Sendable {
     public let weights: EncoderWeights
     public let config: EncoderConfig
     public let schedule: MergeSchedule
-    /// Images encoded concurrently by ``encode(batch:)``.
-    public let imageWorkers: Int
     private let codebookNorms: [Float]
 
     /// Floats in one input image, `3 × R × R`.
     public var inputCount: Int { config.inChannels * config.resolution * config.resolution }
 
-    public init(weights: EncoderWeights, imageWorkers: Int = 1) {
-        precondition(imageWorkers >= 1, "imageWorkers must be at least 1")
+    public init(weights: EncoderWeights) {
         self.weights = weights
-        self.imageWorkers = imageWorkers
         config = weights.config
         schedule = MergeSchedule(config: weights.config)
         if config.quantizer == .vq, let n = config.codebookSize {
@@ -41,19 +32,7 @@ public final class MergeTokEncoder: Sendable {
     /// - Throws: ``EncoderError/invalidInput(_:)`` for a wrong-sized image,
     ///   ``EncoderError/degenerateMetric(layer:)`` for a zero-norm merge metric.
     public func encode(batch: [[Float]]) throws -> [EncodedImage] {
-        let workers = min(imageWorkers, batch.count)
-        if workers <= 1 { return try batch.map { try encode(image: $0) } }
-        var results = [Result<EncodedImage, any Error>?](repeating: nil, count: batch.count)
-        results.withUnsafeMutableBufferPointer { slots in
-            let out = SlotWriter(slots.baseAddress!)
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                // Worker w takes images w, w + workers, …: each slot is written by one thread.
-                for i in stride(from: w, to: batch.count, by: workers) {
-                    out.base[i] = Result { try self.encode(image: batch[i]) }
-                }
-            }
-        }
-        return try results.map { try $0!.get() }
+        try batch.map { try encode(image: $0) }
     }
 
     /// Encodes one image; `trace` receives named intermediate activations (see ``TracePoint``).
@@ -295,12 +274,6 @@ public final class MergeTokEncoder: Sendable {
             for ch in 0..<c { x[i * c + ch] += ws.u[i * c + ch] * g2[ch] }
         }
     }
-}
-
-/// Lets `concurrentPerform` tasks fill disjoint result slots.
-private struct SlotWriter: @unchecked Sendable {  // each index is written by exactly one task
-    let base: UnsafeMutablePointer<Result<EncodedImage, any Error>?>
-    init(_ base: UnsafeMutablePointer<Result<EncodedImage, any Error>?>) { self.base = base }
 }
 
 /// Per-call transformer buffers, sized for the first (largest) layer.

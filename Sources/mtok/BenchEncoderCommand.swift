@@ -15,14 +15,13 @@ struct BenchEncoderCommand: ParsableCommand {
     @Option(help: "Images per encode call.") var batch: Int = 1
     @Option(help: "Timed repetitions (after one warm-up).") var repeats: Int = 3
     @Option(help: "OpenBLAS threads.") var threads: Int = 1
-    @Option(help: "Images encoded concurrently (use with --threads 1).") var workers: Int = 1
     @Option(help: "Side of the square sgemm reference product (0 skips it).") var gemmSize: Int = 2048
     @Option(help: "Optional .npy input to encode instead of random pixels.") var input: String?
 
     func run() throws {
         BLAS.setThreadCount(threads)
         let weights = try EncoderWeights.load(path: model)
-        let encoder = MergeTokEncoder(weights: weights, imageWorkers: workers)
+        let encoder = MergeTokEncoder(weights: weights)
         let r = weights.config.resolution
         var image: [Float]
         if let input {
@@ -46,7 +45,7 @@ struct BenchEncoderCommand: ParsableCommand {
         let flops = Double(2 * weights.config.macsPerImage * batch)
         let gemm = gemmSize > 0 ? Self.sgemmGFlops(gemmSize, repeats: max(3, repeats)) : 0
         let object: [String: Any] = [
-            "batch": batch, "threads": threads, "workers": workers, "seconds": times, "median_seconds": median,
+            "batch": batch, "threads": threads, "seconds": times, "median_seconds": median,
             "images_per_second": Double(batch) / median, "gflops": flops / median / 1e9,
             "sgemm_gflops": gemm, "peak_rss_bytes": Self.peakRSS(),
             "flops_per_image": 2 * weights.config.macsPerImage,

@@ -21,13 +21,12 @@ struct EncodeCommand: ParsableCommand {
     @Option(help: "Expected input side R; must equal the model's resolution.") var resolution: Int?
     @Option(help: "Output file: .safetensors, .npz or .json.") var out: String
     @Option(help: "OpenBLAS threads.") var threads: Int = 1
-    @Option(help: "Images encoded concurrently (each with --threads BLAS threads).") var workers: Int = 1
 
     func validate() throws {
         guard [".safetensors", ".npz", ".json"].contains(where: { out.hasSuffix($0) }) else {
             throw ValidationError("--out must end in .safetensors, .npz or .json")
         }
-        guard threads >= 1, workers >= 1 else { throw ValidationError("--threads and --workers must be at least 1") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         for input in inputs where !input.hasSuffix(".npy") {
             throw ValidationError("\(input): only .npy inputs are supported until image preprocessing is wired in")
         }
@@ -41,7 +40,7 @@ struct EncodeCommand: ParsableCommand {
             throw ValidationError("--resolution \(resolution) differs from the model's \(config.resolution)")
         }
         let images = try inputs.map { try Self.readInput($0, resolution: config.resolution) }
-        let encoder = MergeTokEncoder(weights: weights, imageWorkers: workers)
+        let encoder = MergeTokEncoder(weights: weights)
         let results = try encoder.encode(batch: images)
         let tensors = Self.tensors(results, config: config, batched: inputs.count > 1)
         let bytes: [UInt8]

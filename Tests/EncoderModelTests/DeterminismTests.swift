@@ -15,19 +15,6 @@ import TensorCore
         #expect(try encoder.encode(batch: images) == Array(together[0..<2]))
     }
 
-    /// One image per worker thread (BLAS single-threaded) gives the same bytes as one at a time.
-    @Test func imageWorkersGiveIdenticalBytes() throws {
-        let before = BLAS.threadCount
-        defer { BLAS.setThreadCount(before) }
-        BLAS.setThreadCount(1)
-        let weights = try Fixture.weights(case: "tiny")
-        let images = try Fixture.images(case: "tiny")
-        let batch = images + images + images
-        let serial = try MergeTokEncoder(weights: weights).encode(batch: batch)
-        let parallel = try MergeTokEncoder(weights: weights, imageWorkers: 2).encode(batch: batch)
-        #expect(serial == parallel)
-    }
-
     @Test func wrongInputSizeThrows() throws {
         let encoder = MergeTokEncoder(weights: try Fixture.weights(case: "tiny"))
         #expect(throws: EncoderError.self) { try encoder.encode(batch: [[0, 1, 2]]) }
