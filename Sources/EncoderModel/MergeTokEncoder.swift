@@ -153,17 +153,18 @@ public final class MergeTokEncoder: Sendable {
                          trace: ((String, [Int], [Float]) -> Void)?) {
         let cfg = config
         let r = cfg.resolution
-        // Largest activation and im2col scratch over all layers.
+        // Largest activation and convolution scratch over every convolution of the stem.
+        let stemConv = ConvGeometry(inChannels: cfg.inChannels, outChannels: cfg.ch, kernel: 3, padding: 1)
         var maxAct = cfg.ch * r * r
-        var maxScratch = Conv2D.scratchCount(ConvGeometry(inChannels: cfg.inChannels, outChannels: cfg.ch,
-                                                          kernel: 3, padding: 1), height: r, width: r)
+        var maxScratch = Conv2D.scratchCount(stemConv, height: r, width: r)
         var s = r
         for level in 0..<cfg.levels {
             let cin = cfg.levelInput(level), cout = cfg.levelOutput(level)
             maxAct = max(maxAct, max(cin, cout) * s * s)
-            maxScratch = max(maxScratch, Conv2D.scratchCount(
-                ConvGeometry(inChannels: max(cin, cout), outChannels: cout, kernel: 3, padding: 1),
-                height: s, width: s))
+            for (i, o, stride) in [(cin, cout, 1), (cout, cout, 1), (cout, cout, 2)] {
+                let g = ConvGeometry(inChannels: i, outChannels: o, kernel: 3, stride: stride, padding: 1)
+                maxScratch = max(maxScratch, Conv2D.scratchCount(g, height: s, width: s))
+            }
             if level < cfg.levels - 1 { s /= 2 }
         }
         var a = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
@@ -172,8 +173,7 @@ public final class MergeTokEncoder: Sendable {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: maxScratch)
         defer { a.deallocate(); b.deallocate(); h.deallocate(); scratch.deallocate() }
 
-        Conv2D.forward(input, height: r, width: r,
-                       geometry: ConvGeometry(inChannels: cfg.inChannels, outChannels: cfg.ch, kernel: 3, padding: 1),
+        Conv2D.forward(input, height: r, width: r, geometry: stemConv,
                        weight: w("conv_in.weight"), bias: nil, output: a, scratch: scratch)
         trace?("conv_in", [cfg.ch, r, r], Array(UnsafeBufferPointer(start: a, count: cfg.ch * r * r)))
         s = r

@@ -14,11 +14,17 @@ import Testing
     }
 
     static let geometries: [ConvGeometry] = [
-        ConvGeometry(inChannels: 5, outChannels: 7, kernel: 3, stride: 1, padding: 1),
+        ConvGeometry(inChannels: 5, outChannels: 7, kernel: 3, stride: 1, padding: 1),   // row-shift path
+        ConvGeometry(inChannels: 4, outChannels: 500, kernel: 3, stride: 1, padding: 1), // im2col path
         ConvGeometry(inChannels: 4, outChannels: 6, kernel: 3, stride: 2, padding: 1),
         ConvGeometry(inChannels: 6, outChannels: 3, kernel: 1),
         ConvGeometry(inChannels: 3, outChannels: 8, kernel: 4, stride: 4),
     ]
+
+    @Test func bothStrideOnePathsAreTested() {
+        #expect(Conv2D.usesRowShift(Self.geometries[0], height: 40, width: 40))
+        #expect(!Conv2D.usesRowShift(Self.geometries[1], height: 40, width: 40))
+    }
 
     @Test(arguments: geometries)
     func convolutionMatchesNaive(_ g: ConvGeometry) {
