@@ -60,9 +60,10 @@ struct BenchEncoderCommand: ParsableCommand {
 
     private func reply(_ object: [String: Any]) {
         // Plain numbers, strings and booleans always serialise.
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        print(String(decoding: data, as: UTF8.self))
-        fflush(stdout)
+        var data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+        data.append(0x0A)
+        // Unbuffered, so the driver sees each answer at once.
+        FileHandle.standardOutput.write(data)
     }
 
     /// VmHWM from /proc/self/status (Linux), in bytes; 0 where unavailable.
