@@ -191,22 +191,20 @@ public final class MergeTokEncoder: Sendable {
                 let g1 = ConvGeometry(inChannels: cin, outChannels: cout, kernel: 3, padding: 1)
                 Conv2D.forward(h, height: s, width: s, geometry: g1, weight: w(p + "conv1.weight"),
                                bias: nil, output: b, scratch: scratch)
-                // h = conv2(SiLU(GN2(h)))
+                // out = shortcut(x) + conv2(SiLU(GN2(h))), the conv accumulating onto the shortcut.
                 Normalization.groupNorm(b, channels: cout, spatial: plane, groups: 32, eps: 1e-6,
                                         weight: w(p + "norm2.weight"), bias: w(p + "norm2.bias"),
                                         output: h, silu: true)
                 let g2 = ConvGeometry(inChannels: cout, outChannels: cout, kernel: 3, padding: 1)
-                Conv2D.forward(h, height: s, width: s, geometry: g2, weight: w(p + "conv2.weight"),
-                               bias: nil, output: b, scratch: scratch)
-                // out = shortcut(x) + h
                 if cin != cout {
                     let gs = ConvGeometry(inChannels: cin, outChannels: cout, kernel: 1)
                     Conv2D.forward(a, height: s, width: s, geometry: gs, weight: w(p + "nin_shortcut.weight"),
-                                   bias: nil, output: h, scratch: nil)
-                    for i in 0..<cout * plane { b[i] = h[i] + b[i] }
+                                   bias: nil, output: b, scratch: nil)
                 } else {
-                    for i in 0..<cout * plane { b[i] = a[i] + b[i] }
+                    swap(&a, &b)
                 }
+                Conv2D.forward(h, height: s, width: s, geometry: g2, weight: w(p + "conv2.weight"),
+                               bias: nil, output: b, scratch: scratch, accumulate: true)
                 swap(&a, &b)
                 width = cout
             }

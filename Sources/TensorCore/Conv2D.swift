@@ -55,18 +55,22 @@ public enum Conv2D {
     ///   - bias: `[outChannels]` or nil.
     ///   - output: `outChannels × oh × ow`.
     ///   - scratch: at least ``scratchCount(_:height:width:)`` floats.
+    ///   - accumulate: add the convolution to what `output` holds (a residual sum without an extra
+    ///     pass over memory) instead of overwriting it.
     public static func forward(
         _ input: UnsafePointer<Float>, height: Int, width: Int, geometry g: ConvGeometry,
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>?
+        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>?,
+        accumulate: Bool = false
     ) {
+        let beta: Float = accumulate ? 1 : 0
         let oh = g.outputSide(height), ow = g.outputSide(width)
         let plane = oh * ow
         let kk = g.inChannels * g.kernel * g.kernel
         if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
             BLAS.sgemm(.none, .none, m: g.outChannels, n: plane, k: g.inChannels,
                        a: weight, lda: g.inChannels, b: input, ldb: height * width,
-                       c: output, ldc: plane)
+                       beta: beta, c: output, ldc: plane)
         } else if usesRowShift(g, height: height, width: width) {
             guard let scratch else { preconditionFailure("Conv2D needs scratch for k>1") }
             let k = g.kernel, cin = g.inChannels, cout = g.outChannels
@@ -91,7 +95,7 @@ public enum Conv2D {
                 for ky in 0..<k {
                     BLAS.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
                                a: regrouped + ky * cout * cin * k, lda: cin * k,
-                               b: expanded + ky * ow, ldb: extent * ow, beta: ky == 0 ? 0 : 1,
+                               b: expanded + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
                                c: output + y0 * ow, ldc: plane)
                 }
                 y0 += rows
@@ -106,7 +110,7 @@ public enum Conv2D {
                 im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: col)
                 BLAS.sgemm(.none, .none, m: g.outChannels, n: n, k: kk,
                            a: weight, lda: kk, b: col, ldb: n,
-                           c: output + y0 * ow, ldc: plane)
+                           beta: beta, c: output + y0 * ow, ldc: plane)
                 y0 += rows
             }
         }

@@ -8,7 +8,8 @@ import TensorCore
 /// Loads the weights, encodes one warm-up batch, then answers commands read line by line from
 /// stdin, one JSON object per line on stdout, so the Python driver can interleave Swift, PyTorch
 /// and sgemm runs and every figure sees the same machine load:
-/// `encode` (one timed batch), `sgemm` (one timed n×n×n product), `rss` (peak RSS so far).
+/// `encode` (one timed batch), `stages` (per-stage seconds of one image), `sgemm` (one timed
+/// n×n×n product), `rss` (peak RSS so far).
 struct BenchEncoderCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-encoder", abstract: "Encoder throughput benchmark server (JSON lines).",
@@ -48,6 +49,17 @@ struct BenchEncoderCommand: ParsableCommand {
                 let s = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                 reply(["seconds": s, "images_per_second": Double(batch) / s,
                        "gflops": Double(flopsPerImage * batch) / s / 1e9])
+            case "stages":
+                // Seconds from the previous traced point to each point, one image (the trace's
+                // copies add a little time to every stage).
+                var last = DispatchTime.now().uptimeNanoseconds
+                var stages: [[Any]] = []
+                _ = try encoder.encode(image: image) { name, _, _ in
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    stages.append([name, Double(now - last) / 1e9])
+                    last = DispatchTime.now().uptimeNanoseconds
+                }
+                reply(["stages": stages])
             case "sgemm":
                 reply(["sgemm_gflops": gemm.run()])
             case "rss":

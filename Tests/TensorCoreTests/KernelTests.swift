@@ -26,23 +26,25 @@ import Testing
         #expect(!Conv2D.usesRowShift(Self.geometries[1], height: 40, width: 40))
     }
 
-    @Test(arguments: geometries)
-    func convolutionMatchesNaive(_ g: ConvGeometry) {
+    @Test(arguments: geometries, [false, true])
+    func convolutionMatchesNaive(_ g: ConvGeometry, accumulate: Bool) {
         var rng = Rng(state: 1)
         let h = 40, w = 40  // 40 output rows span two 1024-column im2col tiles
         let input = rng.array(g.inChannels * h * w)
         let weight = rng.array(g.outChannels * g.inChannels * g.kernel * g.kernel)
         let bias = rng.array(g.outChannels)
         let oh = g.outputSide(h), ow = g.outputSide(w)
-        var out = [Float](repeating: .nan, count: g.outChannels * oh * ow)
+        // With accumulate the output starts at 0.5 and must end at 0.5 + conv; without, its NaNs
+        // must all be overwritten.
+        var out = [Float](repeating: accumulate ? 0.5 : .nan, count: g.outChannels * oh * ow)
         var scratch = [Float](repeating: .nan, count: max(1, Conv2D.scratchCount(g, height: h, width: w)))
         Conv2D.forward(input, height: h, width: w, geometry: g, weight: weight, bias: bias,
-                       output: &out, scratch: &scratch)
+                       output: &out, scratch: &scratch, accumulate: accumulate)
         var worst = 0.0
         for co in 0..<g.outChannels {
             for y in 0..<oh {
                 for x in 0..<ow {
-                    var acc = Double(bias[co])
+                    var acc = Double(bias[co]) + (accumulate ? 0.5 : 0)
                     for ci in 0..<g.inChannels {
                         for ky in 0..<g.kernel {
                             for kx in 0..<g.kernel {
@@ -53,7 +55,8 @@ import Testing
                             }
                         }
                     }
-                    worst = max(worst, abs(acc - Double(out[(co * oh + y) * ow + x])))
+                    let got = Double(out[(co * oh + y) * ow + x])
+                    worst = got.isNaN ? .infinity : max(worst, abs(acc - got))
                 }
             }
         }
