@@ -35,7 +35,12 @@ public final class MergeTokEncoder: Sendable {
         try batch.map { try encode(image: $0) }
     }
 
-    /// Encodes one image; `trace` receives named intermediate activations (see ``TracePoint``).
+    /// Encodes one image.
+    ///
+    /// `trace`, for tests and debugging, receives (name, shape, values) at each stage:
+    /// `conv_in` and `down.{i}` (CNN stem, C×H×W), or `conv_in` and `stem` (ViT stem);
+    /// `tokens` (T×C, class token first), `blocks.{ℓ}` (T×C after block ℓ), and `head`
+    /// (K × conv_out channels, before the VAE split and quantization).
     public func encode(image: [Float], trace: ((String, [Int], [Float]) -> Void)? = nil) throws -> EncodedImage {
         guard image.count == inputCount else {
             throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
