@@ -76,6 +76,7 @@ let package = Package(
                     swiftSettings: swiftSettings),
         .testTarget(name: "ImageDecodingTests", dependencies: ["ImageDecoding", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "EncoderModelTests", dependencies: ["EncoderModel", "TensorCore", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
         .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TestSupport"],

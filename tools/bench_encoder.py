@@ -31,22 +31,33 @@ from encoder_reference import Reference  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def swift_bench(mtok, model, batch, threads, repeats, npy):
-    out = subprocess.run([mtok, "bench-encoder", "--model", model, "--batch", str(batch), "--threads",
-                          str(threads), "--repeats", str(repeats), "--input", npy],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+class SwiftBench:
+    """`mtok bench-encoder` as a line-oriented server: one command in, one JSON object out."""
+
+    def __init__(self, mtok, model, batch, threads, npy):
+        self.proc = subprocess.Popen([mtok, "bench-encoder", "--model", model, "--batch", str(batch),
+                                      "--threads", str(threads), "--input", npy],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = json.loads(self.proc.stdout.readline())     # after load and a warm-up batch
+
+    def ask(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
-def torch_bench(ref, x, batch, repeats):
-    xb = x[None].expand(batch, -1, -1, -1).contiguous()
-    ref.encode(xb)                                                  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ref.encode(xb)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def torch_time(ref, xb):
+    t0 = time.perf_counter()
+    ref.encode(xb)
+    return time.perf_counter() - t0
+
+
+def median(values):
+    return sorted(values)[len(values) // 2]
 
 
 def main():
@@ -85,12 +96,26 @@ def main():
         print(f"preset {args.preset}, {r}x{r}, threads {args.threads}, repeats {args.repeats} (medians)")
         print(f"parity vs PyTorch float32: latent max|d| {dl:.2e}, indices equal {same_idx}, groups equal {same_grp}")
         for b in [int(v) for v in args.batches.split(",")]:
-            s = swift_bench(args.mtok, model, b, args.threads, args.repeats, npy)
-            t = torch_bench(ref, x, b, args.repeats)
-            sw, pt = s["images_per_second"], b / t
-            print(f"batch {b}: swift {sw:.3f} img/s, pytorch {pt:.3f} img/s, ratio {sw / pt:.2f}x | "
-                  f"swift {s['gflops']:.1f} GFLOP/s = {100 * s['gflops'] / s['sgemm_gflops']:.0f}% of "
-                  f"sgemm {s['sgemm_gflops']:.1f} GFLOP/s | swift peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB")
+            # Interleave Swift, PyTorch and sgemm runs round by round: the figures then share the
+            # machine's load, which matters on a small shared machine.
+            swift = SwiftBench(args.mtok, model, b, args.threads, npy)
+            xb = x[None].expand(b, -1, -1, -1).contiguous()
+            ref.encode(xb)                                          # PyTorch warm-up
+            sw, pt, gemm = [], [], []
+            for _ in range(args.repeats):
+                sw.append(swift.ask("encode")["seconds"])
+                pt.append(torch_time(ref, xb))
+                gemm.append(swift.ask("sgemm")["sgemm_gflops"])
+            rss = swift.ask("rss")["peak_rss_bytes"]
+            swift.close()
+            flops = swift.ready["flops_per_image"] * b
+            s_ips, p_ips = b / median(sw), b / median(pt)
+            s_gf, g_gf = flops / median(sw) / 1e9, median(gemm)
+            print(f"batch {b}: swift {s_ips:.3f} img/s, pytorch {p_ips:.3f} img/s, ratio {s_ips / p_ips:.2f}x | "
+                  f"swift {s_gf:.1f} GFLOP/s = {100 * s_gf / g_gf:.0f}% of sgemm {g_gf:.1f} GFLOP/s | "
+                  f"swift peak RSS {rss / 2**20:.0f} MiB")
+            print(f"  raw seconds: swift {[round(v, 3) for v in sw]}, pytorch {[round(v, 3) for v in pt]}, "
+                  f"sgemm GFLOP/s {[round(v, 1) for v in gemm]}")
 
 
 if __name__ == "__main__":

@@ -207,10 +207,11 @@ class Reference:
             trace and trace(f"down.{i}", x)
         return x
 
-    def encode_one(self, img: torch.Tensor, trace: Trace = None) -> dict:
+    def encode_one(self, features: torch.Tensor, trace: Trace = None) -> dict:
+        """Everything after the stem, for one image's C × er × er features."""
         d = self.d
         C, H, D, N = d["C"], d["H"], d["D"], d["N"]
-        x = self.stem(img[None].to(self.dtype), trace)[0]            # C × er × er
+        x = features
         x = x.reshape(C, N).t()                                       # N × C, raster order (§2.3)
         x = torch.cat([self.p("attn.cls_token").reshape(1, C), x], 0)
         trace and trace("tokens", x)
@@ -287,8 +288,12 @@ class Reference:
         return new_x / new_s[:, None], new_s, mapping
 
     def encode(self, images: torch.Tensor, trace: Trace = None) -> list[dict]:
+        """B × 3 × R × R → one dict per image. The stem runs batched (PyTorch's natural mode);
+        the transformer runs per image because merging is per image. `trace` sees image 0."""
         with torch.no_grad():
-            return [self.encode_one(images[b], trace if b == 0 else None) for b in range(images.shape[0])]
+            first = (lambda name, t: trace(name, t[0])) if trace else None
+            features = self.stem(images.to(self.dtype), first)
+            return [self.encode_one(features[b], trace if b == 0 else None) for b in range(images.shape[0])]
 
 
 def config_json(cfg: dict) -> str:

@@ -35,7 +35,12 @@ public final class MergeTokEncoder: Sendable {
         try batch.map { try encode(image: $0) }
     }
 
-    /// Encodes one image; `trace` receives named intermediate activations (see ``TracePoint``).
+    /// Encodes one image.
+    ///
+    /// `trace`, for tests and debugging, receives (name, shape, values) at each stage:
+    /// `conv_in` and `down.{i}` (CNN stem, C×H×W), or `conv_in` and `stem` (ViT stem);
+    /// `tokens` (T×C, class token first), `blocks.{ℓ}` (T×C after block ℓ), and `head`
+    /// (K × conv_out channels, before the VAE split and quantization).
     public func encode(image: [Float], trace: ((String, [Int], [Float]) -> Void)? = nil) throws -> EncodedImage {
         guard image.count == inputCount else {
             throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
@@ -153,17 +158,18 @@ public final class MergeTokEncoder: Sendable {
                          trace: ((String, [Int], [Float]) -> Void)?) {
         let cfg = config
         let r = cfg.resolution
-        // Largest activation and im2col scratch over all layers.
+        // Largest activation and convolution scratch over every convolution of the stem.
+        let stemConv = ConvGeometry(inChannels: cfg.inChannels, outChannels: cfg.ch, kernel: 3, padding: 1)
         var maxAct = cfg.ch * r * r
-        var maxScratch = Conv2D.scratchCount(ConvGeometry(inChannels: cfg.inChannels, outChannels: cfg.ch,
-                                                          kernel: 3, padding: 1), height: r, width: r)
+        var maxScratch = Conv2D.scratchCount(stemConv, height: r, width: r)
         var s = r
         for level in 0..<cfg.levels {
             let cin = cfg.levelInput(level), cout = cfg.levelOutput(level)
             maxAct = max(maxAct, max(cin, cout) * s * s)
-            maxScratch = max(maxScratch, Conv2D.scratchCount(
-                ConvGeometry(inChannels: max(cin, cout), outChannels: cout, kernel: 3, padding: 1),
-                height: s, width: s))
+            for (i, o, stride) in [(cin, cout, 1), (cout, cout, 1), (cout, cout, 2)] {
+                let g = ConvGeometry(inChannels: i, outChannels: o, kernel: 3, stride: stride, padding: 1)
+                maxScratch = max(maxScratch, Conv2D.scratchCount(g, height: s, width: s))
+            }
             if level < cfg.levels - 1 { s /= 2 }
         }
         var a = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
@@ -172,8 +178,7 @@ public final class MergeTokEncoder: Sendable {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: maxScratch)
         defer { a.deallocate(); b.deallocate(); h.deallocate(); scratch.deallocate() }
 
-        Conv2D.forward(input, height: r, width: r,
-                       geometry: ConvGeometry(inChannels: cfg.inChannels, outChannels: cfg.ch, kernel: 3, padding: 1),
+        Conv2D.forward(input, height: r, width: r, geometry: stemConv,
                        weight: w("conv_in.weight"), bias: nil, output: a, scratch: scratch)
         trace?("conv_in", [cfg.ch, r, r], Array(UnsafeBufferPointer(start: a, count: cfg.ch * r * r)))
         s = r
@@ -191,22 +196,20 @@ public final class MergeTokEncoder: Sendable {
                 let g1 = ConvGeometry(inChannels: cin, outChannels: cout, kernel: 3, padding: 1)
                 Conv2D.forward(h, height: s, width: s, geometry: g1, weight: w(p + "conv1.weight"),
                                bias: nil, output: b, scratch: scratch)
-                // h = conv2(SiLU(GN2(h)))
+                // out = shortcut(x) + conv2(SiLU(GN2(h))), the conv accumulating onto the shortcut.
                 Normalization.groupNorm(b, channels: cout, spatial: plane, groups: 32, eps: 1e-6,
                                         weight: w(p + "norm2.weight"), bias: w(p + "norm2.bias"),
                                         output: h, silu: true)
                 let g2 = ConvGeometry(inChannels: cout, outChannels: cout, kernel: 3, padding: 1)
-                Conv2D.forward(h, height: s, width: s, geometry: g2, weight: w(p + "conv2.weight"),
-                               bias: nil, output: b, scratch: scratch)
-                // out = shortcut(x) + h
                 if cin != cout {
                     let gs = ConvGeometry(inChannels: cin, outChannels: cout, kernel: 1)
                     Conv2D.forward(a, height: s, width: s, geometry: gs, weight: w(p + "nin_shortcut.weight"),
-                                   bias: nil, output: h, scratch: nil)
-                    for i in 0..<cout * plane { b[i] = h[i] + b[i] }
+                                   bias: nil, output: b, scratch: nil)
                 } else {
-                    for i in 0..<cout * plane { b[i] = a[i] + b[i] }
+                    swap(&a, &b)
                 }
+                Conv2D.forward(h, height: s, width: s, geometry: g2, weight: w(p + "conv2.weight"),
+                               bias: nil, output: b, scratch: scratch, accumulate: true)
                 swap(&a, &b)
                 width = cout
             }

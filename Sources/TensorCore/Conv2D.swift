@@ -16,18 +16,15 @@ public struct ConvGeometry: Sendable, Hashable {
 
     public func outputSide(_ side: Int) -> Int { (side + 2 * padding - kernel) / stride + 1 }
 
-    /// Multiply-accumulates for one image of `height × width`.
-    public func macs(height: Int, width: Int) -> Int {
-        outputSide(height) * outputSide(width) * outChannels * inChannels * kernel * kernel
-    }
 }
 
 /// Convolution of one channel-major image by im2col + sgemm.
 public enum Conv2D {
-    /// Output columns per im2col tile. It bounds the scratch buffer (K × 4096 floats) and keeps a
-    /// tile in the outer cache levels; it depends only on the layer's shape, never on the batch, so
-    /// every image runs the same sequence of GEMMs.
-    static let tileColumns = 4096
+    /// Output columns per im2col tile. Small enough that the tile written by im2col is still in
+    /// cache when sgemm packs it (1024 measured a little faster than 4096 on the dev machine's user
+    /// time); it depends only on the layer's shape, never on the batch, so every image runs the
+    /// same sequence of GEMMs.
+    static let tileColumns = 1024
 
     /// Scratch floats that ``forward(_:height:width:geometry:weight:bias:output:scratch:)`` needs.
     public static func scratchCount(_ g: ConvGeometry, height: Int, width: Int) -> Int {
@@ -35,7 +32,19 @@ public enum Conv2D {
         let ow = g.outputSide(width)
         let oh = g.outputSide(height)
         let rows = min(oh, max(1, tileColumns / ow))
+        if usesRowShift(g, height: height, width: width) {
+            return g.outChannels * g.inChannels * g.kernel * g.kernel
+                + g.inChannels * g.kernel * (rows + g.kernel - 1) * ow
+        }
         return rows * ow * g.inChannels * g.kernel * g.kernel
+    }
+
+    /// Stride-1 convolutions on large planes skip the full im2col: a tile expanded only along x
+    /// (`[ci, kx, row, x]`, k× the input instead of k²×) serves all k kernel rows by offsetting
+    /// the GEMM operand one image row per ky, with k accumulating GEMMs. It needs the weights
+    /// regrouped by ky per call, which pays off only while the plane is large next to the weights.
+    static func usesRowShift(_ g: ConvGeometry, height: Int, width: Int) -> Bool {
+        g.stride == 1 && g.kernel > 1 && g.outputSide(height) * g.outputSide(width) >= 4 * g.outChannels
     }
 
     /// `output[co, y, x] = bias[co] + Σ weight[co, ci, ky, kx] · input[ci, y·s − p + ky, x·s − p + kx]`.
@@ -46,18 +55,51 @@ public enum Conv2D {
     ///   - bias: `[outChannels]` or nil.
     ///   - output: `outChannels × oh × ow`.
     ///   - scratch: at least ``scratchCount(_:height:width:)`` floats.
+    ///   - accumulate: add the convolution to what `output` holds (a residual sum without an extra
+    ///     pass over memory) instead of overwriting it.
     public static func forward(
         _ input: UnsafePointer<Float>, height: Int, width: Int, geometry g: ConvGeometry,
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>?
+        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>?,
+        accumulate: Bool = false
     ) {
+        let beta: Float = accumulate ? 1 : 0
         let oh = g.outputSide(height), ow = g.outputSide(width)
         let plane = oh * ow
         let kk = g.inChannels * g.kernel * g.kernel
         if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
             BLAS.sgemm(.none, .none, m: g.outChannels, n: plane, k: g.inChannels,
                        a: weight, lda: g.inChannels, b: input, ldb: height * width,
-                       c: output, ldc: plane)
+                       beta: beta, c: output, ldc: plane)
+        } else if usesRowShift(g, height: height, width: width) {
+            guard let scratch else { preconditionFailure("Conv2D needs scratch for k>1") }
+            let k = g.kernel, cin = g.inChannels, cout = g.outChannels
+            // Weights regrouped as [ky][co][ci][kx], so each ky is a plain cout × (cin·k) matrix.
+            let regrouped = scratch
+            for ky in 0..<k {
+                for co in 0..<cout {
+                    for ci in 0..<cin {
+                        for kx in 0..<k {
+                            regrouped[((ky * cout + co) * cin + ci) * k + kx] = weight[((co * cin + ci) * k + ky) * k + kx]
+                        }
+                    }
+                }
+            }
+            let expanded = scratch + cout * cin * k * k
+            let rowsPerTile = min(oh, max(1, tileColumns / ow))
+            var y0 = 0
+            while y0 < oh {
+                let rows = min(rowsPerTile, oh - y0)
+                let extent = rows + k - 1
+                expandRows(input, height: height, width: width, g: g, y0: y0, extent: extent, ow: ow, out: expanded)
+                for ky in 0..<k {
+                    BLAS.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
+                               a: regrouped + ky * cout * cin * k, lda: cin * k,
+                               b: expanded + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
+                               c: output + y0 * ow, ldc: plane)
+                }
+                y0 += rows
+            }
         } else {
             guard let col = scratch else { preconditionFailure("Conv2D needs scratch for k>1") }
             let rowsPerTile = min(oh, max(1, tileColumns / ow))
@@ -68,15 +110,47 @@ public enum Conv2D {
                 im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: col)
                 BLAS.sgemm(.none, .none, m: g.outChannels, n: n, k: kk,
                            a: weight, lda: kk, b: col, ldb: n,
-                           c: output + y0 * ow, ldc: plane)
+                           beta: beta, c: output + y0 * ow, ldc: plane)
                 y0 += rows
             }
         }
         if let bias {
-            for co in 0..<g.outChannels {
-                let b = bias[co]
-                let p = output + co * plane
-                for i in 0..<plane { p[i] += b }
+            let out = UncheckedBox(output)
+            Parallel.chunks(g.outChannels) { channels in
+                for co in channels {
+                    let b = bias[co]
+                    let p = out.value + co * plane
+                    for i in 0..<plane { p[i] += b }
+                }
+            }
+        }
+    }
+
+    /// `out[ci, kx, r, x] = input[ci, y0 + r − p, x − p + kx]` (zero outside) for `r < extent`.
+    static func expandRows(
+        _ input: UnsafePointer<Float>, height: Int, width: Int, g: ConvGeometry,
+        y0: Int, extent: Int, ow: Int, out: UnsafeMutablePointer<Float>
+    ) {
+        let k = g.kernel, p = g.padding
+        let box = UncheckedBox(out)
+        Parallel.chunks(g.inChannels) { channels in
+            for ci in channels {
+                let src = input + ci * height * width
+                for kx in 0..<k {
+                    let xLo = max(0, p - kx)
+                    let xHi = min(ow, width + p - kx)  // exclusive
+                    for r in 0..<extent {
+                        let d = box.value + ((ci * k + kx) * extent + r) * ow
+                        let iy = y0 + r - p
+                        if iy < 0 || iy >= height || xHi <= xLo {
+                            d.update(repeating: 0, count: ow)
+                            continue
+                        }
+                        if xLo > 0 { d.update(repeating: 0, count: xLo) }
+                        (d + xLo).update(from: src + iy * width - p + kx + xLo, count: xHi - xLo)
+                        if xHi < ow { (d + xHi).update(repeating: 0, count: ow - xHi) }
+                    }
+                }
             }
         }
     }
@@ -88,29 +162,33 @@ public enum Conv2D {
     ) {
         let k = g.kernel, s = g.stride, p = g.padding
         let n = rows * ow
-        for ci in 0..<g.inChannels {
-            let src = input + ci * height * width
-            for ky in 0..<k {
-                for kx in 0..<k {
-                    let dstRow = col + ((ci * k + ky) * k + kx) * n
-                    // Output columns whose input column x·s − p + kx lies inside the image.
-                    let xLo = max(0, (p - kx + s - 1) / s)
-                    let xHi = min(ow, (width - 1 + p - kx) / s + 1)  // exclusive
-                    for r in 0..<rows {
-                        let iy = (y0 + r) * s - p + ky
-                        let d = dstRow + r * ow
-                        if iy < 0 || iy >= height || xHi <= xLo {
-                            d.update(repeating: 0, count: ow)
-                            continue
+        let out = UncheckedBox(col)
+        Parallel.chunks(g.inChannels) { channels in
+            let col = out.value
+            for ci in channels {
+                let src = input + ci * height * width
+                for ky in 0..<k {
+                    for kx in 0..<k {
+                        let dstRow = col + ((ci * k + ky) * k + kx) * n
+                        // Output columns whose input column x·s − p + kx lies inside the image.
+                        let xLo = max(0, (p - kx + s - 1) / s)
+                        let xHi = min(ow, (width - 1 + p - kx) / s + 1)  // exclusive
+                        for r in 0..<rows {
+                            let iy = (y0 + r) * s - p + ky
+                            let d = dstRow + r * ow
+                            if iy < 0 || iy >= height || xHi <= xLo {
+                                d.update(repeating: 0, count: ow)
+                                continue
+                            }
+                            if xLo > 0 { d.update(repeating: 0, count: xLo) }
+                            let rowSrc = src + iy * width - p + kx
+                            if s == 1 {
+                                (d + xLo).update(from: rowSrc + xLo, count: xHi - xLo)
+                            } else {
+                                for x in xLo..<xHi { d[x] = rowSrc[x * s] }
+                            }
+                            if xHi < ow { (d + xHi).update(repeating: 0, count: ow - xHi) }
                         }
-                        if xLo > 0 { d.update(repeating: 0, count: xLo) }
-                        let rowSrc = src + iy * width - p + kx
-                        if s == 1 {
-                            (d + xLo).update(from: rowSrc + xLo, count: xHi - xLo)
-                        } else {
-                            for x in xLo..<xHi { d[x] = rowSrc[x * s] }
-                        }
-                        if xHi < ow { (d + xHi).update(repeating: 0, count: ow - xHi) }
                     }
                 }
             }

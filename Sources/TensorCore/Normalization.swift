@@ -18,29 +18,118 @@ public enum Normalization {
         precondition(channels % groups == 0, "GroupNorm: \(channels) channels not divisible by \(groups)")
         let per = channels / groups
         let count = per * spatial
-        for g in 0..<groups {
-            let base = g * per * spatial
-            var sum = 0.0
-            for i in 0..<count { sum += Double(input[base + i]) }
-            let mean = sum / Double(count)
-            var sq = 0.0
-            for i in 0..<count {
-                let d = Double(input[base + i]) - mean
-                sq += d * d
-            }
-            let rstd = 1.0 / (sq / Double(count) + Double(eps)).squareRoot()
-            for c in g * per..<(g + 1) * per {
-                let scale = Float(rstd) * weight[c]
-                let shift = bias[c] - Float(mean * rstd) * weight[c]
-                let src = input + c * spatial
-                let dst = output + c * spatial
-                if silu {
-                    for i in 0..<spatial { dst[i] = Activation.silu(src[i] * scale + shift) }
-                } else {
-                    for i in 0..<spatial { dst[i] = src[i] * scale + shift }
+        var meanRstd = [Double](repeating: 0, count: 2 * groups)
+        meanRstd.withUnsafeMutableBufferPointer { stats in
+            let out = UncheckedBox(stats.baseAddress!)
+            Parallel.chunks(groups) { range in
+                for g in range {
+                    let x = input + g * count
+                    // Sum deviations from the first value: x − x₀ is exact near the data's level,
+                    // so float partial sums see the spread, not a large common offset.
+                    let origin = x[0]
+                    let mean = Double(origin) + sumOfDeviations(x, count: count, from: origin) / Double(count)
+                    let sq = sumOfSquaredDeviations(x, count: count, mean: mean)
+                    out.value[2 * g] = mean
+                    out.value[2 * g + 1] = 1.0 / (sq / Double(count) + Double(eps)).squareRoot()
                 }
             }
         }
+        let stats = UncheckedBox(meanRstd)
+        let dst = UncheckedBox(output)
+        Parallel.chunks(channels) { range in
+            for c in range {
+                let g = c / per
+                let mean = stats.value[2 * g], rstd = stats.value[2 * g + 1]
+                // y = ((x − m) − δ)·(rstd·w) + b with m = mean rounded to float and δ its residual:
+                // x − m is exact for x near the mean, so a large common offset costs no digits
+                // (the folded x·scale + shift form cancels catastrophically there).
+                let m = Float(mean)
+                let delta = Float(mean - Double(m))
+                let scale = Float(rstd) * weight[c]
+                let shift = bias[c]
+                let src = input + c * spatial
+                let d = dst.value + c * spatial
+                let mv = SIMD16<Float>(repeating: m), dv = SIMD16<Float>(repeating: delta)
+                let sv = SIMD16<Float>(repeating: scale), bv = SIMD16<Float>(repeating: shift)
+                // 16 lanes at a time; the tail goes through the same vector code in one lane so
+                // every element gets identical arithmetic wherever it sits.
+                @inline(__always) func normalize(_ v: SIMD16<Float>) -> SIMD16<Float> { ((v - mv) - dv) * sv + bv }
+                if silu {
+                    var i = 0
+                    while i + 16 <= spatial {
+                        let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self)
+                        UnsafeMutableRawPointer(d + i).storeBytes(of: Activation.silu(normalize(v)),
+                                                                  as: SIMD16<Float>.self)
+                        i += 16
+                    }
+                    while i < spatial {
+                        d[i] = Activation.silu(normalize(SIMD16<Float>(repeating: src[i])))[0]
+                        i += 1
+                    }
+                } else {
+                    for i in 0..<spatial { d[i] = normalize(SIMD16<Float>(repeating: src[i]))[0] }
+                }
+            }
+        }
+    }
+
+    /// Values per binary32 partial sum: short runs keep float error ~1e-6 relative before each run
+    /// is added into a binary64 total; 16 independent lanes let the loop vectorise.
+    static let run = 256
+
+    /// Σ (x − origin) in a fixed order: 16-lane float partial sums over runs of ``run``, totalled
+    /// in Double.
+    static func sumOfDeviations(_ x: UnsafePointer<Float>, count: Int, from origin: Float) -> Double {
+        let ov = SIMD16<Float>(repeating: origin)
+        var total = 0.0
+        var i = 0
+        while i < count {
+            let n = min(run, count - i)
+            var lanes = SIMD16<Float>()
+            var j = 0
+            while j + 16 <= n {
+                lanes += UnsafeRawPointer(x + i + j).loadUnaligned(as: SIMD16<Float>.self) - ov
+                j += 16
+            }
+            var partial = Double(lanes.sum())
+            while j < n {
+                partial += Double(x[i + j]) - Double(origin)
+                j += 1
+            }
+            total += partial
+            i += n
+        }
+        return total
+    }
+
+    /// Σ (x − mean)², same order and precision scheme as ``sumOfDeviations(_:count:from:)``.
+    static func sumOfSquaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
+        let m = Float(mean)
+        let mv = SIMD16<Float>(repeating: m)
+        var total = 0.0
+        var i = 0
+        while i < count {
+            let n = min(run, count - i)
+            var lanes = SIMD16<Float>()
+            var j = 0
+            while j + 16 <= n {
+                let d = UnsafeRawPointer(x + i + j).loadUnaligned(as: SIMD16<Float>.self) - mv
+                lanes += d * d
+                j += 16
+            }
+            var partial = Double(lanes.sum())
+            while j < n {
+                let d = Double(x[i + j]) - mean
+                partial += d * d
+                j += 1
+            }
+            total += partial
+            i += n
+        }
+        // The deviations were taken from the float-rounded mean; correct to the exact mean:
+        // Σ(x − μ)² = Σ(x − m)² − n(m − μ)².
+        let shift = Double(m) - mean
+        return max(total - Double(count) * shift * shift, 0)
     }
 
     /// LayerNorm over the last axis of `[rows × width]` (biased variance). `output` may alias `input`.

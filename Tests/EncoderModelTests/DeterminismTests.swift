@@ -1,9 +1,8 @@
 import Testing
-import TensorCore
 @testable import EncoderModel
 
-/// Same bytes for every batch split, order and repetition (fixed thread count).
-@Suite(.serialized) struct DeterminismTests {
+/// Same bytes for every batch split, order and repetition.
+@Suite struct DeterminismTests {
     @Test(arguments: ["tiny", "tiny-iso", "tiny-vae-vq"])
     func batchSplitsGiveIdenticalBytes(_ name: String) throws {
         let encoder = MergeTokEncoder(weights: try Fixture.weights(case: name))

@@ -1,0 +1,154 @@
+import Foundation
+import Testing
+@testable import TensorCore
+
+/// Kernels against naive binary64 loops.
+@Suite struct KernelTests {
+    struct Rng {
+        var state: UInt64
+        mutating func next() -> Float {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(state >> 40) / Float(1 << 24) * 2 - 1
+        }
+        mutating func array(_ n: Int) -> [Float] { (0..<n).map { _ in next() } }
+    }
+
+    static let geometries: [ConvGeometry] = [
+        ConvGeometry(inChannels: 5, outChannels: 7, kernel: 3, stride: 1, padding: 1),   // row-shift path
+        ConvGeometry(inChannels: 4, outChannels: 500, kernel: 3, stride: 1, padding: 1), // im2col path
+        ConvGeometry(inChannels: 4, outChannels: 6, kernel: 3, stride: 2, padding: 1),
+        ConvGeometry(inChannels: 6, outChannels: 3, kernel: 1),
+        ConvGeometry(inChannels: 3, outChannels: 8, kernel: 4, stride: 4),
+    ]
+
+    @Test func bothStrideOnePathsAreTested() {
+        #expect(Conv2D.usesRowShift(Self.geometries[0], height: 40, width: 40))
+        #expect(!Conv2D.usesRowShift(Self.geometries[1], height: 40, width: 40))
+    }
+
+    @Test(arguments: geometries, [false, true])
+    func convolutionMatchesNaive(_ g: ConvGeometry, accumulate: Bool) {
+        var rng = Rng(state: 1)
+        let h = 40, w = 40  // 40 output rows span two 1024-column im2col tiles
+        let input = rng.array(g.inChannels * h * w)
+        let weight = rng.array(g.outChannels * g.inChannels * g.kernel * g.kernel)
+        let bias = rng.array(g.outChannels)
+        let oh = g.outputSide(h), ow = g.outputSide(w)
+        // With accumulate the output starts at 0.5 and must end at 0.5 + conv; without, its NaNs
+        // must all be overwritten.
+        var out = [Float](repeating: accumulate ? 0.5 : .nan, count: g.outChannels * oh * ow)
+        var scratch = [Float](repeating: .nan, count: max(1, Conv2D.scratchCount(g, height: h, width: w)))
+        Conv2D.forward(input, height: h, width: w, geometry: g, weight: weight, bias: bias,
+                       output: &out, scratch: &scratch, accumulate: accumulate)
+        var worst = 0.0
+        for co in 0..<g.outChannels {
+            for y in 0..<oh {
+                for x in 0..<ow {
+                    var acc = Double(bias[co]) + (accumulate ? 0.5 : 0)
+                    for ci in 0..<g.inChannels {
+                        for ky in 0..<g.kernel {
+                            for kx in 0..<g.kernel {
+                                let iy = y * g.stride - g.padding + ky, ix = x * g.stride - g.padding + kx
+                                guard iy >= 0, iy < h, ix >= 0, ix < w else { continue }
+                                acc += Double(weight[((co * g.inChannels + ci) * g.kernel + ky) * g.kernel + kx])
+                                    * Double(input[(ci * h + iy) * w + ix])
+                            }
+                        }
+                    }
+                    let got = Double(out[(co * oh + y) * ow + x])
+                    worst = got.isNaN ? .infinity : max(worst, abs(acc - got))
+                }
+            }
+        }
+        #expect(worst < 1e-5, "max |Δ| \(worst)")
+    }
+
+    /// A large common offset is where a single-pass E[x²] − E[x]² variance falls apart.
+    @Test func groupNormIsAccurateWithLargeMean() {
+        var rng = Rng(state: 2)
+        let c = 64, s = 1000, groups = 32
+        let input = rng.array(c * s).map { 1000 + $0 * 0.01 }
+        let weight = rng.array(c), bias = rng.array(c)
+        var out = [Float](repeating: 0, count: c * s)
+        Normalization.groupNorm(input, channels: c, spatial: s, groups: groups, eps: 1e-6,
+                                weight: weight, bias: bias, output: &out, silu: false)
+        var worst = 0.0
+        let per = c / groups * s
+        for g in 0..<groups {
+            let xs = input[(g * per)..<((g + 1) * per)].map(Double.init)
+            let mean = xs.reduce(0, +) / Double(per)
+            let variance = xs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(per)
+            for i in 0..<per {
+                let ch = (g * per + i) / s
+                let want = (xs[i] - mean) / (variance + 1e-6).squareRoot() * Double(weight[ch]) + Double(bias[ch])
+                worst = max(worst, abs(want - Double(out[g * per + i])))
+            }
+        }
+        #expect(worst < 1e-4, "max |Δ| \(worst)")
+    }
+
+    @Test func groupNormWithSiLUMatchesScalar() {
+        var rng = Rng(state: 3)
+        let c = 32, s = 256
+        let input = rng.array(c * s).map { $0 * 5 }
+        let weight = rng.array(c), bias = rng.array(c)
+        var fused = [Float](repeating: 0, count: c * s)
+        var plain = [Float](repeating: 0, count: c * s)
+        Normalization.groupNorm(input, channels: c, spatial: s, groups: 32, eps: 1e-6, weight: weight, bias: bias,
+                                output: &fused, silu: true)
+        Normalization.groupNorm(input, channels: c, spatial: s, groups: 32, eps: 1e-6, weight: weight, bias: bias,
+                                output: &plain, silu: false)
+        for i in 0..<(c * s) {
+            let want = Activation.silu(plain[i])
+            #expect(abs(fused[i] - want) <= 4e-7 * max(1, abs(want)), "element \(i)")
+        }
+    }
+
+    @Test func vectorExpIsWithinAFewUlp() {
+        var worst: Float = 0
+        var x: Float = -87
+        while x < 88 {
+            let got = Activation.exp(SIMD16<Float>(repeating: x))[0]
+            let want = Foundation.exp(Double(x))
+            worst = max(worst, Float(abs(Double(got) - want) / want))
+            x += 0.0173
+        }
+        #expect(worst < 4e-7, "max relative error \(worst)")
+        #expect(Activation.silu(SIMD16<Float>(repeating: -200))[0] == 0)
+    }
+
+    @Test func attentionMatchesNaive() {
+        var rng = Rng(state: 4)
+        let t = 9, c = 8, heads = 2, d = c / heads
+        let qkv = rng.array(t * 3 * c)
+        let logSizes = (0..<t).map { Float(Foundation.log(Double($0 % 3 + 1))) }
+        var out = [Float](repeating: 0, count: t * c)
+        var scores = [Float](repeating: 0, count: Attention.scratchCount(tokens: t))
+        Attention.forward(qkv: qkv, tokens: t, width: c, heads: heads, logSizes: logSizes, output: &out,
+                          scores: &scores)
+        for h in 0..<heads {
+            for i in 0..<t {
+                var logits = (0..<t).map { j -> Double in
+                    var dot = 0.0
+                    for k in 0..<d { dot += Double(qkv[i * 3 * c + h * d + k]) * Double(qkv[j * 3 * c + c + h * d + k]) }
+                    return dot / Double(d).squareRoot() + Double(logSizes[j])
+                }
+                let mx = logits.max()!
+                logits = logits.map { Foundation.exp($0 - mx) }
+                let total = logits.reduce(0, +)
+                for k in 0..<d {
+                    var o = 0.0
+                    for j in 0..<t { o += logits[j] / total * Double(qkv[j * 3 * c + 2 * c + h * d + k]) }
+                    #expect(abs(o - Double(out[i * c + h * d + k])) < 1e-5)
+                }
+            }
+        }
+    }
+
+    @Test func threadCountIsSettable() {
+        let before = BLAS.threadCount
+        BLAS.setThreadCount(1)
+        #expect(BLAS.threadCount == 1)
+        BLAS.setThreadCount(before)
+    }
+}
