@@ -58,12 +58,14 @@ struct ModelInfo: ParsableCommand {
             object["kept_tokens"] = c.keptTokens
             object["merge_schedule"] = schedule.effective
             object["untrained"] = untrained
+            object["metadata"] = weights.metadata.filter { $0.key != EncoderConfig.metadataKey }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
             print(String(decoding: data, as: UTF8.self))
             return
         }
+        let preset = weights.metadata["mtok.preset"].map { "  preset \($0)" } ?? ""
         print("""
-        file            \(file)\(untrained ? "  (UNTRAINED random weights)" : "")
+        file            \(file)\(untrained ? "  (UNTRAINED random weights)" : "")\(preset)
         resolution      \(c.resolution)
         ch              \(c.ch)
         ch_mult         \(c.chMult)
