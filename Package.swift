@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "EncoderModelTests", dependencies: ["EncoderModel", "TensorCore", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
-        .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TestSupport"],
+        .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TensorFiles", "TestSupport"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "ReaderTests", dependencies: ["ShardReader", "ShardWriter", "ShardFormat", "TestSupport"],
                     swiftSettings: swiftSettings),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EncoderModel
 import Foundation
+import ImageDecoding
 import TensorCore
 import TensorFiles
 
@@ -10,13 +11,14 @@ struct EncodeCommand: ParsableCommand {
         commandName: "encode",
         abstract: "Encode inputs to latents [K,z], indices [K] and merge groups [N].",
         discussion: """
-        INPUT is a .npy float32 array [3,R,R] in [-1,1], taken as the exact encoder input. \
-        Several inputs give tensors with a leading batch axis. The output format follows the \
+        INPUT is an image (JPEG or PNG, decoded and cropped as `mtok tokenize` does: --crop, view 0) \
+        or a .npy float32 array [3,R,R] in [-1,1], taken as the exact encoder input. Several inputs give tensors with a leading batch axis. The output format follows the \
         extension of --out: .safetensors, .npz or .json. With a VAE head, `logvar` [K,z] is \
         written too.
         """)
 
-    @Argument(help: "Input .npy files (float32 [3,R,R]).") var inputs: [String]
+    @Argument(help: "Images, or .npy files (float32 [3,R,R]).") var inputs: [String]
+    @Option(help: "Crop for image inputs: adm or resize-center.") var crop = "adm"
     @Option(help: "Encoder weights (.safetensors).") var model: String
     @Option(help: "Expected input side R; must equal the model's resolution.") var resolution: Int?
     @Option(help: "Output file: .safetensors, .npz or .json.") var out: String
@@ -27,9 +29,7 @@ struct EncodeCommand: ParsableCommand {
             throw ValidationError("--out must end in .safetensors, .npz or .json")
         }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-        for input in inputs where !input.hasSuffix(".npy") {
-            throw ValidationError("\(input): only .npy inputs are supported until image preprocessing is wired in")
-        }
+        guard CropMode(rawValue: crop) != nil else { throw ValidationError("--crop must be adm or resize-center") }
     }
 
     func run() throws {
@@ -39,7 +39,16 @@ struct EncodeCommand: ParsableCommand {
         if let resolution, resolution != config.resolution {
             throw ValidationError("--resolution \(resolution) differs from the model's \(config.resolution)")
         }
-        let images = try inputs.map { try Self.readInput($0, resolution: config.resolution) }
+        let preprocessor = Preprocessor(resolution: config.resolution, crop: CropMode(rawValue: crop)!)
+        let images: [[Float]]
+        do {
+            images = try inputs.map { path in
+                path.hasSuffix(".npy") ? try Self.readInput(path, resolution: config.resolution)
+                                       : try preprocessor.preprocessFile(atPath: path).floatCHW()
+            }
+        } catch let e as ImageDecodingError {
+            throw fail("\(e)")
+        }
         let encoder = MergeTokEncoder(weights: weights)
         let results = try encoder.encode(batch: images)
         let tensors = Self.tensors(results, config: config, batched: inputs.count > 1)

@@ -1,5 +1,6 @@
 import Foundation
 import ShardReader
+import TensorFiles
 import TestSupport
 import Testing
 
@@ -167,6 +168,24 @@ struct TokenizeCLITests {
         if run.signalled { #expect(run.status == 130 || run.status == 0) }
         #expect(try tokenize(data, model, dir + "/stopped", ["--batch-size", "2"]).status == 0)
         #expect(try digest(dir + "/stopped") == (try digest(dir + "/clean")))
+    }
+
+    /// `mtok encode IMAGE` and `mtok tokenize` see the same pixels and produce the same tokens.
+    @Test func encodeOfAnImageMatchesTheTokenizedRecord() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        #expect(try tokenize(data, model, dir + "/cache", ["--views", "center", "--latent-dtype", "f32"]).status == 0)
+        let image = data + "/objects/0_coffee.jpg"
+        let r = try TestSupport.mtok(["encode", image, "--model", model, "--out", dir + "/one.safetensors"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let blob = try [UInt8](Data(contentsOf: URL(fileURLWithPath: dir + "/one.safetensors")))
+        let (tensors, _) = try blob.withUnsafeBytes { try Safetensors.decode($0) }
+        let encoded = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
+        let record = try #require(try TokenCache(path: dir + "/cache").record(id: "objects/0_coffee.jpg"))
+        #expect(encoded["latents"]?.bytes == record.latents.bytes)
+        #expect(encoded["indices"].map { $0.bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt32.self)) } } == record.indicesAsUInt32())
+        #expect(encoded["groups"].map { $0.bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)).map(UInt32.init) } } == record.groupsAsUInt32())
     }
 
     @Test func badSetupIsRefusedBeforeAnyWork() throws {
