@@ -51,10 +51,13 @@ def tokenize(mtok, data, model, out, res, threads, batch=8):
     return images / secs, rss
 
 
-def encoder_only(mtok, model, threads, batch=8, repeats=3):
+def encoder_only(mtok, model, threads, batch=8, calls=3):
+    """Median images/s of `calls` timed encode calls of `batch` images (`mtok bench-encoder`
+    answers one JSON line per "encode" command on stdin, after a warm-up batch)."""
     out = subprocess.run([mtok, "bench-encoder", "--model", model, "--batch", str(batch), "--threads", str(threads),
-                          "--repeats", str(repeats), "--gemm-size", "0"], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["images_per_second"]
+                          "--gemm-size", "64"], input="encode\n" * calls, check=True, capture_output=True, text=True).stdout
+    rates = [json.loads(line)["images_per_second"] for line in out.splitlines() if '"images_per_second"' in line]
+    return statistics.median(rates)
 
 
 def main():
@@ -81,9 +84,12 @@ def main():
     for preset, count in [("tiny", args.tiny_images), ("mergevq-gr-d64-k144", args.paper_images)]:
         model, res = models[preset]
         data = make_dataset(os.path.join(w, f"data-{preset}"), count)
-        e2e = statistics.median(tokenize(args.mtok, data, model, os.path.join(w, "cache"), res, args.threads)[0]
-                                for _ in range(args.repeats))
-        enc = statistics.median(encoder_only(args.mtok, model, args.threads) for _ in range(args.repeats))
+        # Interleaved round by round, so both sides see the same machine load.
+        e2es, encs = [], []
+        for _ in range(args.repeats):
+            e2es.append(tokenize(args.mtok, data, model, os.path.join(w, "cache"), res, args.threads)[0])
+            encs.append(encoder_only(args.mtok, model, args.threads))
+        e2e, enc = statistics.median(e2es), statistics.median(encs)
         rows.append((preset, count, e2e, enc))
 
     print(f"tokenize benchmark: {args.threads} threads, batch 8, one view, medians of {args.repeats}")

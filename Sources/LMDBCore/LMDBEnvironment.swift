@@ -77,6 +77,26 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         return (info.me_last_pgno + 1) * Int(st.ms_psize)
     }
 
+    /// Pages on LMDB's freelist: space a compacting copy would give back. Each freelist record
+    /// (in the free database, handle 0) is an ID list whose first word is its page count.
+    public func freePageCount() throws -> Int {
+        try read { txn in
+            var total = 0
+            try txn.forEach(LMDBDatabase(dbi: 0)) { _, value in
+                if value.count >= MemoryLayout<Int>.size { total += value.loadUnaligned(as: Int.self) }
+                return true
+            }
+            return total
+        }
+    }
+
+    /// The page size of the environment.
+    public var pageSize: Int {
+        var st = MDB_stat()
+        mdb_env_stat(env, &st)
+        return Int(st.ms_psize)
+    }
+
     /// Flushes written data to disk (`mdb_env_sync` with force).
     public func sync() throws(LMDBError) {
         try check(mdb_env_sync(env, 1), "mdb_env_sync")

@@ -1,6 +1,9 @@
 import Crypto
 import TensorFiles
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 public import Foundation
 internal import LMDBCore
 import ShardFormat
@@ -336,18 +339,27 @@ public enum CacheVerifier {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// SHA-256 and size of a file, hashed straight from a read-only mapping (no copy).
+    /// SHA-256 and size of a file, read in 4 MiB blocks into one reused buffer: hashing a 1 GiB
+    /// shard must not add 1 GiB of mapped pages to the process's resident memory.
     public static func sha256(ofFile path: String) throws -> (hex: String, size: Int) {
-        let file: MappedFile
-        do { file = try MappedFile(path: path) } catch { throw CacheError(.io, "\(error)") }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw CacheError(.io, "\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let blockSize = 4 << 20
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 64)
+        defer { buffer.deallocate() }
         var hasher = SHA256()
-        let bytes = file.bytes
-        var offset = 0
-        while offset < bytes.count {
-            let n = min(16 << 20, bytes.count - offset)
-            hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)]))
-            offset += n
+        var size = 0
+        while true {
+            let n = read(fd, buffer, blockSize)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CacheError(.io, "\(path): \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(start: buffer, count: n))
+            size += n
         }
-        return (hex(hasher.finalize()), bytes.count)
+        return (hex(hasher.finalize()), size)
     }
 }

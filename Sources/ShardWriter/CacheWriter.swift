@@ -265,14 +265,20 @@ public final class CacheWriter {
 
     // MARK: Sealing and finishing
 
-    /// Seals the open shard: a compacted copy replaces it, the lock file goes, its SHA-256 enters
-    /// the manifest, and the file becomes read-only. An empty shard is removed instead.
+    /// Seals the open shard: a compacted copy replaces it when more than 1% of its pages are free
+    /// (appends leave few: only each batch's rewritten partial chunk), the lock file goes, its
+    /// SHA-256 enters the manifest, and the file becomes read-only. An empty shard is removed.
     func sealCurrent() throws {
         guard let shard = current else { return }
         let file = shard.file
         let path = root + "/" + file
         let isEmpty = shard.count == 0
-        if !isEmpty { try shard.compact(to: path + ".compact") }
+        // Compacting reads every page through LMDB's map (peak memory grows by the file's size),
+        // so it runs only when it pays.
+        let compacts = !isEmpty && shard.freeFraction() > 0.01
+        if compacts { try shard.compact(to: path + ".compact") } else if !isEmpty {
+            do { try shard.env.sync() } catch { throw CacheError(.io, "\(error)", at: CacheLocation(shard: file)) }
+        }
         current = nil  // closes the environment before the file is replaced
         let fm = FileManager.default
         try? fm.removeItem(atPath: path + "-lock")
@@ -283,8 +289,10 @@ public final class CacheWriter {
             try manifest.write(toCache: root)
             return
         }
-        guard rename(path + ".compact", path) == 0 else {
-            throw CacheError(.io, "rename: \(String(cString: strerror(errno)))", at: CacheLocation(shard: file))
+        if compacts {
+            guard rename(path + ".compact", path) == 0 else {
+                throw CacheError(.io, "rename: \(String(cString: strerror(errno)))", at: CacheLocation(shard: file))
+            }
         }
         AtomicFile.syncDirectory(of: path)
         let (digest, size) = try CacheVerifier.sha256(ofFile: path)

@@ -152,6 +152,12 @@ final class WritableShard {
         try txn.put(digests, key: ShardLayout.chunkKey(chunk), value: digestBytes)
     }
 
+    /// The fraction of the file's pages that are free (what compaction would give back).
+    func freeFraction() -> Double {
+        guard let free = try? env.freePageCount() else { return 1 }
+        return Double(free * env.pageSize) / Double(max(1, env.usedBytes))
+    }
+
     func compact(to path: String) throws {
         try? FileManager.default.removeItem(atPath: path)
         do { try env.copyCompacted(to: path) } catch { throw CacheError(.io, "\(error)", at: CacheLocation(shard: file)) }

@@ -161,6 +161,32 @@ struct CrossLanguageTests {
         try expectSame(dump, cache)
     }
 
+    /// A PyTorch job on each of two ranks writes its part with the Python writer; `mtok merge`
+    /// joins them into one cache that verifies and holds every record once, in rank order.
+    @Test func pythonWrittenPartsMergeIntoOneCache() throws {
+        let root = try TestSupport.temporaryDirectory() + "/cache"
+        let write = """
+            import sys, numpy as np, mtokcache
+            root = sys.argv[1]
+            for rank in range(2):
+                rng = np.random.default_rng(rank)
+                with mtokcache.Writer("%s/parts/rank-%05d" % (root, rank), settings={"from": "python"},
+                                      part=(rank, 2), records_per_chunk=4) as w:
+                    for i in range(rank * 10, rank * 10 + 10):
+                        w.append(id="img/%02d" % i, latents=rng.standard_normal((9, 4)).astype(np.float32),
+                                 indices=rng.integers(0, 512, 9).astype(np.uint32),
+                                 groups=rng.integers(0, 9, 16).astype(np.uint8))
+            """
+        guard let w = try Py.run(write, [root]) else { return }
+        try #require(w.status == 0, "python writer failed: \(w.stderr)")
+        let merged = try TestSupport.mtok(["merge", root])
+        #expect(merged.status == 0, "\(merged.stderr)")
+        #expect(try TestSupport.mtok(["verify", root, "--deep"]).status == 0)
+        let cache = try TokenCache(path: root)
+        #expect(cache.count == 20 && cache.manifest.part == nil)
+        #expect(try (0..<20).map { try cache.record(at: $0).id } == (0..<20).map { String(format: "img/%02d", $0) })
+    }
+
     /// Ids with quotes, backslashes, control-free Unicode and JSON escapes take the strict header
     /// parser instead of the stream's metadata scan; both must give the same records.
     @Test func streamReadsIdsThatNeedTheStrictParser() throws {

@@ -70,10 +70,13 @@ class Writer:
     - latent_dtype: "bf16", "f16" or "f32"; float inputs are converted (bf16 rounds to nearest
       even), uint16 inputs with latent_dtype "bf16" are taken as bf16 bit patterns.
     - records_per_chunk: R of FORMAT 3.1; shard_cap_bytes: seal a shard past this size.
+    - part: (rank, world_size) when this cache is one rank's part of a scaled-out run, written to
+      CACHE/parts/rank-NNNNN; `mtok merge CACHE` joins the parts (FORMAT 6.3).
     """
 
     def __init__(self, path, settings=None, latent_dtype="bf16", records_per_chunk=16, compression_level=3,
-                 shuffle="byte-planes", shard_cap_bytes=1 << 30, classes=None, created_by="mtokcache (Python)"):
+                 shuffle="byte-planes", shard_cap_bytes=1 << 30, classes=None, created_by="mtokcache (Python)",
+                 part=None):
         if latent_dtype not in ("bf16", "f16", "f32"):
             raise ValueError("latent_dtype must be bf16, f16 or f32")
         if not (1 <= records_per_chunk <= 65536):
@@ -99,6 +102,11 @@ class Writer:
         self.cap = shard_cap_bytes
         self.classes = classes
         self.created_by = created_by
+        if part is not None:
+            rank, world_size = part
+            if not (0 <= rank < world_size):
+                raise ValueError("part must be (rank, world_size) with 0 <= rank < world_size")
+        self.part = part
         self._cctx = zstandard.ZstdCompressor(level=compression_level, write_checksum=True, write_content_size=True)
         self._seen = set()
         self._digest = hashlib.sha256()
@@ -242,6 +250,8 @@ class Writer:
              "shard_cap_bytes": self.cap, "settings": self.settings}
         if self.classes is not None:
             m["classes"] = list(self.classes)
+        if self.part is not None:
+            m["part"] = {"rank": self.part[0], "world_size": self.part[1]}
         m["shards"] = shards
         m["totals"] = {"records": sum(s["records"] for s in shards),
                        "payload_bytes": sum(s["payload_bytes"] for s in shards),
