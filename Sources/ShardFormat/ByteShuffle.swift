@@ -44,9 +44,19 @@ public enum ByteShuffle {
         return [UInt8](unsafeUninitializedCapacity: planes.count) { out, count in
             let src = planes.baseAddress!.assumingMemoryBound(to: UInt8.self)
             if s == 2 {
+                // Sixteen elements at a time: widen each plane's bytes and merge them.
                 let dst = UnsafeMutableRawPointer(out.baseAddress!)
-                for i in 0..<n {
+                let raw = UnsafeRawPointer(src)
+                var i = 0
+                while i + 16 <= n {
+                    let lo = SIMD16<UInt16>(truncatingIfNeeded: raw.loadUnaligned(fromByteOffset: i, as: SIMD16<UInt8>.self))
+                    let hi = SIMD16<UInt16>(truncatingIfNeeded: raw.loadUnaligned(fromByteOffset: n + i, as: SIMD16<UInt8>.self))
+                    dst.storeBytes(of: lo | (hi &<< 8), toByteOffset: 2 * i, as: SIMD16<UInt16>.self)
+                    i += 16
+                }
+                while i < n {
                     dst.storeBytes(of: UInt16(src[i]) | UInt16(src[n + i]) << 8, toByteOffset: 2 * i, as: UInt16.self)
+                    i += 1
                 }
             } else {
                 for j in 0..<s {

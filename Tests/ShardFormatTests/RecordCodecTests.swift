@@ -132,6 +132,19 @@ struct RecordCodecTests {
         }
     }
 
+    @Test(arguments: [(2, 0), (2, 1), (2, 15), (2, 16), (2, 37), (4, 19), (8, 5)])
+    func bytePlanesRoundTrip(elementSize: Int, count: Int) {
+        let bytes = (0..<(elementSize * count)).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        var planes: [UInt8] = [9]  // appends after what is there
+        ByteShuffle.appendPlanes(of: bytes, elementSize: elementSize, to: &planes)
+        #expect(planes.count == bytes.count + 1 && planes[0] == 9)
+        for i in 0..<count {
+            for j in 0..<elementSize { #expect(planes[1 + j * count + i] == bytes[i * elementSize + j]) }
+        }
+        let back = planes.withUnsafeBytes { ByteShuffle.joinPlanes(UnsafeRawBufferPointer(rebasing: $0[1...]), elementSize: elementSize) }
+        #expect(back == bytes)
+    }
+
     @Test func byteShuffleRoundTripsAndGroupsBytePlanes() throws {
         let r = makeRecord(latent: .f32, k: 4, c: 2)
         let payload = RecordCodec.encode(r)
