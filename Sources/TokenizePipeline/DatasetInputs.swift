@@ -38,6 +38,27 @@ public struct DatasetInputs: Sendable {
     /// Reads `input`: a `.jsonl` or `.csv` list, an ImageFolder tree (class sub-folders, labels =
     /// index in the sorted folder names, as torchvision's `ImageFolder`), or a flat folder.
     public static func scan(_ input: String) throws -> DatasetInputs {
+        let inputs = try scanUnchecked(input)
+        try inputs.checkIds(source: input)
+        return inputs
+    }
+
+    /// Every id must be usable as a cache key (1...508 UTF-8 bytes, no NUL) and appear once:
+    /// found here, before any work, rather than when the writer refuses a batch hours later.
+    func checkIds(source: String) throws {
+        var seen = [String: Int]()
+        for (n, item) in items.enumerated() {
+            let size = item.id.utf8.count
+            guard size > 0, size <= 508, !item.id.utf8.contains(0) else {
+                throw ScanError(path: source, reason: "input \(n + 1) has an unusable id (1 to 508 UTF-8 bytes, no NUL): \"\(item.id.prefix(60))\"")
+            }
+            if let first = seen.updateValue(n, forKey: item.id) {
+                throw ScanError(path: source, reason: "id \"\(item.id)\" is given to inputs \(first + 1) and \(n + 1)")
+            }
+        }
+    }
+
+    static func scanUnchecked(_ input: String) throws -> DatasetInputs {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: input, isDirectory: &isDir) else {
             throw ScanError(path: input, reason: "does not exist")

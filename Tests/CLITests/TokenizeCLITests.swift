@@ -188,6 +188,31 @@ struct TokenizeCLITests {
         #expect(encoded["groups"].map { $0.bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)).map(UInt32.init) } } == record.groupsAsUInt32())
     }
 
+    /// JSONL and CSV lists: paths relative to the list, ids and labels as given, in list order;
+    /// a flat folder gets ids from file names and no labels.
+    @Test func listsAndFlatFoldersNumberRecordsAsGiven() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        try Data(("{\"path\": \"data/science/0_moon.jpg\", \"id\": \"moon\", \"label\": 7}\n"
+                  + "{\"path\": \"data/animals/0_chelsea.jpg\"}\n").utf8).write(to: URL(fileURLWithPath: dir + "/list.jsonl"))
+        try Data("path,label,id\ndata/people/0_camera.jpg,2,cam\ndata/objects/0_rocket.jpg,,\n".utf8)
+            .write(to: URL(fileURLWithPath: dir + "/list.csv"))
+        #expect(try tokenize(dir + "/list.jsonl", model, dir + "/j", ["--views", "center"]).status == 0)
+        #expect(try tokenize(dir + "/list.csv", model, dir + "/c", ["--views", "center"]).status == 0)
+        let j = try TokenCache(path: dir + "/j"), c = try TokenCache(path: dir + "/c")
+        #expect(try (0..<2).map { try j.record(at: $0).id } == ["moon", "data/animals/0_chelsea.jpg"])
+        #expect(try (0..<2).map { try j.record(at: $0).label } == [7, -1])
+        #expect(try (0..<2).map { try c.record(at: $0).id } == ["cam", "data/objects/0_rocket.jpg"])
+        #expect(try (0..<2).map { try c.record(at: $0).label } == [2, -1])
+        #expect(j.manifest.classes == nil)
+        let flat = data + "/science"
+        #expect(try tokenize(flat, model, dir + "/f", ["--views", "center"]).status == 0)
+        let f = try TokenCache(path: dir + "/f")
+        #expect(try (0..<f.count).map { try f.record(at: $0).id } == ["0_hubble_deep_field.jpg", "0_immunohistochemistry.jpg", "0_moon.jpg", "0_retina.jpg"])
+        #expect(try f.record(at: 0).label == -1)
+    }
+
     @Test func badSetupIsRefusedBeforeAnyWork() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
@@ -201,5 +226,12 @@ struct TokenizeCLITests {
         let other = try tokenize(data, model, dir + "/z", ["--views", "center,hflip"])
         #expect(other.status == 1 && other.stderr.contains("other settings"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/x/manifest.json"))
+        // A list that gives one id to two inputs is refused up front, naming the id.
+        let list = dir + "/list.jsonl"
+        try Data((#"{"path": "\#(data)/animals/0_chelsea.jpg", "id": "same", "label": 1}"# + "\n"
+                  + #"{"path": "\#(data)/people/0_camera.jpg", "id": "same"}"# + "\n").utf8).write(to: URL(fileURLWithPath: list))
+        let dup = try tokenize(list, model, dir + "/w")
+        #expect(dup.status == 1 && dup.stderr.contains("\"same\"") && dup.stderr.contains("inputs 1 and 2"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/w/manifest.json"))
     }
 }
