@@ -8,6 +8,11 @@ import TensorCore
 /// so results do not depend on batch size or split. Matrix work runs on OpenBLAS with
 /// ``BLAS/threadCount`` threads (set it with ``BLAS/setThreadCount(_:)``).
 public final class MergeTokEncoder: Sendable {
+    /// Identifies the arithmetic of this implementation: bump it with any change that can alter
+    /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
+    /// that computes differently is refused instead of mixing the two.
+    public static let arithmeticRevision = 1
+
     public let weights: EncoderWeights
     public let config: EncoderConfig
     public let schedule: MergeSchedule

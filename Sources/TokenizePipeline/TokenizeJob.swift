@@ -137,6 +137,7 @@ public final class TokenizeJob {
             ("model", .object([
                 ("config", config),
                 ("weights_sha256", .string(weightsHash)),
+                ("arithmetic_revision", .number(Double(MergeTokEncoder.arithmeticRevision))),
                 ("metadata", .object(provenance.map { ($0.key, .string($0.value)) })),
             ])),
             ("preprocessing", .object([
