@@ -69,7 +69,7 @@ let package = Package(
 
         // Tests: one target per library plus end-to-end CLI runs.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: swiftSettings),
-        .testTarget(name: "ShardFormatTests", dependencies: ["ShardFormat", "TensorFiles", "TestSupport"],
+        .testTarget(name: "ShardFormatTests", dependencies: ["ShardFormat", "TensorFiles", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
                     swiftSettings: swiftSettings),
         .testTarget(name: "ShardStoreTests", dependencies: ["ShardReader", "ShardWriter", "ShardFormat", "LMDBCore",
                                                             "ZstdCore", "TestSupport"],

@@ -67,15 +67,9 @@ public enum ByteShuffle {
         }
     }
 
-    public static func shuffle(_ payload: [UInt8]) throws(FormatError) -> [UInt8] {
-        try transform(payload, forward: true)
-    }
-
-    public static func unshuffle(_ stored: [UInt8]) throws(FormatError) -> [UInt8] {
-        try transform(stored, forward: false)
-    }
-
-    static func transform(_ input: [UInt8], forward: Bool) throws(FormatError) -> [UInt8] {
+    /// The payload of a stored frame's content: the header as it is, each tensor's planes joined.
+    /// (Writers build the stored form tensor by tensor: `RecordCodec.encodeForStorage`.)
+    public static func unshuffle(_ input: [UInt8]) throws(FormatError) -> [UInt8] {
         let parsed: Result<SafetensorsHeader, SafetensorsError> = input.withUnsafeBytes { raw in
             Result { () throws(SafetensorsError) in try Safetensors.parseHeader(raw) }
         }
@@ -91,8 +85,6 @@ public enum ByteShuffle {
                 let slice = UnsafeRawBufferPointer(rebasing: src[(header.dataOffset + e.byteRange.lowerBound)..<(header.dataOffset + e.byteRange.upperBound)])
                 if e.dtype.byteSize == 1 {
                     out.append(contentsOf: slice)
-                } else if forward {
-                    appendPlanes(of: slice, elementSize: e.dtype.byteSize, to: &out)
                 } else {
                     out.append(contentsOf: joinPlanes(slice, elementSize: e.dtype.byteSize))
                 }

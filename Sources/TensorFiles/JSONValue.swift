@@ -246,27 +246,6 @@ extension JSONValue {
         }
         out.append(UInt8(ascii: "\""))
     }
-
-    /// Serializes a JSON string literal (with quotes), escaping what RFC 8259 requires.
-    public static func quoted(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    out += "\\u00" + String(u.value >> 4, radix: 16) + String(u.value & 0xF, radix: 16)
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
-    }
 }
 
 extension JSONValue: Codable {

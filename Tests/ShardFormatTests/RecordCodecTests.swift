@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import ShardFormat
 import TensorFiles
@@ -145,12 +146,16 @@ struct RecordCodecTests {
         #expect(back == bytes)
     }
 
-    @Test func byteShuffleRoundTripsAndGroupsBytePlanes() throws {
+    /// What the writer stores: the payload with byte planes, and the SHA-256 of the plain payload.
+    @Test func storedFormUnshufflesToThePayload() throws {
         let r = makeRecord(latent: .f32, k: 4, c: 2)
         let payload = RecordCodec.encode(r)
-        let shuffled = try ByteShuffle.shuffle(payload)
-        #expect(shuffled != payload)
+        let (shuffled, digest, size) = RecordCodec.encodeForStorage(r, shuffled: true)
+        #expect(shuffled != payload && size == payload.count)
+        #expect(digest == Array(SHA256.hash(data: payload)))
         #expect(try ByteShuffle.unshuffle(shuffled) == payload)
+        #expect(RecordCodec.encodeForStorage(r, shuffled: false).stored == payload)
+        #expect(try shuffled.withUnsafeBytes { try RecordCodec.decode($0, shuffled: true) } == r)
         // First plane of the latents holds byte 0 of each of the 8 floats.
         let header = try payload.withUnsafeBytes { try Safetensors.parseHeader($0) }
         let base = header.dataOffset + header.entry("latents")!.byteRange.lowerBound
