@@ -39,7 +39,7 @@ enum Py {
 /// Writes a Swift cache of `count` synthetic records, in several shards and chunks.
 func writeSwiftCache(_ path: String, count: Int, latent: String = "bf16", logvar: Bool = false, u32Indices: Bool = true,
                      u16Groups: Bool = true, shuffle: Bool = true, recordsPerChunk: Int = 4, shardCap: Int = 8 << 10,
-                     tokens: Int = 16, channels: Int = 4, patches: Int = 24) throws {
+                     tokens: Int = 16, channels: Int = 4, patches: Int = 24, finish: Bool = true) throws {
     var gen = SyntheticRecords()
     gen.tokens = tokens
     gen.patches = patches
@@ -61,7 +61,7 @@ func writeSwiftCache(_ path: String, count: Int, latent: String = "bf16", logvar
         try writer.append((i..<(i + n)).map(gen.record))
         i += n
     }
-    _ = try writer.finish()
+    if finish { _ = try writer.finish() }
 }
 
 func bytes(base64 text: Any?) -> [UInt8] {
@@ -185,6 +185,35 @@ struct CrossLanguageTests {
         let cache = try TokenCache(path: root)
         #expect(cache.count == 20 && cache.manifest.part == nil)
         #expect(try (0..<20).map { try cache.record(at: $0).id } == (0..<20).map { String(format: "img/%02d", $0) })
+    }
+
+    /// A Swift writer stops mid-chunk without finishing; a Python job resumes the cache, appends
+    /// and finishes it: nothing Swift committed is lost and `mtok verify --deep` accepts the result.
+    @Test func pythonResumesWhatSwiftLeft() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 37, recordsPerChunk: 4, shardCap: 24 << 10, finish: false)
+        let script = """
+            import sys, numpy as np, mtokcache
+            path = sys.argv[1]
+            settings = mtokcache.open(path).manifest["settings"]
+            rng = np.random.default_rng(9)
+            with mtokcache.Writer(path, settings=settings, resume=True) as w:
+                assert w.committed == 37, w.committed
+                assert w._pending_committed > 0 and len(w._shards) > 0, "wanted a sealed shard and a partial chunk"
+                for i in range(20):
+                    w.append(id="py/%02d" % i, latents=rng.standard_normal((16, 4)).astype(np.float32),
+                             indices=rng.integers(0, 512, 16).astype(np.uint32),
+                             groups=rng.integers(0, 16, 24).astype(np.uint16))
+            """
+        guard let w = try Py.run(script, [dir]) else { return }
+        try #require(w.status == 0, "python writer failed: \(w.stderr)")
+        let verify = try TestSupport.mtok(["verify", dir, "--deep"])
+        #expect(verify.status == 0, "mtok verify --deep: \(verify.stdout) \(verify.stderr)")
+        let cache = try TokenCache(path: dir)
+        #expect(cache.count == 57 && cache.manifest.complete)
+        #expect(try cache.record(at: 37).id == "py/00")
+        guard let dump = try Py.json(Self.dumpScript, [dir]) as? [String: Any] else { return }
+        try expectSame(dump, cache)
     }
 
     /// Ids with quotes, backslashes, control-free Unicode and JSON escapes take the strict header

@@ -8,11 +8,12 @@ Schemas/STREAM.md. Depends on numpy, lmdb and zstandard; `mtokcache.torch` needs
 """
 
 from .errors import (BadRecordError, CacheError, CorruptRecordError, MissingShardError, NotACacheError,
-                     ShapeMismatchError, ShardMismatchError, UnknownVersionError)
+                     SettingsMismatchError, ShapeMismatchError, ShardMismatchError, UnknownVersionError)
 from .reader import Cache, open
 from .writer import Writer
 from . import order
 
 __all__ = ["Cache", "open", "Writer", "order", "CacheError", "NotACacheError", "UnknownVersionError",
-           "MissingShardError", "ShardMismatchError", "CorruptRecordError", "BadRecordError", "ShapeMismatchError"]
+           "MissingShardError", "ShardMismatchError", "CorruptRecordError", "BadRecordError", "ShapeMismatchError",
+           "SettingsMismatchError"]
 __version__ = "0.1.0"

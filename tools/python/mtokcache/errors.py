@@ -21,6 +21,12 @@ class UnknownVersionError(CacheError):
     kind = "unknown format version"
 
 
+class SettingsMismatchError(CacheError):
+    """A writer asked to continue a cache that was written with other settings or as another part."""
+
+    kind = "settings differ"
+
+
 class MissingShardError(CacheError):
     kind = "missing shard"
 

@@ -4,8 +4,9 @@
         for ...:
             w.append(id="n01440764/x.JPEG", latents=lat, indices=idx, groups=grp, label=0)
 
-The result is a complete cache that `mtok verify --deep` accepts. This writer starts a new cache;
-it does not resume an interrupted one (the Swift writer does).
+The result is a complete cache that `mtok verify --deep` accepts. A job that died (even by
+SIGKILL) continues with `Writer(path, ..., resume=True)`: `w.committed` is where to go on from;
+what was committed before is kept (FORMAT 6.2), including caches the Swift writer left.
 """
 
 import fcntl
@@ -18,7 +19,8 @@ import lmdb
 import numpy as np
 import zstandard
 
-from .reader import FORMAT, FORMAT_VERSION, RECORD_FORMAT, SHARD_FORMAT
+from .errors import SettingsMismatchError, ShardMismatchError
+from .reader import FORMAT, FORMAT_VERSION, RECORD_FORMAT, SHARD_FORMAT, Cache
 
 _SAFETENSORS = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<u4"): "U32", np.dtype("<u2"): "U16",
                 np.dtype("u1"): "U8"}
@@ -64,19 +66,32 @@ def _shuffle(payload, data_start, tensors):
     return bytes(out)
 
 
+def _chunk_frames(chunk):
+    """The zstd frames of one stored chunk (FORMAT 3.1: u32 n, n+1 u32 offsets, frames)."""
+    n = struct.unpack_from("<I", chunk)[0]
+    offsets = np.frombuffer(chunk, "<u4", count=n + 1, offset=4)
+    base = 4 + 4 * (n + 1)
+    return [bytes(chunk[base + offsets[i]:base + offsets[i + 1]]) for i in range(n)]
+
+
 class Writer:
-    """Writes records into a new cache at `path` (which must not exist or be empty).
+    """Writes records into a new cache at `path` (which must not exist or be empty), or with
+    resume=True continues the cache there.
 
     - latent_dtype: "bf16", "f16" or "f32"; float inputs are converted (bf16 rounds to nearest
       even), uint16 inputs with latent_dtype "bf16" are taken as bf16 bit patterns.
     - records_per_chunk: R of FORMAT 3.1; shard_cap_bytes: seal a shard past this size.
     - part: (rank, world_size) when this cache is one rank's part of a scaled-out run, written to
       CACHE/parts/rank-NNNNN; `mtok merge CACHE` joins the parts (FORMAT 6.3).
+    - resume: continue the cache at `path` if it has a manifest (a new one otherwise). Its settings
+      and part must equal the given ones; its layout (records_per_chunk, compression, shard cap)
+      wins over the arguments. Append from record `w.committed` on. A manifest's `inputs_done`
+      (the Swift pipeline's resume point) is dropped: this writer does not track inputs.
     """
 
     def __init__(self, path, settings=None, latent_dtype="bf16", records_per_chunk=16, compression_level=3,
                  shuffle="byte-planes", shard_cap_bytes=1 << 30, classes=None, created_by="mtokcache (Python)",
-                 part=None):
+                 part=None, resume=False):
         if latent_dtype not in ("bf16", "f16", "f32"):
             raise ValueError("latent_dtype must be bf16, f16 or f32")
         if not (1 <= records_per_chunk <= 65536):
@@ -84,8 +99,10 @@ class Writer:
         if shuffle not in ("byte-planes", "none"):
             raise ValueError("shuffle must be 'byte-planes' or 'none'")
         self.path = os.fspath(path)
-        if os.path.exists(self.path) and os.listdir(self.path):
-            raise FileExistsError("%s exists and is not empty; this writer only starts new caches" % self.path)
+        resuming = resume and os.path.exists(os.path.join(self.path, "manifest.json"))
+        if not resuming and os.path.exists(self.path) and os.listdir(self.path):
+            raise FileExistsError("%s exists and is not empty; pass resume=True to continue the cache there"
+                                  % self.path)
         os.makedirs(os.path.join(self.path, "shards"), exist_ok=True)
         # FORMAT 1: the single writer holds an advisory lock on .writer.lock while it writes.
         self._lock = open(os.path.join(self.path, ".writer.lock"), "a+")
@@ -107,14 +124,113 @@ class Writer:
             if not (0 <= rank < world_size):
                 raise ValueError("part must be (rank, world_size) with 0 <= rank < world_size")
         self.part = part
-        self._cctx = zstandard.ZstdCompressor(level=compression_level, write_checksum=True, write_content_size=True)
         self._seen = set()
         self._digest = hashlib.sha256()
         self._shards = []  # manifest entries of finished shards
         self._env = None
+        self._count = 0  # records committed to the open shard
         self._pending = []  # (frame, sha256, id key, payload size) of the chunk being filled
+        self._pending_committed = 0  # how many of them are already in the shard (a resumed partial chunk)
         self._finished = False
-        self._write_manifest(complete=False)
+        try:
+            if resuming:
+                self._resume()
+            self._cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=True, write_content_size=True)
+            self._write_manifest(complete=False)
+        except BaseException:
+            if self._env is not None:
+                self._env.close()
+            self._unlock()
+            raise
+
+    @property
+    def committed(self):
+        """Records that are durable: a writer that dies now keeps exactly these."""
+        return sum(s["records"] for s in self._shards) + self._count
+
+    def __len__(self):
+        """Records appended so far, committed or still pending."""
+        return self.committed + len(self._pending) - self._pending_committed
+
+    # -- resuming (FORMAT 6.2) -------------------------------------------------------------------
+
+    def _resume(self):
+        m = Cache(self.path).manifest  # refuses what is not a cache or of an unknown version
+        if m.get("settings", {}) != self.settings:
+            raise SettingsMismatchError("%s was written with other settings: %s" % (self.path, json.dumps(m.get("settings"))))
+        part = m.get("part")
+        want = None if self.part is None else {"rank": self.part[0], "world_size": self.part[1]}
+        if part != want:
+            raise SettingsMismatchError("%s is part %r of a scaled-out run, not %r" % (self.path, part, want))
+        self.R = int(m["records_per_chunk"])
+        self.level = int(m["compression"]["level"])
+        self.shuffle = m["compression"]["shuffle"]
+        self.cap = int(m["shard_cap_bytes"])
+        self.classes = m.get("classes", self.classes)
+        self.created_by = m.get("created_by", self.created_by)
+        # Leftovers of an interrupted seal or manifest write.
+        shard_dir = os.path.join(self.path, "shards")
+        for name in os.listdir(shard_dir):
+            if name.endswith(".compact"):
+                os.remove(os.path.join(shard_dir, name))
+        tmp = os.path.join(self.path, "manifest.json.tmp")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        entries = [dict(e) for e in m["shards"]]
+        nxt = "shards/shard-%05d.mdb" % len(entries)
+        if os.path.exists(os.path.join(self.path, nxt)):  # created just before a crash
+            entries.append({"file": nxt, "records": 0, "sealed": False})
+        for i, e in enumerate(entries):
+            if e.get("sealed"):
+                env = lmdb.open(os.path.join(self.path, e["file"]), subdir=False, readonly=True, lock=False,
+                                max_dbs=4)
+                try:
+                    self._adopt(env, e["file"])
+                finally:
+                    env.close()
+                self._shards.append(e)
+            elif i != len(entries) - 1:
+                raise ShardMismatchError("only the last shard may be unsealed", shard=e["file"])
+            else:
+                self._file = e["file"]
+                self._shard_path = os.path.join(self.path, self._file)
+                self._open_env()
+                meta = self._adopt(self._env, self._file)
+                # The shard's own meta was committed with its data; the manifest may lag it.
+                self._count = int(meta.get("count", "0"))
+                self._payload_bytes = int(meta.get("payload_bytes", "0"))
+                self._compressed_bytes = int(meta.get("compressed_bytes", "0"))
+
+    def _adopt(self, env, file):
+        """Feeds a shard's ids into the duplicate check and its digests into the content digest;
+        reloads a partial last chunk as pending. Returns the shard's meta."""
+        dbs = {name: env.open_db(name.encode(), create=False) for name in ("records", "digests", "ids", "meta")}
+        with env.begin() as txn:
+            meta = {bytes(k).decode("ascii"): bytes(v).decode("ascii") for k, v in txn.cursor(dbs["meta"])}
+            count = int(meta.get("count", "0"))
+            if meta and meta.get("records_per_chunk") != str(self.R):
+                raise ShardMismatchError("records_per_chunk %r, the manifest says %d"
+                                         % (meta.get("records_per_chunk"), self.R), shard=file)
+            tail_start = count - count % self.R
+            tail_keys = {}
+            for k, v in txn.cursor(dbs["ids"]):
+                self._seen.add(bytes(k))
+                index = struct.unpack("<I", v)[0]
+                if index >= tail_start:
+                    tail_keys[index] = bytes(k)
+            digests = [bytes(v) for _, v in txn.cursor(dbs["digests"])]
+            if sum(len(d) for d in digests) != 32 * count:
+                raise ShardMismatchError("digests cover %d records, meta.count is %d"
+                                         % (sum(len(d) for d in digests) // 32, count), shard=file)
+            for d in digests:
+                self._digest.update(d)
+            if count % self.R and env is self._env:
+                frames = _chunk_frames(txn.get(struct.pack(">Q", count // self.R), db=dbs["records"]))
+                last = digests[-1]
+                self._pending = [(f, last[32 * i:32 * i + 32], tail_keys[tail_start + i],
+                                  zstandard.frame_content_size(f)) for i, f in enumerate(frames)]
+                self._pending_committed = len(frames)
+        return meta
 
     # -- records ------------------------------------------------------------------------------
 
@@ -181,14 +297,17 @@ class Writer:
         n = len(self._shards)
         self._file = "shards/shard-%05d.mdb" % n
         self._shard_path = os.path.join(self.path, self._file)
+        self._open_env()
+        self._count = 0
+        self._payload_bytes = 0
+        self._compressed_bytes = 0
+
+    def _open_env(self):
         # The map is a reservation of address space, not disk: the cap plus room for one chunk
         # and LMDB's copy-on-write pages.
         self._env = lmdb.open(self._shard_path, subdir=False, map_size=2 * self.cap + (256 << 20), max_dbs=4,
                               sync=True, metasync=True)
         self._db = {name: self._env.open_db(name.encode()) for name in ("records", "digests", "ids", "meta")}
-        self._count = 0
-        self._payload_bytes = 0
-        self._compressed_bytes = 0
 
     def _flush_chunk(self):
         if not self._pending:
@@ -199,24 +318,33 @@ class Writer:
         offsets = np.zeros(len(frames) + 1, dtype="<u4")
         offsets[1:] = np.cumsum([len(f) for f in frames])
         chunk = struct.pack("<I", len(frames)) + offsets.tobytes() + b"".join(frames)
-        chunk_no = self._count // self.R
+        # A resumed partial chunk is rewritten whole; only its new records are new everywhere else.
+        done = self._pending_committed
+        new = self._pending[done:]
+        if not new:
+            return
+        chunk_no = (self._count - done) // self.R
         with self._env.begin(write=True) as txn:
             ckey = struct.pack(">Q", chunk_no)
-            txn.put(ckey, chunk, db=self._db["records"], append=True)
-            txn.put(ckey, b"".join(p[1] for p in self._pending), db=self._db["digests"], append=True)
-            for i, p in enumerate(self._pending):
+            txn.put(ckey, chunk, db=self._db["records"], append=done == 0)
+            txn.put(ckey, b"".join(p[1] for p in self._pending), db=self._db["digests"], append=done == 0)
+            for i, p in enumerate(new):
                 if not txn.put(p[2], struct.pack("<I", self._count + i), db=self._db["ids"], overwrite=False):
                     raise ValueError("duplicate id key in shard")
-            self._count += len(frames)
-            self._payload_bytes += sum(p[3] for p in self._pending)
-            self._compressed_bytes += sum(len(f) for f in frames)
+            self._count += len(new)
+            self._payload_bytes += sum(p[3] for p in new)
+            self._compressed_bytes += sum(len(p[0]) for p in new)
             for k, v in (("format", SHARD_FORMAT), ("records_per_chunk", str(self.R)), ("count", str(self._count)),
                          ("payload_bytes", str(self._payload_bytes)),
                          ("compressed_bytes", str(self._compressed_bytes))):
                 txn.put(k.encode(), v.encode(), db=self._db["meta"])
-        for p in self._pending:
+        for p in new:
             self._digest.update(p[1])
-        self._pending = []
+        if len(self._pending) == self.R:
+            self._pending = []
+            self._pending_committed = 0
+        else:  # a partial chunk (flush, close): the next commit rewrites it whole
+            self._pending_committed = len(self._pending)
         info = self._env.info()
         if (info["last_pgno"] + 1) * self._env.stat()["psize"] >= self.cap:
             self._seal()
@@ -240,6 +368,7 @@ class Writer:
         self._shards.append({"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
                              "compressed_bytes": self._compressed_bytes,
                              "bytes": os.path.getsize(self._shard_path), "sealed": True, "sha256": h.hexdigest()})
+        self._count = 0  # its records now count through self._shards
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete):
@@ -270,6 +399,25 @@ class Writer:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def flush(self):
+        """Commits every record appended so far (a partial chunk too): they survive a crash."""
+        if self._finished:
+            raise RuntimeError("writer already finished")
+        self._flush_chunk()
+        self._write_manifest(complete=False)
+
+    def close(self):
+        """Commits what was appended and releases the cache without finishing it: the last shard
+        stays unsealed and `Writer(path, ..., resume=True)` continues it."""
+        if self._finished:
+            return
+        self.flush()
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        self._finished = True
+        self._unlock()
 
     def finish(self):
         """Writes the last chunk, seals the last shard and marks the cache complete."""

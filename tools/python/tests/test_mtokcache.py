@@ -229,6 +229,65 @@ def test_stream_worker_split_is_the_rank_order():
         assert np.concatenate([x["records"] for x in batches]).tolist() == want.tolist()
 
 
+_KILLED_WRITER = r"""
+import sys, os, time
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
+import mtokcache
+from test_mtokcache import make_records
+w = mtokcache.Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4, shard_cap_bytes=6000, resume=True)
+for r in list(make_records(120))[w.committed:]:
+    w.append(**r)
+    print(w.committed, flush=True)
+w.finish()
+"""
+
+
+def test_resume_after_sigkill_loses_nothing_committed():
+    import random
+    import signal
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    with TempDir() as d:
+        write(d + "/clean", make_records(120), records_per_chunk=4, shard_cap_bytes=6000)
+        want = mtokcache.open(d + "/clean")
+        rng = random.Random(7)
+        path = d + "/c"
+        for attempt in range(3):
+            child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, path, here], stdout=subprocess.PIPE,
+                                     text=True)
+            stop_at = rng.randrange(10, 110)
+            last = 0
+            for line in child.stdout:
+                last = int(line)
+                if last >= stop_at:
+                    break
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            assert last >= stop_at, "the writer died before it was killed"
+            w = mtokcache.Writer(path, settings={"test": True}, resume=True)
+            assert w.committed >= last, "committed records lost: %d < %d" % (w.committed, last)
+            w.close()
+        # close() commits a partial chunk and leaves the cache resumable.
+        w = mtokcache.Writer(path, settings={"test": True}, resume=True)
+        for r in list(make_records(120))[w.committed:w.committed + 3]:
+            w.append(**r)
+        w.close()
+        with mtokcache.Writer(path, settings={"test": True}, resume=True) as w:
+            assert w.committed % 4 != 0, "wanted a partial chunk to resume"
+            for r in list(make_records(120))[w.committed:]:
+                w.append(**r)
+        got = mtokcache.open(path)
+        assert got.manifest["content_digest"] == want.manifest["content_digest"]
+        assert len(got) == 120 and len(got.shard_entries) > 1
+        for i in (0, 37, 119):
+            assert got[i]["id"] == want[i]["id"] and np.array_equal(got[i]["latents"], want[i]["latents"])
+        try:
+            mtokcache.Writer(path, settings={"other": 1}, resume=True)
+            raise AssertionError("resumed with other settings")
+        except mtokcache.SettingsMismatchError:
+            pass
+
+
 def test_reopens_after_fork():
     with TempDir() as d:
         write(d + "/c", make_records(10))
