@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mtok builds against, and a Python virtual environment (.venv)
 # with what the Python tests and baselines need. Safe to run again: it installs only what is missing.
+# With --torch (tools/test.sh), PyTorch too, for the DataLoader test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ fi
 # PyTorch only for the DataLoader test and the reader benchmark's DataLoader rows. It is large
 # (several GB with its CUDA wheels, under two minutes to install here), so a failed install is
 # not fatal: that one test then reports itself skipped.
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if [ "${1:-}" = "--torch" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q --disable-pip-version-check -r tools/requirements-torch.txt \
         || echo "install-deps: PyTorch did not install; the DataLoader test will be skipped" >&2
 fi
