@@ -36,8 +36,27 @@ public final class MergeTokEncoder: Sendable {
     /// Encodes a batch of channel-major `[3, R, R]` images in [−1, 1].
     /// - Throws: ``EncoderError/invalidInput(_:)`` for a wrong-sized image,
     ///   ``EncoderError/degenerateMetric(layer:)`` for a zero-norm merge metric.
+    ///
+    /// With several threads (``Parallel/lanes``) whole images run concurrently, one per lane with
+    /// single-threaded sgemm, which keeps every core on useful work; the `count % lanes` images
+    /// left over run one at a time with the threads working inside each image.
     public func encode(batch: [[Float]]) throws -> [EncodedImage] {
-        try batch.map { try encode(image: $0) }
+        for image in batch where image.count != inputCount {
+            throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
+        }
+        let lanes = Parallel.lanes
+        let spread = lanes > 1 ? batch.count / lanes * lanes : 0
+        var results = [Result<EncodedImage, any Error>?](repeating: nil, count: batch.count)
+        results.withUnsafeMutableBufferPointer { slots in
+            Parallel.forEach(spread) { i, _ in
+                slots[i] = Result { try encode(image: batch[i]) }
+            }
+        }
+        for i in spread..<batch.count {
+            results[i] = Result { try encode(image: batch[i]) }
+        }
+        // The first failing image in batch order decides the error, however the lanes ran.
+        return try results.map { try $0!.get() }
     }
 
     /// Encodes one image.
@@ -146,7 +165,7 @@ public final class MergeTokEncoder: Sendable {
                                trace: ((String, [Int], [Float]) -> Void)?) {
         let c = config.width, p = config.patchSize, r = config.resolution
         let g = ConvGeometry(inChannels: config.inChannels, outChannels: c, kernel: p, stride: p)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Conv2D.scratchCount(g, height: r, width: r))
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: Conv2D.scratchCount(g, height: r, width: r))
         defer { scratch.deallocate() }
         Conv2D.forward(input, height: r, width: r, geometry: g, weight: w("conv_in.0.weight"),
                        bias: w("conv_in.0.bias"), output: out, scratch: scratch)
@@ -180,7 +199,7 @@ public final class MergeTokEncoder: Sendable {
         var a = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
         var b = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
         let h = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: maxScratch)
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: maxScratch)
         defer { a.deallocate(); b.deallocate(); h.deallocate(); scratch.deallocate() }
 
         Conv2D.forward(input, height: r, width: r, geometry: stemConv,
@@ -209,7 +228,7 @@ public final class MergeTokEncoder: Sendable {
                 if cin != cout {
                     let gs = ConvGeometry(inChannels: cin, outChannels: cout, kernel: 1)
                     Conv2D.forward(a, height: s, width: s, geometry: gs, weight: w(p + "nin_shortcut.weight"),
-                                   bias: nil, output: b, scratch: nil)
+                                   bias: nil, output: b)
                 } else {
                     swap(&a, &b)
                 }
@@ -250,9 +269,7 @@ public final class MergeTokEncoder: Sendable {
         Linear.forward(ws.o, rows: t, inFeatures: c, outFeatures: c, weight: w(p + "attn.proj.weight"),
                        bias: w(p + "attn.proj.bias"), output: ws.u)
         let g1 = w(p + "ls1.gamma")
-        for i in 0..<t {
-            for ch in 0..<c { x[i * c + ch] += ws.u[i * c + ch] * g1[ch] }
-        }
+        residualAdd(x, ws.u, gamma: g1, rows: t, width: c)
         if r > 0 {
             // Metric: mean over heads of the key vectors (after the qkv bias).
             for i in 0..<t {
@@ -264,7 +281,7 @@ public final class MergeTokEncoder: Sendable {
                 }
             }
             guard let map = TokenMerging.merge(x: x, tokens: t, width: c, metric: ws.metric, metricWidth: d, r: r,
-                                               sizes: &sizes, scores: ws.scores, merged: ws.o) else {
+                                               sizes: &sizes, scores: ws.scores.baseAddress!, merged: ws.o) else {
                 throw EncoderError.degenerateMetric(layer: layer)
             }
             for j in 0..<pos.count { pos[j] = map[pos[j]] }
@@ -278,26 +295,37 @@ public final class MergeTokEncoder: Sendable {
         Linear.forward(ws.hidden, rows: t, inFeatures: 4 * c, outFeatures: c, weight: w(p + "mlp.fc2.weight"),
                        bias: w(p + "mlp.fc2.bias"), output: ws.u)
         let g2 = w(p + "ls2.gamma")
-        for i in 0..<t {
-            for ch in 0..<c { x[i * c + ch] += ws.u[i * c + ch] * g2[ch] }
+        residualAdd(x, ws.u, gamma: g2, rows: t, width: c)
+    }
+}
+
+/// `x += u ⊙ γ` row by row (LayerScale residual), rows split over the lanes.
+private func residualAdd(_ x: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                         rows: Int, width c: Int) {
+    Parallel.chunks(rows, minimumChunk: 16) { range in
+        for i in range {
+            for ch in 0..<c { x[i * c + ch] += u[i * c + ch] * gamma[ch] }
         }
     }
 }
 
 /// Per-call transformer buffers, sized for the first (largest) layer.
 struct TransformerScratch {
-    let u, qkv, o, hidden, scores, metric: UnsafeMutablePointer<Float>
+    let u, qkv, o, hidden, metric: UnsafeMutablePointer<Float>
+    /// Attention scores for every lane; token merging uses the first `⌈t/2⌉·⌊t/2⌋` floats.
+    let scores: UnsafeMutableBufferPointer<Float>
 
     init(tokens t: Int, width c: Int) {
         u = .allocate(capacity: t * c)
         qkv = .allocate(capacity: t * 3 * c)
         o = .allocate(capacity: t * c)
         hidden = .allocate(capacity: t * 4 * c)
-        scores = .allocate(capacity: t * t)
+        scores = .allocate(capacity: Attention.scratchCount(tokens: t))
         metric = .allocate(capacity: t * c)
     }
 
     func deallocate() {
-        for p in [u, qkv, o, hidden, scores, metric] { p.deallocate() }
+        for p in [u, qkv, o, hidden, metric] { p.deallocate() }
+        scores.deallocate()
     }
 }
