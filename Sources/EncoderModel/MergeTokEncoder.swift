@@ -93,9 +93,7 @@ public final class MergeTokEncoder: Sendable {
         let x = UnsafeMutablePointer<Float>.allocate(capacity: t * c)
         defer { x.deallocate() }
         (x).update(from: w("attn.cls_token"), count: c)
-        for j in 0..<n {
-            for ch in 0..<c { x[(j + 1) * c + ch] = features[ch * n + j] }
-        }
+        transpose(features, rows: c, columns: n, into: x + c)
         trace?("tokens", [t, c], Array(UnsafeBufferPointer(start: x, count: t * c)))
         var sizes = [Float](repeating: 1, count: t)
         var pos = Array(0...n)
@@ -114,9 +112,7 @@ public final class MergeTokEncoder: Sendable {
         // reference is only a storage layout (GN spans all tokens, the conv is 1×1), so it is skipped.
         let hidden = UnsafeMutablePointer<Float>.allocate(capacity: c * k)
         defer { hidden.deallocate() }
-        for i in 0..<k {
-            for ch in 0..<c { hidden[ch * k + i] = x[(i + 1) * c + ch] }
-        }
+        transpose(x + c, rows: k, columns: c, into: hidden)
         Normalization.groupNorm(hidden, channels: c, spatial: k, groups: 32, eps: 1e-6,
                                 weight: w("norm_out.weight"), bias: w("norm_out.bias"),
                                 output: hidden, silu: true)
@@ -296,6 +292,19 @@ public final class MergeTokEncoder: Sendable {
                        bias: w(p + "mlp.fc2.bias"), output: ws.u)
         let g2 = w(p + "ls2.gamma")
         residualAdd(x, ws.u, gamma: g2, rows: t, width: c)
+    }
+}
+
+/// `dst[j, i] = src[i, j]` for a row-major `rows × columns` source, in 16×16 blocks so that
+/// neither side is walked with a stride of a whole row per element.
+private func transpose(_ src: UnsafePointer<Float>, rows: Int, columns: Int, into dst: UnsafeMutablePointer<Float>) {
+    let block = 16
+    for i0 in stride(from: 0, to: rows, by: block) {
+        for j0 in stride(from: 0, to: columns, by: block) {
+            for i in i0..<min(i0 + block, rows) {
+                for j in j0..<min(j0 + block, columns) { dst[j * rows + i] = src[i * columns + j] }
+            }
+        }
     }
 }
 
