@@ -3,10 +3,12 @@ import TensorCore
 
 /// The MergeTok/MergeVQ encoder forward pass on the CPU (spec §2–§4).
 ///
-/// Immutable and `Sendable`: one instance may serve several threads, each call allocating its own
-/// activations. Every image runs the identical sequence of kernels whatever the batch it arrived in,
-/// so results do not depend on batch size or split. Matrix work runs on OpenBLAS with
-/// ``BLAS/threadCount`` threads (set it with ``BLAS/setThreadCount(_:)``).
+/// `Sendable`: one instance may serve several threads, each image getting its own activations
+/// (reused from image to image). Every image runs the identical sequence of products whatever the
+/// batch it arrived in, so results do not depend on batch size or split. ``BLAS/threadCount``
+/// threads (set it with ``BLAS/setThreadCount(_:)``) share the work: whole images of a batch,
+/// convolution tiles and attention heads on separate lanes, and OpenBLAS's own threads inside the
+/// products that are left; none of it changes the bytes.
 public final class MergeTokEncoder: Sendable {
     /// Identifies the arithmetic of this implementation: bump it with any change that can alter
     /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
@@ -17,6 +19,8 @@ public final class MergeTokEncoder: Sendable {
     public let config: EncoderConfig
     public let schedule: MergeSchedule
     private let codebookNorms: [Float]
+    /// The CNN stem's activation and scratch buffers, reused across images.
+    private let buffersKept = BufferPool()
 
     /// Floats in one input image, `3 × R × R`.
     public var inputCount: Int { config.inChannels * config.resolution * config.resolution }
@@ -192,11 +196,12 @@ public final class MergeTokEncoder: Sendable {
             }
             if level < cfg.levels - 1 { s /= 2 }
         }
-        var a = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        var b = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        let h = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: maxScratch)
-        defer { a.deallocate(); b.deallocate(); h.deallocate(); scratch.deallocate() }
+        let buffers = [maxAct, maxAct, maxAct, maxScratch].map { buffersKept.take($0) }
+        defer { buffers.forEach(buffersKept.give) }
+        var a = buffers[0].baseAddress!
+        var b = buffers[1].baseAddress!
+        let h = buffers[2].baseAddress!
+        let scratch = buffers[3]
 
         Conv2D.forward(input, height: r, width: r, geometry: stemConv,
                        weight: w("conv_in.weight"), bias: nil, output: a, scratch: scratch)
