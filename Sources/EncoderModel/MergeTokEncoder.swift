@@ -3,10 +3,12 @@ import TensorCore
 
 /// The MergeTok/MergeVQ encoder forward pass on the CPU (spec §2–§4).
 ///
-/// Immutable and `Sendable`: one instance may serve several threads, each call allocating its own
-/// activations. Every image runs the identical sequence of kernels whatever the batch it arrived in,
-/// so results do not depend on batch size or split. Matrix work runs on OpenBLAS with
-/// ``BLAS/threadCount`` threads (set it with ``BLAS/setThreadCount(_:)``).
+/// `Sendable`: one instance may serve several threads, each image getting its own activations
+/// (reused from image to image). Every image runs the identical sequence of products whatever the
+/// batch it arrived in, so results do not depend on batch size or split. ``BLAS/threadCount``
+/// threads (set it with ``BLAS/setThreadCount(_:)``) share the work: whole images of a batch,
+/// convolution tiles and attention heads on separate lanes, and OpenBLAS's own threads inside the
+/// products that are left; none of it changes the bytes.
 public final class MergeTokEncoder: Sendable {
     /// Identifies the arithmetic of this implementation: bump it with any change that can alter
     /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
@@ -17,6 +19,8 @@ public final class MergeTokEncoder: Sendable {
     public let config: EncoderConfig
     public let schedule: MergeSchedule
     private let codebookNorms: [Float]
+    /// The CNN stem's activation and scratch buffers, reused across images.
+    private let buffersKept = BufferPool()
 
     /// Floats in one input image, `3 × R × R`.
     public var inputCount: Int { config.inChannels * config.resolution * config.resolution }
@@ -36,8 +40,27 @@ public final class MergeTokEncoder: Sendable {
     /// Encodes a batch of channel-major `[3, R, R]` images in [−1, 1].
     /// - Throws: ``EncoderError/invalidInput(_:)`` for a wrong-sized image,
     ///   ``EncoderError/degenerateMetric(layer:)`` for a zero-norm merge metric.
+    ///
+    /// With several threads (``Parallel/lanes``) whole images run concurrently, one per lane with
+    /// single-threaded sgemm, which keeps every core on useful work; the `count % lanes` images
+    /// left over run one at a time with the threads working inside each image.
     public func encode(batch: [[Float]]) throws -> [EncodedImage] {
-        try batch.map { try encode(image: $0) }
+        for image in batch where image.count != inputCount {
+            throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
+        }
+        let lanes = Parallel.lanes
+        let spread = lanes > 1 ? batch.count / lanes * lanes : 0
+        var results = [Result<EncodedImage, any Error>?](repeating: nil, count: batch.count)
+        results.withUnsafeMutableBufferPointer { slots in
+            Parallel.forEach(spread) { i, _ in
+                slots[i] = Result { try encode(image: batch[i]) }
+            }
+        }
+        for i in spread..<batch.count {
+            results[i] = Result { try encode(image: batch[i]) }
+        }
+        // The first failing image in batch order decides the error, however the lanes ran.
+        return try results.map { try $0!.get() }
     }
 
     /// Encodes one image.
@@ -74,9 +97,7 @@ public final class MergeTokEncoder: Sendable {
         let x = UnsafeMutablePointer<Float>.allocate(capacity: t * c)
         defer { x.deallocate() }
         (x).update(from: w("attn.cls_token"), count: c)
-        for j in 0..<n {
-            for ch in 0..<c { x[(j + 1) * c + ch] = features[ch * n + j] }
-        }
+        transpose(features, rows: c, columns: n, into: x + c)
         trace?("tokens", [t, c], Array(UnsafeBufferPointer(start: x, count: t * c)))
         var sizes = [Float](repeating: 1, count: t)
         var pos = Array(0...n)
@@ -95,9 +116,7 @@ public final class MergeTokEncoder: Sendable {
         // reference is only a storage layout (GN spans all tokens, the conv is 1×1), so it is skipped.
         let hidden = UnsafeMutablePointer<Float>.allocate(capacity: c * k)
         defer { hidden.deallocate() }
-        for i in 0..<k {
-            for ch in 0..<c { hidden[ch * k + i] = x[(i + 1) * c + ch] }
-        }
+        transpose(x + c, rows: k, columns: c, into: hidden)
         Normalization.groupNorm(hidden, channels: c, spatial: k, groups: 32, eps: 1e-6,
                                 weight: w("norm_out.weight"), bias: w("norm_out.bias"),
                                 output: hidden, silu: true)
@@ -146,7 +165,7 @@ public final class MergeTokEncoder: Sendable {
                                trace: ((String, [Int], [Float]) -> Void)?) {
         let c = config.width, p = config.patchSize, r = config.resolution
         let g = ConvGeometry(inChannels: config.inChannels, outChannels: c, kernel: p, stride: p)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: Conv2D.scratchCount(g, height: r, width: r))
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: Conv2D.scratchCount(g, height: r, width: r))
         defer { scratch.deallocate() }
         Conv2D.forward(input, height: r, width: r, geometry: g, weight: w("conv_in.0.weight"),
                        bias: w("conv_in.0.bias"), output: out, scratch: scratch)
@@ -177,11 +196,12 @@ public final class MergeTokEncoder: Sendable {
             }
             if level < cfg.levels - 1 { s /= 2 }
         }
-        var a = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        var b = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        let h = UnsafeMutablePointer<Float>.allocate(capacity: maxAct)
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: maxScratch)
-        defer { a.deallocate(); b.deallocate(); h.deallocate(); scratch.deallocate() }
+        let buffers = [maxAct, maxAct, maxAct, maxScratch].map { buffersKept.take($0) }
+        defer { buffers.forEach(buffersKept.give) }
+        var a = buffers[0].baseAddress!
+        var b = buffers[1].baseAddress!
+        let h = buffers[2].baseAddress!
+        let scratch = buffers[3]
 
         Conv2D.forward(input, height: r, width: r, geometry: stemConv,
                        weight: w("conv_in.weight"), bias: nil, output: a, scratch: scratch)
@@ -209,7 +229,7 @@ public final class MergeTokEncoder: Sendable {
                 if cin != cout {
                     let gs = ConvGeometry(inChannels: cin, outChannels: cout, kernel: 1)
                     Conv2D.forward(a, height: s, width: s, geometry: gs, weight: w(p + "nin_shortcut.weight"),
-                                   bias: nil, output: b, scratch: nil)
+                                   bias: nil, output: b)
                 } else {
                     swap(&a, &b)
                 }
@@ -250,9 +270,7 @@ public final class MergeTokEncoder: Sendable {
         Linear.forward(ws.o, rows: t, inFeatures: c, outFeatures: c, weight: w(p + "attn.proj.weight"),
                        bias: w(p + "attn.proj.bias"), output: ws.u)
         let g1 = w(p + "ls1.gamma")
-        for i in 0..<t {
-            for ch in 0..<c { x[i * c + ch] += ws.u[i * c + ch] * g1[ch] }
-        }
+        residualAdd(x, ws.u, gamma: g1, rows: t, width: c)
         if r > 0 {
             // Metric: mean over heads of the key vectors (after the qkv bias).
             for i in 0..<t {
@@ -264,7 +282,7 @@ public final class MergeTokEncoder: Sendable {
                 }
             }
             guard let map = TokenMerging.merge(x: x, tokens: t, width: c, metric: ws.metric, metricWidth: d, r: r,
-                                               sizes: &sizes, scores: ws.scores, merged: ws.o) else {
+                                               sizes: &sizes, scores: ws.scores.baseAddress!, merged: ws.o) else {
                 throw EncoderError.degenerateMetric(layer: layer)
             }
             for j in 0..<pos.count { pos[j] = map[pos[j]] }
@@ -278,26 +296,50 @@ public final class MergeTokEncoder: Sendable {
         Linear.forward(ws.hidden, rows: t, inFeatures: 4 * c, outFeatures: c, weight: w(p + "mlp.fc2.weight"),
                        bias: w(p + "mlp.fc2.bias"), output: ws.u)
         let g2 = w(p + "ls2.gamma")
-        for i in 0..<t {
-            for ch in 0..<c { x[i * c + ch] += ws.u[i * c + ch] * g2[ch] }
+        residualAdd(x, ws.u, gamma: g2, rows: t, width: c)
+    }
+}
+
+/// `dst[j, i] = src[i, j]` for a row-major `rows × columns` source, in 16×16 blocks so that
+/// neither side is walked with a stride of a whole row per element.
+private func transpose(_ src: UnsafePointer<Float>, rows: Int, columns: Int, into dst: UnsafeMutablePointer<Float>) {
+    let block = 16
+    for i0 in stride(from: 0, to: rows, by: block) {
+        for j0 in stride(from: 0, to: columns, by: block) {
+            for i in i0..<min(i0 + block, rows) {
+                for j in j0..<min(j0 + block, columns) { dst[j * rows + i] = src[i * columns + j] }
+            }
+        }
+    }
+}
+
+/// `x += u ⊙ γ` row by row (LayerScale residual), rows split over the lanes.
+private func residualAdd(_ x: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, gamma: UnsafePointer<Float>,
+                         rows: Int, width c: Int) {
+    Parallel.chunks(rows, minimumChunk: 16) { range in
+        for i in range {
+            for ch in 0..<c { x[i * c + ch] += u[i * c + ch] * gamma[ch] }
         }
     }
 }
 
 /// Per-call transformer buffers, sized for the first (largest) layer.
 struct TransformerScratch {
-    let u, qkv, o, hidden, scores, metric: UnsafeMutablePointer<Float>
+    let u, qkv, o, hidden, metric: UnsafeMutablePointer<Float>
+    /// Attention scores for every lane; token merging uses the first `⌈t/2⌉·⌊t/2⌋` floats.
+    let scores: UnsafeMutableBufferPointer<Float>
 
     init(tokens t: Int, width c: Int) {
         u = .allocate(capacity: t * c)
         qkv = .allocate(capacity: t * 3 * c)
         o = .allocate(capacity: t * c)
         hidden = .allocate(capacity: t * 4 * c)
-        scores = .allocate(capacity: t * t)
+        scores = .allocate(capacity: Attention.scratchCount(tokens: t))
         metric = .allocate(capacity: t * c)
     }
 
     func deallocate() {
-        for p in [u, qkv, o, hidden, scores, metric] { p.deallocate() }
+        for p in [u, qkv, o, hidden, metric] { p.deallocate() }
+        scores.deallocate()
     }
 }

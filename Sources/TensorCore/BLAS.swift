@@ -1,4 +1,6 @@
 internal import COpenBLAS
+import Foundation
+import Synchronization
 
 /// Whether a GEMM operand is read as stored or transposed.
 public enum MatrixTranspose: Sendable {
@@ -24,7 +26,49 @@ public enum BLAS {
     /// "same bytes for the same configuration", and the thread count is part of it.
     public static func setThreadCount(_ count: Int) {
         precondition(count >= 1, "thread count must be at least 1")
-        openblas_set_num_threads(Int32(count))
+        singleThreaded.withLock { state in
+            if state.depth > 0 {
+                state.saved = Int32(count)  // applied when the single-threaded sections end
+            } else {
+                openblas_set_num_threads(Int32(count))
+            }
+        }
+    }
+
+    /// Runs `body` with the thread count set to `count`, then restores it. Callers of this
+    /// function take turns, so concurrent tests that each need their own count do not mix them.
+    public static func withThreadCount<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+        turns.lock()
+        defer { turns.unlock() }
+        let before = threadCount
+        setThreadCount(count)
+        defer { setThreadCount(before) }
+        return try body()
+    }
+
+    private static let turns = NSLock()
+
+    /// Open single-threaded sections and the thread count to restore when the last one ends.
+    private static let singleThreaded = Mutex<(depth: Int, saved: Int32)>((0, 1))
+
+    /// Runs `body` with OpenBLAS at one thread, then restores the count; see
+    /// ``Parallel/forEach(_:lanes:_:)``. Sections may overlap (several encoders in one process):
+    /// the count stays 1 until the last one ends, which costs speed, never bytes.
+    static func withSingleThreadedCalls<R>(_ body: () throws -> R) rethrows -> R {
+        singleThreaded.withLock { state in
+            if state.depth == 0 {
+                state.saved = openblas_get_num_threads()
+                openblas_set_num_threads(1)
+            }
+            state.depth += 1
+        }
+        defer {
+            singleThreaded.withLock { state in
+                state.depth -= 1
+                if state.depth == 0 { openblas_set_num_threads(state.saved) }
+            }
+        }
+        return try body()
     }
 
     /// Row-major single-precision GEMM, `C[m×n] = alpha·op(A)[m×k]·op(B)[k×n] + beta·C` (`cblas_sgemm`).

@@ -26,17 +26,13 @@ public enum Conv2D {
     /// same sequence of GEMMs.
     static let tileColumns = 1024
 
-    /// Scratch floats that ``forward(_:height:width:geometry:weight:bias:output:scratch:)`` needs.
-    public static func scratchCount(_ g: ConvGeometry, height: Int, width: Int) -> Int {
+    /// Scratch floats that ``forward(_:height:width:geometry:weight:bias:output:scratch:accumulate:)``
+    /// needs to run `lanes` tiles at once (default: the caller's ``Parallel/lanes``).
+    public static func scratchCount(_ g: ConvGeometry, height: Int, width: Int,
+                                    lanes: Int = Parallel.lanes) -> Int {
         if g.kernel == 1 && g.stride == 1 && g.padding == 0 { return 0 }
-        let ow = g.outputSide(width)
-        let oh = g.outputSide(height)
-        let rows = min(oh, max(1, tileColumns / ow))
-        if usesRowShift(g, height: height, width: width) {
-            return g.outChannels * g.inChannels * g.kernel * g.kernel
-                + g.inChannels * g.kernel * (rows + g.kernel - 1) * ow
-        }
-        return rows * ow * g.inChannels * g.kernel * g.kernel
+        let layout = TileLayout(g, height: height, width: width)
+        return layout.shared + min(max(lanes, 1), layout.count) * layout.perLane
     }
 
     /// Stride-1 convolutions on large planes skip the full im2col: a tile expanded only along x
@@ -47,20 +43,49 @@ public enum Conv2D {
         g.stride == 1 && g.kernel > 1 && g.outputSide(height) * g.outputSide(width) >= 4 * g.outChannels
     }
 
+    /// How a layer's output rows are cut into GEMM tiles and what scratch each tile needs.
+    struct TileLayout {
+        let rows: Int      // output rows per tile (the last tile may have fewer)
+        let count: Int     // tiles
+        let shared: Int    // scratch floats shared by all tiles (regrouped weights)
+        let perLane: Int   // scratch floats each concurrently running tile needs
+
+        init(_ g: ConvGeometry, height: Int, width: Int) {
+            let oh = g.outputSide(height), ow = g.outputSide(width)
+            rows = min(oh, max(1, Conv2D.tileColumns / ow))
+            count = (oh + rows - 1) / rows
+            let k = g.kernel
+            if Conv2D.usesRowShift(g, height: height, width: width) {
+                shared = g.outChannels * g.inChannels * k * k
+                perLane = g.inChannels * k * (rows + k - 1) * ow
+            } else {
+                shared = 0
+                perLane = rows * ow * g.inChannels * k * k
+            }
+        }
+    }
+
     /// `output[co, y, x] = bias[co] + Σ weight[co, ci, ky, kx] · input[ci, y·s − p + ky, x·s − p + kx]`.
+    ///
+    /// The output is computed in tiles of whole rows whose layout depends only on the layer's shape;
+    /// with several lanes (and enough scratch) the tiles run concurrently, one single-threaded
+    /// sgemm sequence each, otherwise one after the other with OpenBLAS's threads. Either way every
+    /// tile issues the same products, so the bytes do not depend on the thread count.
     ///
     /// - Parameters:
     ///   - input: `inChannels × height × width`.
     ///   - weight: `[outChannels, inChannels, k, k]` row-major (PyTorch's layout, no flip).
     ///   - bias: `[outChannels]` or nil.
     ///   - output: `outChannels × oh × ow`.
-    ///   - scratch: at least ``scratchCount(_:height:width:)`` floats.
+    ///   - scratch: at least ``scratchCount(_:height:width:lanes:)`` floats for one lane; more
+    ///     lanes run when it holds more.
     ///   - accumulate: add the convolution to what `output` holds (a residual sum without an extra
     ///     pass over memory) instead of overwriting it.
     public static func forward(
         _ input: UnsafePointer<Float>, height: Int, width: Int, geometry g: ConvGeometry,
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-        output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>?,
+        output: UnsafeMutablePointer<Float>,
+        scratch: UnsafeMutableBufferPointer<Float> = UnsafeMutableBufferPointer(start: nil, count: 0),
         accumulate: Bool = false
     ) {
         let beta: Float = accumulate ? 1 : 0
@@ -71,47 +96,48 @@ public enum Conv2D {
             BLAS.sgemm(.none, .none, m: g.outChannels, n: plane, k: g.inChannels,
                        a: weight, lda: g.inChannels, b: input, ldb: height * width,
                        beta: beta, c: output, ldc: plane)
-        } else if usesRowShift(g, height: height, width: width) {
-            guard let scratch else { preconditionFailure("Conv2D needs scratch for k>1") }
+        } else {
+            let layout = TileLayout(g, height: height, width: width)
+            precondition(scratch.count >= layout.shared + layout.perLane, "Conv2D needs scratch for k>1")
+            let base = scratch.baseAddress!
+            let lanes = (scratch.count - layout.shared) / layout.perLane
+            let rowShift = usesRowShift(g, height: height, width: width)
             let k = g.kernel, cin = g.inChannels, cout = g.outChannels
-            // Weights regrouped as [ky][co][ci][kx], so each ky is a plain cout × (cin·k) matrix.
-            let regrouped = scratch
-            for ky in 0..<k {
-                for co in 0..<cout {
-                    for ci in 0..<cin {
-                        for kx in 0..<k {
-                            regrouped[((ky * cout + co) * cin + ci) * k + kx] = weight[((co * cin + ci) * k + ky) * k + kx]
+            if rowShift {
+                // Weights regrouped as [ky][co][ci][kx], so each ky is a plain cout × (cin·k) matrix.
+                for ky in 0..<k {
+                    for co in 0..<cout {
+                        for ci in 0..<cin {
+                            for kx in 0..<k {
+                                base[((ky * cout + co) * cin + ci) * k + kx] = weight[((co * cin + ci) * k + ky) * k + kx]
+                            }
                         }
                     }
                 }
             }
-            let expanded = scratch + cout * cin * k * k
-            let rowsPerTile = min(oh, max(1, tileColumns / ow))
-            var y0 = 0
-            while y0 < oh {
-                let rows = min(rowsPerTile, oh - y0)
-                let extent = rows + k - 1
-                expandRows(input, height: height, width: width, g: g, y0: y0, extent: extent, ow: ow, out: expanded)
-                for ky in 0..<k {
-                    BLAS.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
-                               a: regrouped + ky * cout * cin * k, lda: cin * k,
-                               b: expanded + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
-                               c: output + y0 * ow, ldc: plane)
+            let regrouped = UnsafePointer(base)
+            let out = UncheckedBox(output)
+            Parallel.forEach(layout.count, lanes: lanes) { tile, lane in
+                let output = out.value
+                let work = base + layout.shared + lane * layout.perLane
+                let y0 = tile * layout.rows
+                let rows = min(layout.rows, oh - y0)
+                if rowShift {
+                    let extent = rows + k - 1
+                    expandRows(input, height: height, width: width, g: g, y0: y0, extent: extent, ow: ow, out: work)
+                    for ky in 0..<k {
+                        BLAS.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
+                                   a: regrouped + ky * cout * cin * k, lda: cin * k,
+                                   b: work + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
+                                   c: output + y0 * ow, ldc: plane)
+                    }
+                } else {
+                    let n = rows * ow
+                    im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: work)
+                    BLAS.sgemm(.none, .none, m: cout, n: n, k: kk,
+                               a: weight, lda: kk, b: work, ldb: n,
+                               beta: beta, c: output + y0 * ow, ldc: plane)
                 }
-                y0 += rows
-            }
-        } else {
-            guard let col = scratch else { preconditionFailure("Conv2D needs scratch for k>1") }
-            let rowsPerTile = min(oh, max(1, tileColumns / ow))
-            var y0 = 0
-            while y0 < oh {
-                let rows = min(rowsPerTile, oh - y0)
-                let n = rows * ow
-                im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: col)
-                BLAS.sgemm(.none, .none, m: g.outChannels, n: n, k: kk,
-                           a: weight, lda: kk, b: col, ldb: n,
-                           beta: beta, c: output + y0 * ow, ldc: plane)
-                y0 += rows
             }
         }
         if let bias {

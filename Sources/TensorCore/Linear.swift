@@ -12,9 +12,12 @@ public enum Linear {
                    a: input, lda: inFeatures, b: weight, ldb: inFeatures,
                    c: output, ldc: outFeatures)
         guard let bias else { return }
-        for r in 0..<rows {
-            let row = output + r * outFeatures
-            for o in 0..<outFeatures { row[o] += bias[o] }
+        let out = UncheckedBox(output)
+        Parallel.chunks(rows, minimumChunk: 16) { range in
+            for r in range {
+                let row = out.value + r * outFeatures
+                for o in 0..<outFeatures { row[o] += bias[o] }
+            }
         }
     }
 }

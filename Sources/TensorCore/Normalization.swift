@@ -138,20 +138,23 @@ public enum Normalization {
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
         output: UnsafeMutablePointer<Float>
     ) {
-        for r in 0..<rows {
-            let src = input + r * width
-            let dst = output + r * width
-            var sum = 0.0
-            for i in 0..<width { sum += Double(src[i]) }
-            let mean = sum / Double(width)
-            var sq = 0.0
-            for i in 0..<width {
-                let d = Double(src[i]) - mean
-                sq += d * d
-            }
-            let rstd = 1.0 / (sq / Double(width) + Double(eps)).squareRoot()
-            for i in 0..<width {
-                dst[i] = Float((Double(src[i]) - mean) * rstd) * weight[i] + bias[i]
+        let dst = UncheckedBox(output)
+        Parallel.chunks(rows, minimumChunk: 16) { range in
+            for r in range {
+                let src = input + r * width
+                let out = dst.value + r * width
+                var sum = 0.0
+                for i in 0..<width { sum += Double(src[i]) }
+                let mean = sum / Double(width)
+                var sq = 0.0
+                for i in 0..<width {
+                    let d = Double(src[i]) - mean
+                    sq += d * d
+                }
+                let rstd = 1.0 / (sq / Double(width) + Double(eps)).squareRoot()
+                for i in 0..<width {
+                    out[i] = Float((Double(src[i]) - mean) * rstd) * weight[i] + bias[i]
+                }
             }
         }
     }

@@ -37,9 +37,11 @@ import Testing
         // With accumulate the output starts at 0.5 and must end at 0.5 + conv; without, its NaNs
         // must all be overwritten.
         var out = [Float](repeating: accumulate ? 0.5 : .nan, count: g.outChannels * oh * ow)
-        var scratch = [Float](repeating: .nan, count: max(1, Conv2D.scratchCount(g, height: h, width: w)))
-        Conv2D.forward(input, height: h, width: w, geometry: g, weight: weight, bias: bias,
-                       output: &out, scratch: &scratch, accumulate: accumulate)
+        var scratch = [Float](repeating: .nan, count: Conv2D.scratchCount(g, height: h, width: w))
+        scratch.withUnsafeMutableBufferPointer { s in
+            Conv2D.forward(input, height: h, width: w, geometry: g, weight: weight, bias: bias,
+                           output: &out, scratch: s, accumulate: accumulate)
+        }
         var worst = 0.0
         for co in 0..<g.outChannels {
             for y in 0..<oh {
@@ -124,8 +126,10 @@ import Testing
         let logSizes = (0..<t).map { Float(Foundation.log(Double($0 % 3 + 1))) }
         var out = [Float](repeating: 0, count: t * c)
         var scores = [Float](repeating: 0, count: Attention.scratchCount(tokens: t))
-        Attention.forward(qkv: qkv, tokens: t, width: c, heads: heads, logSizes: logSizes, output: &out,
-                          scores: &scores)
+        scores.withUnsafeMutableBufferPointer { s in
+            Attention.forward(qkv: qkv, tokens: t, width: c, heads: heads, logSizes: logSizes, output: &out,
+                              scores: s)
+        }
         for h in 0..<heads {
             for i in 0..<t {
                 var logits = (0..<t).map { j -> Double in
@@ -145,10 +149,61 @@ import Testing
         }
     }
 
+    /// Tiles and heads run concurrently (one lane each, single-threaded sgemm) or one after the
+    /// other (OpenBLAS threads inside each product): the bytes must not differ.
+    @Test(arguments: geometries)
+    func convolutionBytesDoNotDependOnLanes(_ g: ConvGeometry) {
+        var rng = Rng(state: 5)
+        let h = 40, w = 40
+        let input = rng.array(g.inChannels * h * w)
+        let weight = rng.array(g.outChannels * g.inChannels * g.kernel * g.kernel)
+        let bias = rng.array(g.outChannels)
+        let count = g.outChannels * g.outputSide(h) * g.outputSide(w)
+        func run(threads: Int, lanes: Int) -> [Float] {
+            var out = [Float](repeating: 0.25, count: count)
+            var scratch = [Float](repeating: .nan, count: Conv2D.scratchCount(g, height: h, width: w, lanes: lanes))
+            BLAS.withThreadCount(threads) {
+                scratch.withUnsafeMutableBufferPointer { s in
+                    Conv2D.forward(input, height: h, width: w, geometry: g, weight: weight, bias: bias,
+                                   output: &out, scratch: s, accumulate: true)
+                }
+            }
+            return out
+        }
+        let reference = run(threads: 1, lanes: 1)
+        #expect(run(threads: 2, lanes: 1) == reference)
+        #expect(run(threads: 2, lanes: 2) == reference)
+        #expect(run(threads: 3, lanes: 3) == reference)
+    }
+
+    @Test func attentionBytesDoNotDependOnLanes() {
+        var rng = Rng(state: 6)
+        let t = 37, c = 64, heads = 4
+        let qkv = rng.array(t * 3 * c)
+        let logSizes = (0..<t).map { Float(Foundation.log(Double($0 % 4 + 1))) }
+        func run(threads: Int, lanes: Int) -> [Float] {
+            var out = [Float](repeating: 0, count: t * c)
+            var scores = [Float](repeating: .nan, count: Attention.scratchCount(tokens: t, lanes: lanes))
+            BLAS.withThreadCount(threads) {
+                scores.withUnsafeMutableBufferPointer { s in
+                    Attention.forward(qkv: qkv, tokens: t, width: c, heads: heads, logSizes: logSizes,
+                                      output: &out, scores: s)
+                }
+            }
+            return out
+        }
+        let reference = run(threads: 1, lanes: 1)
+        #expect(run(threads: 2, lanes: 1) == reference)
+        #expect(run(threads: 2, lanes: 2) == reference)
+    }
+
     @Test func threadCountIsSettable() {
         let before = BLAS.threadCount
-        BLAS.setThreadCount(1)
-        #expect(BLAS.threadCount == 1)
-        BLAS.setThreadCount(before)
+        BLAS.withThreadCount(3) {
+            #expect(BLAS.threadCount == 3)
+            BLAS.setThreadCount(1)
+            #expect(BLAS.threadCount == 1)
+        }
+        #expect(BLAS.threadCount == before)
     }
 }
