@@ -14,9 +14,10 @@ public enum MatrixTranspose: Sendable {
 /// (row-major, `C = alpha·op(A)·op(B) + beta·C`). OpenBLAS keeps one process-wide thread pool, so
 /// the thread count is a process-wide setting too.
 public enum BLAS {
-    /// OpenBLAS worker threads used by each GEMM call (`openblas_get_num_threads`).
+    /// The configured thread count: what GEMM calls use outside the encoder's single-threaded
+    /// sections (during one, OpenBLAS runs at 1 and this is the count it returns to afterwards).
     public static var threadCount: Int {
-        Int(openblas_get_num_threads())
+        singleThreaded.withLock { state in Int(state.depth > 0 ? state.saved : openblas_get_num_threads()) }
     }
 
     /// Sets the OpenBLAS worker-thread count for the whole process (`openblas_set_num_threads`).
