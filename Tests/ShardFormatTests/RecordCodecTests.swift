@@ -150,16 +150,35 @@ struct RecordCodecTests {
     @Test func storedFormUnshufflesToThePayload() throws {
         let r = makeRecord(latent: .f32, k: 4, c: 2)
         let payload = RecordCodec.encode(r)
-        let (shuffled, digest, size) = RecordCodec.encodeForStorage(r, shuffled: true)
-        #expect(shuffled != payload && size == payload.count)
-        #expect(digest == Array(SHA256.hash(data: payload)))
+        var shuffled: [UInt8] = [1, 2, 3]  // replaced, not appended to
+        let digest = RecordCodec.encodeForStorage(r, shuffled: true, into: &shuffled)
+        #expect(shuffled != payload && shuffled.count == payload.count)
+        #expect(Array(digest) == Array(SHA256.hash(data: payload)))
         #expect(try ByteShuffle.unshuffle(shuffled) == payload)
-        #expect(RecordCodec.encodeForStorage(r, shuffled: false).stored == payload)
+        var plain: [UInt8] = []
+        _ = RecordCodec.encodeForStorage(r, shuffled: false, into: &plain)
+        #expect(plain == payload)
         #expect(try shuffled.withUnsafeBytes { try RecordCodec.decode($0, shuffled: true) } == r)
         // First plane of the latents holds byte 0 of each of the 8 floats.
         let header = try payload.withUnsafeBytes { try Safetensors.parseHeader($0) }
         let base = header.dataOffset + header.entry("latents")!.byteRange.lowerBound
         for i in 0..<8 { #expect(shuffled[base + i] == payload[base + 4 * i]) }
+    }
+
+    /// The writer builds headers directly; they must be the bytes the generic serializer writes,
+    /// whatever the id holds (quotes, backslashes, control characters, non-ASCII) and whichever
+    /// tensors are present.
+    @Test(arguments: ["a/b.jpg", "quote\"back\\slash", "tab\tnew\nline\u{1}", "ünïcødé/猫.png", "x"])
+    func writerHeaderIsTheSerializersHeader(id: String) {
+        for (logvar, label, view) in [(false, -1, 0), (true, 999, 65535), (false, 12, 7)] {
+            var r = makeRecord(latent: .f16, index: .u16, group: .u8, k: 9, c: 3, n: 40, logvar: logvar, id: id)
+            r.label = label
+            r.view = view
+            r.sourceSHA256 = logvar ? "" : r.sourceSHA256
+            var stored: [UInt8] = []
+            _ = RecordCodec.encodeForStorage(r, shuffled: false, into: &stored)
+            #expect(stored == RecordCodec.encode(r))
+        }
     }
 }
 
