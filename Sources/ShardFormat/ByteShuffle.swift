@@ -53,18 +53,11 @@ public enum ByteShuffle {
         let n = planes.count / s
         let src = raw.assumingMemoryBound(to: UInt8.self)
         if s == 2 {
-            // Sixteen elements at a time: widen each plane's bytes and merge them.
-            var i = 0
-            while i + 16 <= n {
-                let lo = SIMD16<UInt16>(truncatingIfNeeded: raw.loadUnaligned(fromByteOffset: i, as: SIMD16<UInt8>.self))
-                let hi = SIMD16<UInt16>(truncatingIfNeeded: raw.loadUnaligned(fromByteOffset: n + i, as: SIMD16<UInt8>.self))
-                dst.storeBytes(of: lo | (hi &<< 8), toByteOffset: 2 * i, as: SIMD16<UInt16>.self)
-                i += 16
-            }
-            while i < n {
-                dst.storeBytes(of: UInt16(src[i]) | UInt16(src[n + i]) << 8, toByteOffset: 2 * i, as: UInt16.self)
-                i += 1
-            }
+            // bf16/f16 latents, u16 indices and groups. Wrapping shifts and a second base pointer
+            // keep the loop free of overflow traps, so LLVM vectorizes it.
+            let out = dst.assumingMemoryBound(to: UInt16.self)
+            let hi = src + n
+            for i in 0..<n { out[i] = (UInt16(src[i]) | UInt16(hi[i]) &<< 8).littleEndian }
         } else if s == 4 {
             // u32 indices and f32 latents: four planes merged in one pass (vectorized).
             let out = dst.assumingMemoryBound(to: UInt8.self)

@@ -248,10 +248,35 @@ public enum RecordCodec {
 
     static func ints(_ text: String?, count: Int, name: String) throws(FormatError) -> [Int] {
         guard let text else { throw FormatError(.badMetadata, "no \(name)") }
+        if let plain = plainInts(text, count: count) { return plain }
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).compactMap { Int($0) }
         guard parts.count == count, parts.allSatisfy({ $0 >= 0 }) else {
             throw FormatError(.badMetadata, "\(name) must be \(count) non-negative integers, got \"\(text)\"")
         }
         return parts
+    }
+
+    /// `count` comma-separated runs of 1 to 18 digits (what writers emit), read without the
+    /// substrings and the generic parse of the general path; nil for anything else, which that
+    /// path then judges.
+    static func plainInts(_ text: String, count: Int) -> [Int]? {
+        var parts: [Int] = []
+        parts.reserveCapacity(count)
+        var current = 0, digits = 0
+        for b in text.utf8 {
+            if b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") && digits < 18 {
+                current = current &* 10 &+ Int(b &- UInt8(ascii: "0"))
+                digits += 1
+            } else if b == UInt8(ascii: ",") && digits > 0 {
+                parts.append(current)
+                current = 0
+                digits = 0
+            } else {
+                return nil
+            }
+        }
+        guard digits > 0 else { return nil }
+        parts.append(current)
+        return parts.count == count ? parts : nil
     }
 }

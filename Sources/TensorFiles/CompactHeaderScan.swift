@@ -17,7 +17,8 @@ struct CompactHeaderScan {
         var end: Int
     }
 
-    var metadata: [String: String] = [:]
+    /// Sized for the writer's seven keys, so it is not rehashed as it fills.
+    var metadata = [String: String](minimumCapacity: 8)
     var members: [Member] = []
 
     private static let quote = UInt8(ascii: "\"")
