@@ -233,10 +233,11 @@ public enum CacheVerifier {
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             let part = box.parts[t]
             let decompressor = ZstdDecompressor()
+            let checker = RecordChecker()
             var chunk = t
             while chunk < chunks {
                 checkChunk(shard, chunk: chunk, firstIndex: firstIndex, shuffled: shuffled, rehash: rehash,
-                           decompressor: decompressor, into: part)
+                           decompressor: decompressor, checker: checker, into: part)
                 chunk += threads
             }
         }
@@ -298,7 +299,7 @@ public enum CacheVerifier {
     }
 
     static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, rehash: Bool,
-                           decompressor: ZstdDecompressor, into part: PartResult) {
+                           decompressor: ZstdDecompressor, checker: RecordChecker, into part: PartResult) {
         let rpc = shard.recordsPerChunk
         let expected = min(rpc, shard.count - chunk * rpc)
         let chunkLoc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + chunk * rpc)
@@ -336,7 +337,7 @@ public enum CacheVerifier {
                                 } else {
                                     storedDigests.withUnsafeBytes { part.digests.set(local, UnsafeRawBufferPointer(rebasing: $0[(slot * 32)..<(slot * 32 + 32)])) }
                                 }
-                                let (id, view) = try RecordCodec.check(stored: stored, shuffled: shuffled)
+                                let (id, view) = try checker.check(stored: stored, shuffled: shuffled)
                                 return (id, view, stored.count)
                             }
                             part.payloadBytes += size

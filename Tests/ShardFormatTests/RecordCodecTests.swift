@@ -165,6 +165,42 @@ struct RecordCodecTests {
         for i in 0..<8 { #expect(shuffled[base + i] == payload[base + 4 * i]) }
     }
 
+    /// The deep verifier's checker skips the tensor part of headers it has seen; on records that
+    /// share a layout, valid or with damaged metadata, it must answer as the full check does.
+    @Test func recordCheckerAgreesWithTheFullCheck() throws {
+        func outcome(_ stored: [UInt8], _ check: (UnsafeRawBufferPointer) throws(FormatError) -> (id: String, view: Int)) -> String {
+            stored.withUnsafeBytes { raw in
+                do { let (id, view) = try check(raw); return "\(id) \(view)" } catch let e as FormatError { return "\(e.kind)" } catch { return "\(error)" }
+            }
+        }
+        let checker = RecordChecker()
+        var rng = SplitMix64(seed: 3)
+        // Edits that keep the length, so the layout still matches and only the metadata differs.
+        let edits: [(String, String)] = [(#""view":"0""#, #""view":"7""#), (#""view":"0""#, #""view":"x""#),
+                                         (#""label":"0""#, #""label":"+""#), (#""mtok.format":"1""#, #""mtok.format":"2""#),
+                                         (#""crop_box":"80,"#, #""crop_box":"-0,"#), (#""id":"#, #""ix":"#),
+                                         (#""source_size":"640"#, #""source_size":"64x"#), (#""label":"0""#, "\"label\":\"\u{7F}\"")]
+        for i in 0..<60 {
+            var r = makeRecord(k: 16, c: 4, n: 25, id: "img/\(i % 7)", seed: 1)
+            r.view = 0
+            var stored: [UInt8] = []
+            _ = RecordCodec.encodeForStorage(r, shuffled: true, into: &stored)
+            if i % 3 == 1 {
+                // Same length, so the layout still matches: only the metadata text differs.
+                let (from, to) = edits[Int(rng.next() % UInt64(edits.count))]
+                let (f, t) = (Array(from.utf8), Array(to.utf8))
+                #expect(f.count == t.count)
+                if let at = (0...(stored.count - f.count)).first(where: { Array(stored[$0..<($0 + f.count)]) == f }) {
+                    stored.replaceSubrange(at..<(at + f.count), with: t)
+                }
+            } else if i % 3 == 2 {
+                stored[8 + Int(rng.next() % 120)] = UInt8(truncatingIfNeeded: rng.next())
+            }
+            #expect(outcome(stored) { raw throws(FormatError) in try checker.check(stored: raw, shuffled: true) }
+                    == outcome(stored) { raw throws(FormatError) in try RecordCodec.check(stored: raw, shuffled: true) })
+        }
+    }
+
     /// The writer builds headers directly; they must be the bytes the generic serializer writes,
     /// whatever the id holds (quotes, backslashes, control characters, non-ASCII) and whichever
     /// tensors are present.
