@@ -75,13 +75,6 @@ public final class ZstdCompressor {
     public func compress(_ input: UnsafeRawBufferPointer) throws(ZstdError) -> [UInt8] {
         try withCompressed(input) { Array($0) }
     }
-
-    public func compress(_ input: [UInt8]) throws(ZstdError) -> [UInt8] {
-        let r: Result<[UInt8], ZstdError> = input.withUnsafeBytes { raw in
-            Result { () throws(ZstdError) in try compress(raw) }
-        }
-        return try r.get()
-    }
 }
 
 /// A decompression context (`ZSTD_DCtx`). Not thread-safe: use one per thread.
