@@ -1,4 +1,5 @@
 internal import CLMDB
+import Synchronization
 
 /// An LMDB environment: one memory-mapped file (always opened with `MDB_NOSUBDIR`).
 ///
@@ -29,6 +30,11 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
 
     public let path: String
     let env: OpaquePointer
+    /// Read transactions of a read-only environment, reset (`mdb_txn_reset`) and kept for reuse
+    /// (`mdb_txn_renew`): a random read then costs no transaction allocation. `MDB_NOTLS` lets
+    /// any thread renew one; each is used by one thread at a time.
+    private let idleReaders = Mutex<[IdleTransaction]>([])
+    private let reusesReaders: Bool
 
     public init(path: String, options: Options) throws(LMDBError) {
         self.path = path
@@ -52,9 +58,14 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
             throw error
         }
         env = handle
+        reusesReaders = options.readOnly
     }
 
-    deinit { mdb_env_close(env) }
+    deinit {
+        // lmdb.h: every transaction must end before the environment closes.
+        idleReaders.withLock { for t in $0 { mdb_txn_abort(t.txn) } }
+        mdb_env_close(env)
+    }
 
     /// Grows (or sets) the map size. lmdb.h: may only be called when no transaction is active in
     /// this process.
@@ -126,8 +137,27 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         return out
     }
 
-    /// Runs `body` in a read-only transaction, aborted when `body` returns.
+    /// Runs `body` in a read-only transaction, which ends when `body` returns.
     public func read<T>(_ body: (LMDBTransaction) throws -> T) throws -> T {
+        if reusesReaders {
+            let reused = idleReaders.withLock { $0.popLast() }
+            let txn: OpaquePointer
+            if let reused {
+                txn = reused.txn
+                let rc = mdb_txn_renew(txn)
+                if rc != 0 { mdb_txn_abort(txn) }
+                try check(rc, "mdb_txn_renew")
+            } else {
+                var fresh: OpaquePointer?
+                try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &fresh), "mdb_txn_begin")
+                txn = fresh!
+            }
+            defer {
+                mdb_txn_reset(txn)
+                idleReaders.withLock { $0.append(IdleTransaction(txn: txn)) }
+            }
+            return try body(LMDBTransaction(txn: txn))
+        }
         var txn: OpaquePointer?
         try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin")
         let transaction = LMDBTransaction(txn: txn!)
@@ -150,4 +180,10 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         try check(mdb_txn_commit(txn), "mdb_txn_commit")
         return result
     }
+}
+
+/// A reset read transaction waiting in `LMDBEnvironment.idleReaders`; owned by the pool while
+/// there, so it may be handed to another thread (`MDB_NOTLS`).
+struct IdleTransaction: @unchecked Sendable {
+    let txn: OpaquePointer
 }

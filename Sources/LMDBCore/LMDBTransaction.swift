@@ -59,6 +59,20 @@ public struct LMDBTransaction {
         try result.get()
     }
 
+    /// Stores a value of `count` bytes under `key` that `fill` writes in place (`MDB_RESERVE`:
+    /// LMDB hands out the space in its page, saving a copy of the value). `fill` must write all
+    /// `count` bytes and must not touch the transaction.
+    public func reserve(_ db: LMDBDatabase, key: [UInt8], count: Int,
+                        _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws(LMDBError) {
+        var vv = MDB_val(mv_size: count, mv_data: nil)
+        let rc: Int32 = key.withUnsafeBytes { k in
+            var kv = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
+            return mdb_put(txn, db.dbi, &kv, &vv, UInt32(MDB_RESERVE))
+        }
+        try check(rc, "mdb_put(MDB_RESERVE)")
+        fill(UnsafeMutableRawBufferPointer(start: vv.mv_data, count: count))
+    }
+
     /// Deletes `key`; returns false if it was absent.
     @discardableResult
     public func delete(_ db: LMDBDatabase, key: [UInt8]) throws(LMDBError) -> Bool {

@@ -40,56 +40,71 @@ public enum ByteShuffle {
 
     /// The inverse of `appendPlanes`: interleaves byte planes back into elements.
     public static func joinPlanes(_ planes: UnsafeRawBufferPointer, elementSize s: Int) -> [UInt8] {
-        let n = planes.count / s
-        return [UInt8](unsafeUninitializedCapacity: planes.count) { out, count in
-            let src = planes.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            if s == 2 {
-                // Sixteen elements at a time: widen each plane's bytes and merge them.
-                let dst = UnsafeMutableRawPointer(out.baseAddress!)
-                let raw = UnsafeRawPointer(src)
-                var i = 0
-                while i + 16 <= n {
-                    let lo = SIMD16<UInt16>(truncatingIfNeeded: raw.loadUnaligned(fromByteOffset: i, as: SIMD16<UInt8>.self))
-                    let hi = SIMD16<UInt16>(truncatingIfNeeded: raw.loadUnaligned(fromByteOffset: n + i, as: SIMD16<UInt8>.self))
-                    dst.storeBytes(of: lo | (hi &<< 8), toByteOffset: 2 * i, as: SIMD16<UInt16>.self)
-                    i += 16
-                }
-                while i < n {
-                    dst.storeBytes(of: UInt16(src[i]) | UInt16(src[n + i]) << 8, toByteOffset: 2 * i, as: UInt16.self)
-                    i += 1
-                }
-            } else {
-                for j in 0..<s {
-                    for i in 0..<n { out[i * s + j] = src[j * n + i] }
-                }
-            }
+        [UInt8](unsafeUninitializedCapacity: planes.count) { out, count in
+            if let base = out.baseAddress { joinPlanes(planes, elementSize: s, into: UnsafeMutableRawPointer(base)) }
             count = planes.count
+        }
+    }
+
+    /// Interleaves byte planes back into elements at `out` (`planes.count` bytes), so a reader
+    /// unshuffles straight into its destination.
+    public static func joinPlanes(_ planes: UnsafeRawBufferPointer, elementSize s: Int, into dst: UnsafeMutableRawPointer) {
+        guard let raw = planes.baseAddress else { return }
+        let n = planes.count / s
+        let src = raw.assumingMemoryBound(to: UInt8.self)
+        if s == 2 {
+            // bf16/f16 latents, u16 indices and groups. Wrapping shifts and a second base pointer
+            // keep the loop free of overflow traps, so LLVM vectorizes it.
+            let out = dst.assumingMemoryBound(to: UInt16.self)
+            let hi = src + n
+            for i in 0..<n { out[i] = (UInt16(src[i]) | UInt16(hi[i]) &<< 8).littleEndian }
+        } else if s == 4 {
+            // u32 indices and f32 latents: four planes merged in one pass (vectorized).
+            let out = dst.assumingMemoryBound(to: UInt8.self)
+            let p1 = src + n, p2 = src + 2 * n, p3 = src + 3 * n
+            for i in 0..<n {
+                let v = UInt32(src[i]) | UInt32(p1[i]) &<< 8 | UInt32(p2[i]) &<< 16 | UInt32(p3[i]) &<< 24
+                UnsafeMutableRawPointer(out + 4 * i).storeBytes(of: v.littleEndian, as: UInt32.self)
+            }
+        } else {
+            let out = dst.assumingMemoryBound(to: UInt8.self)
+            for j in 0..<s {
+                for i in 0..<n { out[i * s + j] = src[j * n + i] }
+            }
         }
     }
 
     /// The payload of a stored frame's content: the header as it is, each tensor's planes joined.
     /// (Writers build the stored form tensor by tensor: `RecordCodec.encodeForStorage`.)
     public static func unshuffle(_ input: [UInt8]) throws(FormatError) -> [UInt8] {
-        let parsed: Result<SafetensorsHeader, SafetensorsError> = input.withUnsafeBytes { raw in
-            Result { () throws(SafetensorsError) in try Safetensors.parseHeader(raw) }
+        let r: Result<[UInt8], FormatError> = input.withUnsafeBytes { raw in
+            Result { () throws(FormatError) in try unshuffle(raw) }
         }
+        return try r.get()
+    }
+
+    /// The payload of a stored frame's content, built in one allocation.
+    public static func unshuffle(_ input: UnsafeRawBufferPointer) throws(FormatError) -> [UInt8] {
         let header: SafetensorsHeader
-        switch parsed {
-        case let .success(h): header = h
-        case let .failure(e): throw FormatError(.badContainer, e.reason)
+        do {
+            header = try Safetensors.parseHeader(input)
+        } catch {
+            throw FormatError(.badContainer, error.reason)
         }
-        var out = Array(input[0..<header.dataOffset])
-        out.reserveCapacity(input.count)
-        input.withUnsafeBytes { src in
+        // parseHeader checked that the tensors tile the data section up to the end of `input`.
+        return [UInt8](unsafeUninitializedCapacity: input.count) { out, count in
+            guard let dst = out.baseAddress.map(UnsafeMutableRawPointer.init) else { return }
+            dst.copyMemory(from: input.baseAddress!, byteCount: header.dataOffset)
             for (_, e) in header.entries {
-                let slice = UnsafeRawBufferPointer(rebasing: src[(header.dataOffset + e.byteRange.lowerBound)..<(header.dataOffset + e.byteRange.upperBound)])
+                let at = header.dataOffset + e.byteRange.lowerBound
+                let slice = UnsafeRawBufferPointer(rebasing: input[at..<(header.dataOffset + e.byteRange.upperBound)])
                 if e.dtype.byteSize == 1 {
-                    out.append(contentsOf: slice)
+                    (dst + at).copyMemory(from: slice.baseAddress!, byteCount: slice.count)
                 } else {
-                    out.append(contentsOf: joinPlanes(slice, elementSize: e.dtype.byteSize))
+                    joinPlanes(slice, elementSize: e.dtype.byteSize, into: dst + at)
                 }
             }
+            count = input.count
         }
-        return out
     }
 }

@@ -1,5 +1,5 @@
 public import TensorFiles
-import Crypto
+public import Crypto
 
 /// Turns records into their uncompressed payload and back (Schemas/FORMAT.md, "Record").
 ///
@@ -26,18 +26,17 @@ public enum RecordCodec {
         return Safetensors.serialize(tensors, metadata: metadata)
     }
 
-    /// What a writer stores for `record`: the frame content (the payload, byte-shuffled when
-    /// `shuffled`), the SHA-256 of the payload itself, and the payload's size. The shuffled bytes
-    /// are produced tensor by tensor and the digest is fed the same way, so the plain payload is
-    /// never materialized.
-    public static func encodeForStorage(_ record: TokenRecord, shuffled: Bool) -> (stored: [UInt8], digest: [UInt8], payloadSize: Int) {
-        let (tensors, metadata) = parts(record)
-        let header = Safetensors.serializeHeader(tensors, metadata: metadata)
+    /// Writes what a writer stores for `record` into `stored` (replacing its contents; a caller
+    /// reusing one buffer allocates nothing per record): the frame content, i.e. the payload,
+    /// byte-shuffled when `shuffled`. Returns the SHA-256 of the payload itself, fed tensor by
+    /// tensor so the plain payload is never materialized. The payload's size is `stored.count`.
+    public static func encodeForStorage(_ record: TokenRecord, shuffled: Bool, into stored: inout [UInt8]) -> SHA256Digest {
+        stored.removeAll(keepingCapacity: true)
+        appendHeader(of: record, to: &stored)
         var hasher = SHA256()
-        hasher.update(data: header)
-        var stored = header
-        stored.reserveCapacity(header.count + tensors.reduce(0) { $0 + $1.bytes.count })
-        for t in tensors {
+        stored.withUnsafeBytes { hasher.update(bufferPointer: $0) }
+        for t in [record.latents, record.logvar, record.indices, record.groups] {
+            guard let t else { continue }
             hasher.update(data: t.bytes)
             if shuffled && t.dtype.byteSize > 1 {
                 ByteShuffle.appendPlanes(of: t.bytes, elementSize: t.dtype.byteSize, to: &stored)
@@ -45,7 +44,58 @@ public enum RecordCodec {
                 stored.append(contentsOf: t.bytes)
             }
         }
-        return (stored, Array(hasher.finalize()), stored.count)
+        return hasher.finalize()
+    }
+
+    /// Appends the 8-byte length and the header of `record`'s payload: the bytes
+    /// `Safetensors.serializeHeader` writes for `parts(record)` (tests compare the two), built
+    /// without the metadata dictionary, its sorting and per-field strings.
+    static func appendHeader(of record: TokenRecord, to out: inout [UInt8]) {
+        let start = out.count
+        out.append(contentsOf: repeatElement(0, count: 8))  // the length, filled in below
+        func put(_ s: StaticString) { out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
+        func put(int: Int) { out.append(contentsOf: String(int).utf8) }
+        // Metadata keys in sorted order, as `serializeHeader` writes them.
+        let c = record.cropBox
+        put(#"{"__metadata__":{"crop_box":""#)
+        put(int: c.x); put(","); put(int: c.y); put(","); put(int: c.width); put(","); put(int: c.height)
+        put(#"","id":"#)
+        JSONValue.appendQuoted(record.id, to: &out)
+        put(#","label":""#)
+        put(int: record.label)
+        put(#"","mtok.format":""#)
+        out.append(contentsOf: formatVersion.utf8)
+        put(#"","source_sha256":"#)
+        JSONValue.appendQuoted(record.sourceSHA256, to: &out)
+        put(#","source_size":""#)
+        put(int: record.sourceWidth); put(","); put(int: record.sourceHeight)
+        put(#"","view":""#)
+        put(int: record.view)
+        put(#""}"#)
+        var offset = 0
+        for t in [record.latents, record.logvar, record.indices, record.groups] {
+            guard let t else { continue }
+            put(",")
+            JSONValue.appendQuoted(t.name, to: &out)
+            put(#":{"dtype":""#)
+            out.append(contentsOf: t.dtype.rawValue.utf8)
+            put(#"","shape":["#)
+            for (i, d) in t.shape.enumerated() {
+                if i > 0 { put(",") }
+                put(int: d)
+            }
+            put(#"],"data_offsets":["#)
+            put(int: offset)
+            put(",")
+            put(int: offset + t.bytes.count)
+            put("]}")
+            offset += t.bytes.count
+        }
+        put("}")
+        while (out.count - start - 8) % 8 != 0 { out.append(0x20) }
+        withUnsafeBytes(of: UInt64(out.count - start - 8).littleEndian) { length in
+            out.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: start).copyMemory(from: length.baseAddress!, byteCount: 8) }
+        }
     }
 
     static func parts(_ record: TokenRecord) -> ([NamedTensor], [String: String]) {
@@ -198,10 +248,35 @@ public enum RecordCodec {
 
     static func ints(_ text: String?, count: Int, name: String) throws(FormatError) -> [Int] {
         guard let text else { throw FormatError(.badMetadata, "no \(name)") }
+        if let plain = plainInts(text, count: count) { return plain }
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).compactMap { Int($0) }
         guard parts.count == count, parts.allSatisfy({ $0 >= 0 }) else {
             throw FormatError(.badMetadata, "\(name) must be \(count) non-negative integers, got \"\(text)\"")
         }
         return parts
+    }
+
+    /// `count` comma-separated runs of 1 to 18 digits (what writers emit), read without the
+    /// substrings and the generic parse of the general path; nil for anything else, which that
+    /// path then judges.
+    static func plainInts(_ text: String, count: Int) -> [Int]? {
+        var parts: [Int] = []
+        parts.reserveCapacity(count)
+        var current = 0, digits = 0
+        for b in text.utf8 {
+            if b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") && digits < 18 {
+                current = current &* 10 &+ Int(b &- UInt8(ascii: "0"))
+                digits += 1
+            } else if b == UInt8(ascii: ",") && digits > 0 {
+                parts.append(current)
+                current = 0
+                digits = 0
+            } else {
+                return nil
+            }
+        }
+        guard digits > 0 else { return nil }
+        parts.append(current)
+        return parts.count == count ? parts : nil
     }
 }

@@ -58,19 +58,24 @@ public enum ShardLayout {
 /// relative to the first frame; offsets[0] = 0, non-decreasing, offsets[count] = frames length),
 /// then the frames back to back.
 public enum Chunk {
-    public static func pack(_ frames: [[UInt8]]) -> [UInt8] {
-        var out = [UInt8]()
-        out.reserveCapacity(4 * (frames.count + 2) + frames.reduce(0) { $0 + $1.count })
-        func u32(_ v: Int) { withUnsafeBytes(of: UInt32(v).littleEndian) { out.append(contentsOf: $0) } }
-        u32(frames.count)
+    /// Bytes of the chunk holding `frames`.
+    public static func packedSize(_ frames: [[UInt8]]) -> Int {
+        4 * (frames.count + 2) + frames.reduce(0) { $0 + $1.count }
+    }
+
+    /// Writes the chunk holding `frames` into `out`, which must be `packedSize(frames)` bytes.
+    public static func pack(_ frames: [[UInt8]], into out: UnsafeMutableRawBufferPointer) {
+        precondition(out.count == packedSize(frames))
+        out.storeBytes(of: UInt32(frames.count).littleEndian, as: UInt32.self)
+        out.storeBytes(of: 0, toByteOffset: 4, as: UInt32.self)
         var offset = 0
-        u32(0)
-        for f in frames {
+        var at = 4 * (frames.count + 2)
+        for (i, f) in frames.enumerated() {
+            f.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + $0.count)]).copyMemory(from: $0) }
+            at += f.count
             offset += f.count
-            u32(offset)
+            out.storeBytes(of: UInt32(offset).littleEndian, toByteOffset: 4 * (i + 2), as: UInt32.self)
         }
-        for f in frames { out.append(contentsOf: f) }
-        return out
     }
 
     /// Number of frames in a chunk, checked against the chunk's size.

@@ -123,62 +123,91 @@ public enum CacheVerifier {
             faults.append(CacheError(.shardMismatch, "shard file is not listed in the manifest", at: CacheLocation(shard: file)))
         }
 
+        // Sealed files are hashed on a thread of their own while the shards open and, when deep,
+        // their records are checked: the two read different things and neither waits for the
+        // other. Faults are still listed in shard order.
+        let sizes: [Int?] = manifest.shards.map { entry in
+            (try? FileManager.default.attributesOfItem(atPath: root + "/" + entry.file))?[.size] as? Int
+        }
+        let toHash = manifest.shards.indices.filter { manifest.shards[$0].sealed && sizes[$0] == manifest.shards[$0].bytes }
+        let hashes = FileHashes(count: manifest.shards.count)
+        let hashing = DispatchGroup()
+        DispatchQueue.global().async(group: hashing) {
+            for i in toHash { hashes.set(i, Result { try sha256(ofFile: root + "/" + manifest.shards[i].file).hex }) }
+        }
+        var shardFaults: [[CacheError]] = Array(repeating: [], count: manifest.shards.count)
         var opened: [(Int, Shard)] = []
         var first = 0
-        for entry in manifest.shards {
+        for (i, entry) in manifest.shards.enumerated() {
             defer { first += entry.records }
             let path = root + "/" + entry.file
             let loc = CacheLocation(shard: entry.file)
-            guard let attrs = try? FileManager.default.attributesOfItem(atPath: path), let size = attrs[.size] as? Int else {
-                faults.append(CacheError(.missingShard, "\(path) does not exist", at: loc))
+            guard let size = sizes[i] else {
+                shardFaults[i].append(CacheError(.missingShard, "\(path) does not exist", at: loc))
                 continue
             }
             // A sealed shard that changed is reported, and still deep-checked when it opens, so
             // the damaged records are located too.
-            if entry.sealed {
-                if size != entry.bytes {
-                    faults.append(CacheError(.shardMismatch, "file is \(size) bytes, manifest says \(entry.bytes)", at: loc))
-                } else {
-                    do {
-                        let (hex, _) = try sha256(ofFile: path)
-                        if hex != entry.sha256 {
-                            faults.append(CacheError(.checksumMismatch, "SHA-256 \(hex) differs from the manifest's \(entry.sha256 ?? "none")", at: loc))
-                        }
-                    } catch {
-                        faults.append(CacheError(.io, "\(error)", at: loc))
-                    }
-                }
+            if entry.sealed && size != entry.bytes {
+                shardFaults[i].append(CacheError(.shardMismatch, "file is \(size) bytes, manifest says \(entry.bytes)", at: loc))
             }
             do {
                 opened.append((first, try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk)))
             } catch {
-                faults.append(error)
+                shardFaults[i].append(error)
+            }
+        }
+        func collectShardFaults() {
+            hashing.wait()
+            for (i, entry) in manifest.shards.enumerated() {
+                let loc = CacheLocation(shard: entry.file)
+                switch hashes.get(i) {
+                case nil: break
+                case let .success(hex)?:
+                    if hex != entry.sha256 {
+                        faults.append(CacheError(.checksumMismatch, "SHA-256 \(hex) differs from the manifest's \(entry.sha256 ?? "none")", at: loc))
+                    }
+                case let .failure(error)?:
+                    faults.append(CacheError(.io, "\(error)", at: loc))
+                }
+                faults += shardFaults[i]
             }
         }
 
+        var deepFaults: [CacheError] = []
         if deep && opened.count == manifest.shards.count {
             var hasher = SHA256()
             var seen = Set<IdHash>()
             for (firstIndex, shard) in opened {
                 let result = checkRecords(shard, firstIndex: firstIndex, shuffled: manifest.compression.shuffle == Manifest.byteShuffle,
                                           rehash: rehash, threads: max(1, threads))
-                faults += result.faults
+                deepFaults += result.faults
                 report.recordsChecked += result.checked
                 report.payloadBytesChecked += result.payloadBytes
                 result.digests.withUnsafeBytes { hasher.update(bufferPointer: $0) }
                 for (h, loc) in result.idHashes where !seen.insert(h).inserted {
-                    faults.append(CacheError(.duplicateId, "(id, view) is stored more than once in the cache", at: loc))
+                    deepFaults.append(CacheError(.duplicateId, "(id, view) is stored more than once in the cache", at: loc))
                 }
             }
             let digest = "sha256:" + hex(hasher.finalize())
             if manifest.complete, manifest.contentDigest != digest {
-                faults.append(CacheError(.checksumMismatch, "content digest of the records is \(digest), manifest says \(manifest.contentDigest ?? "none")"))
+                deepFaults.append(CacheError(.checksumMismatch, "content digest of the records is \(digest), manifest says \(manifest.contentDigest ?? "none")"))
             }
         } else if deep {
-            faults.append(CacheError(.missingShard, "deep checks skipped: not every shard opens"))
+            deepFaults.append(CacheError(.missingShard, "deep checks skipped: not every shard opens"))
         }
+        collectShardFaults()
+        faults += deepFaults
         report.faults = faults.map(VerifyFault.init)
         return report
+    }
+
+    /// Results of the hashing thread, one slot per shard; read after the thread is joined.
+    final class FileHashes: @unchecked Sendable {  // each slot is written once, by that thread
+        private var slots: [Result<String, any Error>?]
+        init(count: Int) { slots = Array(repeating: nil, count: count) }
+        func set(_ i: Int, _ r: Result<String, any Error>) { slots.withUnsafeMutableBufferPointer { $0[i] = r } }
+        func get(_ i: Int) -> Result<String, any Error>? { slots[i] }
     }
 
     struct IdHash: Hashable {
@@ -198,26 +227,27 @@ public enum CacheVerifier {
     static func checkRecords(_ shard: Shard, firstIndex: Int, shuffled: Bool, rehash: Bool, threads: Int) -> ShardResult {
         let rpc = shard.recordsPerChunk
         let chunks = (shard.count + rpc - 1) / rpc
-        let parts = (0..<threads).map { _ in PartResult() }
+        let digests = DigestSlots(count: shard.count)
+        let parts = (0..<threads).map { _ in PartResult(digests: digests) }
         let box = PartsBox(parts)
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             let part = box.parts[t]
             let decompressor = ZstdDecompressor()
+            let checker = RecordChecker()
             var chunk = t
             while chunk < chunks {
                 checkChunk(shard, chunk: chunk, firstIndex: firstIndex, shuffled: shuffled, rehash: rehash,
-                           decompressor: decompressor, into: part)
+                           decompressor: decompressor, checker: checker, into: part)
                 chunk += threads
             }
         }
         var out = ShardResult()
-        out.digests = [UInt8](repeating: 0, count: shard.count * 32)
+        out.digests = digests.bytes
         for part in parts {
             out.faults += part.faults
             out.checked += part.checked
             out.payloadBytes += part.payloadBytes
             out.idHashes += part.idHashes
-            for (local, d) in part.digests { out.digests.replaceSubrange((local * 32)..<(local * 32 + 32), with: d) }
         }
         // Chunk keys beyond the count, and the id index's size (with every record's key found
         // pointing at it, equal sizes make the index a bijection).
@@ -245,8 +275,22 @@ public enum CacheVerifier {
         var faults: [CacheError] = []
         var checked = 0
         var payloadBytes = 0
-        var digests: [(Int, [UInt8])] = []
+        /// Where the digest of each record that decompresses goes (shared: records are disjoint).
+        let digests: DigestSlots
         var idHashes: [(IdHash, CacheLocation)] = []
+        init(digests: DigestSlots) { self.digests = digests }
+    }
+
+    /// 32 bytes per record of a shard, zero until a thread stores that record's digest; each
+    /// record belongs to one chunk, checked by one thread, and the bytes are read after the
+    /// threads are joined.
+    final class DigestSlots: @unchecked Sendable {
+        private(set) var bytes: [UInt8]
+        init(count: Int) { bytes = [UInt8](repeating: 0, count: 32 * count) }
+        func set(_ local: Int, _ digest: UnsafeRawBufferPointer) {
+            precondition(digest.count == 32)
+            bytes.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: 32 * local).copyMemory(from: digest.baseAddress!, byteCount: 32) }
+        }
     }
 
     struct PartsBox: @unchecked Sendable {  // thread t touches only parts[t]
@@ -255,7 +299,7 @@ public enum CacheVerifier {
     }
 
     static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, rehash: Bool,
-                           decompressor: ZstdDecompressor, into part: PartResult) {
+                           decompressor: ZstdDecompressor, checker: RecordChecker, into part: PartResult) {
         let rpc = shard.recordsPerChunk
         let expected = min(rpc, shard.count - chunk * rpc)
         let chunkLoc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + chunk * rpc)
@@ -284,16 +328,16 @@ public enum CacheVerifier {
                             let (id, view, size) = try decompressor.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { stored in
                                 let storedDigest = storedDigests[(slot * 32)..<(slot * 32 + 32)]
                                 if rehash {
-                                    let payload = shuffled ? try ByteShuffle.unshuffle(Array(stored)) : Array(stored)
-                                    let digest = Array(SHA256.hash(data: payload))
-                                    part.digests.append((local, digest))
-                                    guard digest[...] == storedDigest else {
+                                    let payload = shuffled ? try ByteShuffle.unshuffle(stored) : Array(stored)
+                                    let digest = SHA256.hash(data: payload)
+                                    digest.withUnsafeBytes { part.digests.set(local, $0) }
+                                    guard digest.elementsEqual(storedDigest) else {
                                         throw CacheError(.checksumMismatch, "payload SHA-256 differs from the stored digest", at: loc)
                                     }
                                 } else {
-                                    part.digests.append((local, Array(storedDigest)))
+                                    storedDigests.withUnsafeBytes { part.digests.set(local, UnsafeRawBufferPointer(rebasing: $0[(slot * 32)..<(slot * 32 + 32)])) }
                                 }
-                                let (id, view) = try RecordCodec.check(stored: stored, shuffled: shuffled)
+                                let (id, view) = try checker.check(stored: stored, shuffled: shuffled)
                                 return (id, view, stored.count)
                             }
                             part.payloadBytes += size
@@ -308,10 +352,10 @@ public enum CacheVerifier {
                             } else if mapped! != local {
                                 part.faults.append(CacheError(.idIndexMismatch, "id index points at local record \(mapped!.map(String.init) ?? "?"), not \(local)", at: idLoc))
                             }
-                            let h = Array(SHA256.hash(data: idKey))
-                            let a = h[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                            let b = h[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                            part.idHashes.append((IdHash(a: a, b: b), idLoc))
+                            let h = SHA256.hash(data: idKey).withUnsafeBytes {
+                                IdHash(a: $0.loadUnaligned(as: UInt64.self), b: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                            }
+                            part.idHashes.append((h, idLoc))
                         } catch let e as ZstdError {
                             part.faults.append(CacheError(e.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, e.description, at: loc))
                         } catch let e as CacheError {

@@ -72,8 +72,9 @@ package final class Shard: Sendable {
         let loc = CacheLocation(shard: file, chunk: chunk, index: globalIndex)
         let result: T?
         do {
-            result = try env.read { txn in
-                try txn.get(records, key: ShardLayout.chunkKey(chunk)) { value in
+            // ShardLayout.chunkKey, without an array per read.
+            result = try withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
+                try txn.get(records, key: key) { value in
                     let frame: UnsafeRawBufferPointer
                     do {
                         frame = try Chunk.frame(value, slot: local % recordsPerChunk)
@@ -82,7 +83,7 @@ package final class Shard: Sendable {
                     }
                     return try body(frame)
                 }
-            }
+            } }
         } catch let e as CacheError {
             throw e
         } catch {

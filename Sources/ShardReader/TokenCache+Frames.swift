@@ -12,7 +12,7 @@ extension TokenCache {
         for index in indices {
             let (s, local) = try locate(index)
             total += try shards[s].withFrame(local: local, globalIndex: index) { frame in
-                try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes).count
+                try decompressor.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { $0.count }
             }
         }
         return total

@@ -70,20 +70,20 @@ public final class TokenCache: Sendable {
         }
     }
 
-    /// Decompresses a frame (verifying its checksum) and undoes the byte shuffle.
+    /// Decompresses a frame (verifying its checksum) into the decompressor's buffer and undoes
+    /// the byte shuffle while copying it out.
     static func payload(fromFrame frame: UnsafeRawBufferPointer, decompressor: ZstdDecompressor, shuffled: Bool,
                         at location: CacheLocation) throws(CacheError) -> [UInt8] {
-        let stored: [UInt8]
         do {
-            stored = try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
+            return try decompressor.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { stored in
+                shuffled ? try ByteShuffle.unshuffle(stored) : Array(stored)
+            }
+        } catch let e as ZstdError {
+            throw CacheError(e.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, e.description, at: location)
+        } catch let e as FormatError {
+            throw CacheError(e, at: location)
         } catch {
-            throw CacheError(error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, error.description, at: location)
-        }
-        guard shuffled else { return stored }
-        do {
-            return try ByteShuffle.unshuffle(stored)
-        } catch {
-            throw CacheError(error, at: location)
+            throw CacheError(.corruptRecord, "\(error)", at: location)
         }
     }
 

@@ -94,7 +94,8 @@ final class WritableShard {
 
     /// Writes records in one transaction, then syncs the file. State changes only after the
     /// commit, so a failed write leaves this object as it was.
-    func write(frames: [[UInt8]], digests newDigests: [[UInt8]], payloadBytes sizes: [Int], idKeys: [[UInt8]],
+    /// `digests`: the payloads' SHA-256s, 32 bytes per frame.
+    func write(frames: [[UInt8]], digests newDigests: [UInt8], payloadBytes sizes: [Int], idKeys: [[UInt8]],
                ids: [(String, Int)], inputsDone: Int?) throws {
         while true {
             do {
@@ -107,7 +108,7 @@ final class WritableShard {
         do { try env.sync() } catch { throw CacheError(.io, "\(error)", at: CacheLocation(shard: file)) }
     }
 
-    private func writeOnce(frames: [[UInt8]], digests newDigests: [[UInt8]], sizes: [Int], idKeys: [[UInt8]],
+    private func writeOnce(frames: [[UInt8]], digests newDigests: [UInt8], sizes: [Int], idKeys: [[UInt8]],
                            ids: [(String, Int)], inputsDone done: Int?) throws {
         var n = count
         var frameBuffer = pendingFrames
@@ -121,7 +122,7 @@ final class WritableShard {
                     throw CacheError(.duplicateId, "already stored in \(file)", at: CacheLocation(id: ids[j].0, view: ids[j].1))
                 }
                 frameBuffer.append(frames[j])
-                digestBuffer += newDigests[j]
+                digestBuffer += newDigests[(32 * j)..<(32 * j + 32)]
                 estimate += frames[j].count + Self.perRecordOverhead
                 n += 1
                 if frameBuffer.count == recordsPerChunk {
@@ -148,7 +149,8 @@ final class WritableShard {
     }
 
     private func putChunk(_ chunk: Int, _ frames: [[UInt8]], _ digestBytes: [UInt8], _ txn: LMDBTransaction) throws {
-        try txn.put(records, key: ShardLayout.chunkKey(chunk), value: Chunk.pack(frames))
+        // Packed straight into the page LMDB reserves for it: no intermediate chunk buffer.
+        try txn.reserve(records, key: ShardLayout.chunkKey(chunk), count: Chunk.packedSize(frames)) { Chunk.pack(frames, into: $0) }
         try txn.put(digests, key: ShardLayout.chunkKey(chunk), value: digestBytes)
     }
 

@@ -52,52 +52,60 @@ public enum Safetensors {
     /// byte count must match its shape, ranges must tile the data section without gaps or
     /// overlaps, and the data section must end where the blob ends.
     public static func parseHeader(_ bytes: UnsafeRawBufferPointer) throws(SafetensorsError) -> SafetensorsHeader {
+        try parseHeader(bytes, compactScan: true)
+    }
+
+    /// `compactScan: false` forces the JSON parser (tests compare the two paths).
+    static func parseHeader(_ bytes: UnsafeRawBufferPointer, compactScan: Bool) throws(SafetensorsError) -> SafetensorsHeader {
         guard bytes.count >= 8 else { throw SafetensorsError("\(bytes.count) bytes, shorter than the 8-byte length prefix") }
         let headerLength = UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self))
         guard headerLength <= UInt64(min(maxHeaderBytes, bytes.count - 8)) else {
             throw SafetensorsError("header length \(headerLength) exceeds the \(bytes.count)-byte blob")
         }
         let dataOffset = 8 + Int(headerLength)
-        let json: JSONValue
-        do {
-            json = try JSONValue.parse(UnsafeRawBufferPointer(rebasing: bytes[8..<dataOffset]))
-        } catch {
-            throw SafetensorsError("header: \(error)")
-        }
-        guard case let .object(members) = json else { throw SafetensorsError("header is not a JSON object") }
+        let json = UnsafeRawBufferPointer(rebasing: bytes[8..<dataOffset])
         var metadata: [String: String] = [:]
         var entries: [(name: String, entry: TensorEntry)] = []
-        for (name, value) in members {
-            if name == "__metadata__" {
-                guard case let .object(pairs) = value else { throw SafetensorsError("__metadata__ is not an object") }
-                for (k, v) in pairs {
-                    guard let s = v.stringValue else { throw SafetensorsError("__metadata__[\(k)] is not a string") }
-                    metadata[k] = s
+        // Headers as `serializeHeader` writes them take a direct scan (readers parse one header
+        // per record read); anything else goes through the JSON parser. Both feed the same checks.
+        if compactScan, let compact = CompactHeaderScan(json) {
+            for member in compact.members {
+                entries.append((member.name, try entry(member.name, dtype: member.dtype, dims: member.shape,
+                                                       begin: member.begin, end: member.end)))
+            }
+            metadata = compact.metadata
+        } else {
+            let value: JSONValue
+            do {
+                value = try JSONValue.parse(json)
+            } catch {
+                throw SafetensorsError("header: \(error)")
+            }
+            guard case let .object(members) = value else { throw SafetensorsError("header is not a JSON object") }
+            for (name, value) in members {
+                if name == "__metadata__" {
+                    guard case let .object(pairs) = value else { throw SafetensorsError("__metadata__ is not an object") }
+                    for (k, v) in pairs {
+                        guard let s = v.stringValue else { throw SafetensorsError("__metadata__[\(k)] is not a string") }
+                        metadata[k] = s
+                    }
+                    continue
                 }
-                continue
+                guard let dtypeName = value["dtype"]?.stringValue else { throw SafetensorsError("tensor \(name): no dtype") }
+                guard let dtype = TensorDType(rawValue: dtypeName) else {
+                    throw SafetensorsError("tensor \(name): unsupported dtype \(dtypeName)")
+                }
+                guard case let .array(dims)? = value["shape"] else { throw SafetensorsError("tensor \(name): no shape") }
+                var shape: [Int] = []
+                for d in dims {
+                    guard let n = d.intValue else { throw SafetensorsError("tensor \(name): bad dimension") }
+                    shape.append(n)
+                }
+                guard case let .array(offsets)? = value["data_offsets"], offsets.count == 2,
+                      let begin = offsets[0].intValue, let end = offsets[1].intValue
+                else { throw SafetensorsError("tensor \(name): bad data_offsets") }
+                entries.append((name, try entry(name, dtype: dtype, dims: shape, begin: begin, end: end)))
             }
-            guard let dtypeName = value["dtype"]?.stringValue else { throw SafetensorsError("tensor \(name): no dtype") }
-            guard let dtype = TensorDType(rawValue: dtypeName) else {
-                throw SafetensorsError("tensor \(name): unsupported dtype \(dtypeName)")
-            }
-            guard case let .array(dims)? = value["shape"] else { throw SafetensorsError("tensor \(name): no shape") }
-            var shape: [Int] = []
-            var count = 1
-            for d in dims {
-                guard let n = d.intValue else { throw SafetensorsError("tensor \(name): bad dimension") }
-                let (product, overflow) = count.multipliedReportingOverflow(by: n)
-                guard !overflow else { throw SafetensorsError("tensor \(name): shape overflows") }
-                shape.append(n)
-                count = product
-            }
-            guard case let .array(offsets)? = value["data_offsets"], offsets.count == 2,
-                  let begin = offsets[0].intValue, let end = offsets[1].intValue, begin <= end
-            else { throw SafetensorsError("tensor \(name): bad data_offsets") }
-            let (byteCount, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
-            guard !overflow, end - begin == byteCount else {
-                throw SafetensorsError("tensor \(name): shape \(shape) of \(dtypeName) needs \(count * dtype.byteSize) bytes, data_offsets give \(end - begin)")
-            }
-            entries.append((name, TensorEntry(dtype: dtype, shape: shape, byteRange: begin..<end)))
         }
         entries.sort { $0.entry.byteRange.lowerBound < $1.entry.byteRange.lowerBound }
         var expected = 0
@@ -111,6 +119,23 @@ public enum Safetensors {
             throw SafetensorsError("data section is \(bytes.count - dataOffset) bytes, tensors cover \(expected)")
         }
         return SafetensorsHeader(entries: entries, metadata: metadata, dataOffset: dataOffset)
+    }
+
+    /// One tensor's entry, checked: the shape's element count does not overflow and its byte
+    /// count equals the data offsets' span.
+    static func entry(_ name: String, dtype: TensorDType, dims: [Int], begin: Int, end: Int) throws(SafetensorsError) -> TensorEntry {
+        var count = 1
+        for n in dims {
+            let (product, overflow) = count.multipliedReportingOverflow(by: n)
+            guard !overflow else { throw SafetensorsError("tensor \(name): shape overflows") }
+            count = product
+        }
+        guard begin <= end else { throw SafetensorsError("tensor \(name): bad data_offsets") }
+        let (byteCount, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
+        guard !overflow, end - begin == byteCount else {
+            throw SafetensorsError("tensor \(name): shape \(dims) of \(dtype.rawValue) needs \(count * dtype.byteSize) bytes, data_offsets give \(end - begin)")
+        }
+        return TensorEntry(dtype: dtype, shape: dims, byteRange: begin..<end)
     }
 
     /// Serializes tensors (in the given order) and string metadata. The output is deterministic:

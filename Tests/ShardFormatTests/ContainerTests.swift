@@ -1,6 +1,6 @@
 import Foundation
 import ShardFormat
-import TensorFiles
+@testable import TensorFiles
 import Testing
 
 struct JSONParserTests {
@@ -29,6 +29,41 @@ struct JSONParserTests {
 }
 
 struct SafetensorsTests {
+    /// Headers in the writer's compact form take a direct scan instead of the JSON parser; on
+    /// every input, valid or damaged, the outcome must be the parser's.
+    @Test func compactScanAgreesWithTheJSONParser() throws {
+        func outcome(_ blob: [UInt8], scan: Bool) -> SafetensorsHeader? {
+            blob.withUnsafeBytes { try? Safetensors.parseHeader($0, compactScan: scan) }
+        }
+        let tensors = [NamedTensor(name: "latents", dtype: .bf16, shape: [3, 2], bytes: Array(repeating: 7, count: 12)),
+                       NamedTensor(name: "groups", dtype: .u8, shape: [5], bytes: [0, 1, 2, 0, 1])]
+        var samples = [Safetensors.serialize(tensors, metadata: ["id": "a/b", "view": "0", "empty": ""]),
+                       Safetensors.serialize(tensors, metadata: [:]),
+                       Safetensors.serialize([], metadata: ["k": "v"])]
+        for text in [#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"__metadata__":{"x":"y"}}"#,
+                     #"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#,
+                     #"{"__metadata__":{"x":"1","x":"2"},"a":{"dtype":"U8","shape":[],"data_offsets":[0,1]}}"#,
+                     #"{"a":{"dtype":"U8","shape":[02],"data_offsets":[0,2]}}"#,
+                     #"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]} }"#,
+                     #"{"a":{"dtype":"U8","shape":[1e0],"data_offsets":[0,1]}}"#] {
+            var header = Array(text.utf8)
+            while header.count % 8 != 0 { header.append(0x20) }
+            samples.append(withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) } + header + Array(repeating: 1, count: 4))
+        }
+        var rng = SplitMix64(seed: 7)
+        for sample in samples {
+            #expect(outcome(sample, scan: true) == outcome(sample, scan: false))
+            let headerEnd = min(sample.count, 8 + Int(sample.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }))
+            for _ in 0..<400 {
+                var damaged = sample
+                let at = 8 + Int(rng.next() % UInt64(max(1, headerEnd - 8)))
+                let printable = Array(#"{}[],:"\ 0123456789-.eE_aUFBI"#.utf8)
+                damaged[at] = rng.next() % 2 == 0 ? printable[Int(rng.next() % UInt64(printable.count))] : UInt8(truncatingIfNeeded: rng.next())
+                #expect(outcome(damaged, scan: true) == outcome(damaged, scan: false))
+            }
+        }
+    }
+
     @Test func headerIsAlignedAndDeterministic() throws {
         let t = [NamedTensor(name: "x", dtype: .f32, shape: [2, 3], bytes: Array(repeating: 1, count: 24)),
                  NamedTensor(name: "y", dtype: .u8, shape: [5], bytes: [1, 2, 3, 4, 5])]

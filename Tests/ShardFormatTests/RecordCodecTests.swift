@@ -150,16 +150,71 @@ struct RecordCodecTests {
     @Test func storedFormUnshufflesToThePayload() throws {
         let r = makeRecord(latent: .f32, k: 4, c: 2)
         let payload = RecordCodec.encode(r)
-        let (shuffled, digest, size) = RecordCodec.encodeForStorage(r, shuffled: true)
-        #expect(shuffled != payload && size == payload.count)
-        #expect(digest == Array(SHA256.hash(data: payload)))
+        var shuffled: [UInt8] = [1, 2, 3]  // replaced, not appended to
+        let digest = RecordCodec.encodeForStorage(r, shuffled: true, into: &shuffled)
+        #expect(shuffled != payload && shuffled.count == payload.count)
+        #expect(Array(digest) == Array(SHA256.hash(data: payload)))
         #expect(try ByteShuffle.unshuffle(shuffled) == payload)
-        #expect(RecordCodec.encodeForStorage(r, shuffled: false).stored == payload)
+        var plain: [UInt8] = []
+        _ = RecordCodec.encodeForStorage(r, shuffled: false, into: &plain)
+        #expect(plain == payload)
         #expect(try shuffled.withUnsafeBytes { try RecordCodec.decode($0, shuffled: true) } == r)
         // First plane of the latents holds byte 0 of each of the 8 floats.
         let header = try payload.withUnsafeBytes { try Safetensors.parseHeader($0) }
         let base = header.dataOffset + header.entry("latents")!.byteRange.lowerBound
         for i in 0..<8 { #expect(shuffled[base + i] == payload[base + 4 * i]) }
+    }
+
+    /// The deep verifier's checker skips the tensor part of headers it has seen; on records that
+    /// share a layout, valid or with damaged metadata, it must answer as the full check does.
+    @Test func recordCheckerAgreesWithTheFullCheck() throws {
+        func outcome(_ stored: [UInt8], _ check: (UnsafeRawBufferPointer) throws(FormatError) -> (id: String, view: Int)) -> String {
+            stored.withUnsafeBytes { raw in
+                do { let (id, view) = try check(raw); return "\(id) \(view)" } catch let e as FormatError { return "\(e.kind)" } catch { return "\(error)" }
+            }
+        }
+        let checker = RecordChecker()
+        var rng = SplitMix64(seed: 3)
+        // Edits that keep the length, so the layout still matches and only the metadata differs.
+        let edits: [(String, String)] = [(#""view":"0""#, #""view":"7""#), (#""view":"0""#, #""view":"x""#),
+                                         (#""label":"0""#, #""label":"+""#), (#""mtok.format":"1""#, #""mtok.format":"2""#),
+                                         (#""crop_box":"80,"#, #""crop_box":"-0,"#), (#""id":"#, #""ix":"#),
+                                         (#""source_size":"640"#, #""source_size":"64x"#), (#""label":"0""#, "\"label\":\"\u{7F}\"")]
+        for i in 0..<60 {
+            var r = makeRecord(k: 16, c: 4, n: 25, id: "img/\(i % 7)", seed: 1)
+            r.view = 0
+            var stored: [UInt8] = []
+            _ = RecordCodec.encodeForStorage(r, shuffled: true, into: &stored)
+            if i % 3 == 1 {
+                // Same length, so the layout still matches: only the metadata text differs.
+                let (from, to) = edits[Int(rng.next() % UInt64(edits.count))]
+                let (f, t) = (Array(from.utf8), Array(to.utf8))
+                #expect(f.count == t.count)
+                if let at = (0...(stored.count - f.count)).first(where: { Array(stored[$0..<($0 + f.count)]) == f }) {
+                    stored.replaceSubrange(at..<(at + f.count), with: t)
+                }
+            } else if i % 3 == 2 {
+                stored[8 + Int(rng.next() % 120)] = UInt8(truncatingIfNeeded: rng.next())
+            }
+            #expect(outcome(stored) { raw throws(FormatError) in try checker.check(stored: raw, shuffled: true) }
+                    == outcome(stored) { raw throws(FormatError) in try RecordCodec.check(stored: raw, shuffled: true) })
+        }
+    }
+
+    /// The writer builds headers directly; they must be the bytes the generic serializer writes,
+    /// whatever the id holds (quotes, backslashes, control characters, non-ASCII) and whichever
+    /// tensors are present.
+    @Test(arguments: ["a/b.jpg", "quote\"back\\slash", "tab\tnew\nline\u{1}", "ünïcødé/猫.png", "x"])
+    func writerHeaderIsTheSerializersHeader(id: String) {
+        for (logvar, label, view) in [(false, -1, 0), (true, 999, 65535), (false, 12, 7)] {
+            var r = makeRecord(latent: .f16, index: .u16, group: .u8, k: 9, c: 3, n: 40, logvar: logvar, id: id)
+            r.label = label
+            r.view = view
+            r.sourceSHA256 = logvar ? "" : r.sourceSHA256
+            var stored: [UInt8] = []
+            _ = RecordCodec.encodeForStorage(r, shuffled: false, into: &stored)
+            #expect(stored == RecordCodec.encode(r))
+        }
     }
 }
 
