@@ -70,8 +70,7 @@ final class BatchDecoder {
                 entry.payloadCount == raw.count && entry.tail.count == fast.tail.count
                     && entry.tail.withUnsafeBytes { memcmp($0.baseAddress!, raw.baseAddress! + fast.tail.lowerBound, $0.count) } == 0
             }
-        }), fast.format == RecordCodec.formatVersion, let id = fast.id, let view = fast.view, let label = fast.label,
-           view >= 0, label >= -1 {
+        }), let (id, view, label) = fast.identity() {
             location.id = id
             location.view = view
             return Stored(bytes: bytes, dataOffset: cached.dataOffset, layout: cached.layout, location: location,
