@@ -47,9 +47,14 @@ public struct Manifest: Codable, Sendable, Equatable {
         public var checksum: Bool = true
         /// "byte-planes" (`ByteShuffle`) or "none": the transform between payload and frame.
         public var shuffle: String = Manifest.byteShuffle
-        public init(level: Int, shuffle: Bool = true) {
+        /// How the writer coded zstd's literals: "huffman" (zstd's default) or "raw". Readers
+        /// need not know (a frame decodes the same either way); a resumed writer keeps it, so a
+        /// resumed cache has the bytes of an uninterrupted one. Absent in caches of early writers.
+        public var literals: String?
+        public init(level: Int, shuffle: Bool = true, compressLiterals: Bool = true) {
             self.level = level
             self.shuffle = shuffle ? Manifest.byteShuffle : "none"
+            self.literals = compressLiterals ? "huffman" : "raw"
         }
     }
 
@@ -102,11 +107,12 @@ public struct Manifest: Codable, Sendable, Equatable {
         }
     }
 
-    public init(createdBy: String, recordsPerChunk: Int, compressionLevel: Int, shuffle: Bool = true, shardCapBytes: Int,
-                settings: JSONValue, classes: [String]? = nil, part: Part? = nil) {
+    public init(createdBy: String, recordsPerChunk: Int, compressionLevel: Int, shuffle: Bool = true,
+                compressLiterals: Bool = true, shardCapBytes: Int, settings: JSONValue, classes: [String]? = nil,
+                part: Part? = nil) {
         self.createdBy = createdBy
         self.recordsPerChunk = recordsPerChunk
-        self.compression = Compression(level: compressionLevel, shuffle: shuffle)
+        self.compression = Compression(level: compressionLevel, shuffle: shuffle, compressLiterals: compressLiterals)
         self.shardCapBytes = shardCapBytes
         self.settings = settings
         self.classes = classes

@@ -83,11 +83,12 @@ public final class CacheWriter {
             opts.compressionLevel = existing.compression.level
             opts.shuffle = existing.compression.shuffle == Manifest.byteShuffle
             opts.shardCapBytes = existing.shardCapBytes
+            opts.compressLiterals = existing.compression.literals != "raw"
             manifest = existing
         } else {
             manifest = Manifest(createdBy: opts.createdBy, recordsPerChunk: opts.recordsPerChunk,
                                 compressionLevel: opts.compressionLevel, shuffle: opts.shuffle,
-                                shardCapBytes: opts.shardCapBytes,
+                                compressLiterals: opts.compressLiterals, shardCapBytes: opts.shardCapBytes,
                                 settings: settings, classes: classes, part: part)
         }
         self.options = opts

@@ -47,7 +47,7 @@ struct InfoCommand: ParsableCommand {
         print("format          \(m.format) v\(m.formatVersion)\(m.complete ? "" : " (incomplete: writer not finished)")")
         print("records         \(c.count) in \(m.shards.count) shard(s), \(m.recordsPerChunk) per chunk")
         print("payload         \(formatBytes(m.totals.payloadBytes)) uncompressed")
-        print("compressed      \(formatBytes(m.totals.compressedBytes)) (zstd level \(m.compression.level), ratio \(String(format: "%.2f", ratio)))")
+        print("compressed      \(formatBytes(m.totals.compressedBytes)) (zstd level \(m.compression.level)\(m.compression.literals.map { ", \($0) literals" } ?? ""), ratio \(String(format: "%.2f", ratio)))")
         print("on disk         \(formatBytes(m.totals.bytesOnDisk)) (\(String(format: "%.3f", Double(m.totals.bytesOnDisk) / Double(max(1, m.totals.compressedBytes))))× compressed)")
         print("content digest  \(m.contentDigest ?? "(none until finished)")")
         if let classes = m.classes { print("classes         \(classes.count)") }

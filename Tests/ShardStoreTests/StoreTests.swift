@@ -234,3 +234,28 @@ struct WriterRulesTests {
         #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
     }
 }
+
+struct ResumeKeepsLayoutTests {
+    /// A resumed writer takes the layout and the literal coding from the manifest, not from its
+    /// options, so the resumed cache is byte for byte what one uninterrupted run writes.
+    @Test func resumedWriterKeepsTheCachesLiteralCoding() throws {
+        let gen = synthetic()
+        var raw = smallOptions()
+        raw.compressLiterals = false
+        let dir = try TestSupport.temporaryDirectory()
+        do {
+            let w = try CacheWriter(path: dir, settings: gen.settings, options: raw)
+            try w.append((0..<21).map(gen.record))
+        }
+        var other = smallOptions()
+        other.compressLiterals = true
+        let resumed = try writeCache(dir, gen, count: 50, batch: 7, options: other)
+        #expect(resumed.compression.literals == "raw")
+        let clean = try TestSupport.temporaryDirectory()
+        let uninterrupted = try writeCache(clean, gen, count: 50, batch: 50, options: raw)
+        #expect(resumed.totals.compressedBytes == uninterrupted.totals.compressedBytes)
+        let huffman = try writeCache(try TestSupport.temporaryDirectory(), gen, count: 50, batch: 50, options: other)
+        #expect(huffman.compression.literals == "huffman")
+        #expect(huffman.totals.compressedBytes != uninterrupted.totals.compressedBytes, "the two codings should differ in size")
+    }
+}

@@ -124,6 +124,9 @@ class Writer:
             if not (0 <= rank < world_size):
                 raise ValueError("part must be (rank, world_size) with 0 <= rank < world_size")
         self.part = part
+        # python-zstandard cannot store literals raw: its frames Huffman-code them. Continuing a
+        # cache whose frames have raw literals leaves the field out (the cache mixes both).
+        self._literals = "huffman"
         self._seen = set()
         self._digest = hashlib.sha256()
         self._shards = []  # manifest entries of finished shards
@@ -166,6 +169,8 @@ class Writer:
         self.level = int(m["compression"]["level"])
         self.shuffle = m["compression"]["shuffle"]
         self.cap = int(m["shard_cap_bytes"])
+        if m["compression"].get("literals") != "huffman":
+            self._literals = None
         self.classes = m.get("classes", self.classes)
         self.created_by = m.get("created_by", self.created_by)
         # Leftovers of an interrupted seal or manifest write.
@@ -381,6 +386,8 @@ class Writer:
             m["classes"] = list(self.classes)
         if self.part is not None:
             m["part"] = {"rank": self.part[0], "world_size": self.part[1]}
+        if self._literals is not None:
+            m["compression"]["literals"] = self._literals
         m["shards"] = shards
         m["totals"] = {"records": sum(s["records"] for s in shards),
                        "payload_bytes": sum(s["payload_bytes"] for s in shards),
