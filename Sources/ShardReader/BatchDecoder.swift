@@ -35,9 +35,10 @@ final class BatchDecoder {
         var groups: TensorEntry
     }
 
-    /// A record's stored (possibly byte-shuffled) payload, its layout and its identity.
+    /// A record's layout and identity; its stored (possibly byte-shuffled) payload is passed
+    /// alongside, in the decompressor's reused buffer.
     struct Stored {
-        var bytes: [UInt8]
+        var payloadCount: Int
         var dataOffset: Int
         var layout: Layout
         var location: CacheLocation
@@ -51,35 +52,41 @@ final class BatchDecoder {
     /// record only the metadata is parsed; the JSON parser runs again only for a new layout.
     private var layouts: [(tail: [UInt8], payloadCount: Int, dataOffset: Int, layout: Layout)] = []
 
-    func load(_ index: Int) throws -> Stored {
+    /// Decompresses record `index` into a reused buffer and passes it with its checked layout to
+    /// `body`: no allocation per record, and the payload is still in cache when `body` reads it.
+    func load<T>(_ index: Int, _ body: (Stored, UnsafeRawBufferPointer) throws -> T) throws -> T {
         let (s, local) = try cache.locate(index)
         let shard = cache.shards[s]
         var location = CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index)
-        let bytes: [UInt8] = try shard.withFrame(local: local, globalIndex: index) { frame in
-            do throws(ZstdError) {
-                return try decompressor.decompress(frame, maxSize: RecordCodec.maxPayloadBytes)
-            } catch {
+        return try shard.withFrame(local: local, globalIndex: index) { frame in
+            do {
+                return try decompressor.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { bytes in
+                    try body(try check(bytes, &location), bytes)
+                }
+            } catch let error as ZstdError {
                 throw CacheError(error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, error.description,
                                  at: location)
             }
         }
+    }
+
+    /// The layout and identity of a decompressed payload, checked as FORMAT.md 4.1 says.
+    private func check(_ bytes: UnsafeRawBufferPointer, _ location: inout CacheLocation) throws -> Stored {
         // The header is never shuffled, so it parses from the stored bytes.
-        let fast = bytes.withUnsafeBytes { MetadataScan(payload: $0) }
-        if let fast, let cached = bytes.withUnsafeBytes({ raw in
-            layouts.first { entry in
-                entry.payloadCount == raw.count && entry.tail.count == fast.tail.count
-                    && entry.tail.withUnsafeBytes { memcmp($0.baseAddress!, raw.baseAddress! + fast.tail.lowerBound, $0.count) } == 0
-            }
+        let fast = MetadataScan(payload: bytes)
+        if let fast, let cached = layouts.first(where: { entry in
+            entry.payloadCount == bytes.count && entry.tail.count == fast.tail.count
+                && entry.tail.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress! + fast.tail.lowerBound, $0.count) } == 0
         }), let (id, view, label) = fast.identity() {
             location.id = id
             location.view = view
-            return Stored(bytes: bytes, dataOffset: cached.dataOffset, layout: cached.layout, location: location,
+            return Stored(payloadCount: bytes.count, dataOffset: cached.dataOffset, layout: cached.layout, location: location,
                           id: id, view: view, label: label)
         }
         // Slow path: the whole header through the strict parser, then the schema checks.
         let header: SafetensorsHeader
         do {
-            header = try bytes.withUnsafeBytes { raw throws(SafetensorsError) in try Safetensors.parseHeader(raw) }
+            header = try Safetensors.parseHeader(bytes)
         } catch {
             throw CacheError(.badRecord, "\(error)", at: location)
         }
@@ -122,14 +129,16 @@ final class BatchDecoder {
         if let fast, layouts.count < 8 {
             layouts.append((Array(bytes[fast.tail]), bytes.count, header.dataOffset, layout))
         }
-        return Stored(bytes: bytes, dataOffset: header.dataOffset, layout: layout, location: location,
+        return Stored(payloadCount: bytes.count, dataOffset: header.dataOffset, layout: layout, location: location,
                       id: id, view: view, label: label)
     }
 
     /// Decodes `records` (global indices) into one batch.
     func batch(_ records: [Int], firstSample: Int) throws -> StreamBatch {
         precondition(!records.isEmpty)
-        let first = try load(records[0])
+        // The first record gives the batch's shapes; it is decompressed again with its row (one
+        // extra frame per batch, instead of a copy of every payload).
+        let first = try load(records[0]) { stored, _ in stored }
         let k = first.layout.latents.shape[0], c = first.layout.latents.shape[1], n = first.layout.groups.shape[0]
         let b = records.count
         let hasLogvar = first.layout.logvar != nil
@@ -143,8 +152,7 @@ final class BatchDecoder {
         /// Decodes every row straight into the batch's arrays (no second copy).
         func rows(_ latentOut: UnsafeMutableRawPointer, _ logvarOut: UnsafeMutableRawPointer?,
                   _ indexOut: UnsafeMutablePointer<UInt32>, _ groupOut: UnsafeMutablePointer<UInt16>) throws {
-            for row in 0..<b {
-                let r = row == 0 ? first : try load(records[row])
+            for row in 0..<b { try load(records[row]) { r, raw in
                 let l = r.layout
                 // Element-wise: comparing with array literals would allocate on every row.
                 let ls = l.latents.shape, gs = l.groups.shape
@@ -152,21 +160,19 @@ final class BatchDecoder {
                     throw CacheError(.shapeMismatch, "K, C, N = \(l.latents.shape), \(l.groups.shape[0]); the batch has \(k), \(c), \(n)",
                                      at: r.location)
                 }
-                try r.bytes.withUnsafeBytes { raw in
-                    let data = UnsafeRawBufferPointer(rebasing: raw[r.dataOffset...])
-                    convertFloats(data, l.latents, into: latentOut + row * kc * elementSize)
-                    if let lv = l.logvar, let logvarOut { convertFloats(data, lv, into: logvarOut + row * kc * elementSize) }
-                    readIndices(data, l.indices, into: indexOut + row * k)
-                    let maxGroup = readGroups(data, l.groups, into: groupOut + row * n)
-                    guard n == 0 || Int(maxGroup) < k else {
-                        throw CacheError(.badRecord, "group id \(maxGroup) is not a kept token (K = \(k))", at: r.location)
-                    }
+                let data = UnsafeRawBufferPointer(rebasing: raw[r.dataOffset...])
+                convertFloats(data, l.latents, into: latentOut + row * kc * elementSize)
+                if let lv = l.logvar, let logvarOut { convertFloats(data, lv, into: logvarOut + row * kc * elementSize) }
+                readIndices(data, l.indices, into: indexOut + row * k)
+                let maxGroup = readGroups(data, l.groups, into: groupOut + row * n)
+                guard n == 0 || Int(maxGroup) < k else {
+                    throw CacheError(.badRecord, "group id \(maxGroup) is not a kept token (K = \(k))", at: r.location)
                 }
                 labels.append(Int32(r.label))
                 ids.append(r.id)
                 views.append(r.view)
-                payloadBytes += r.bytes.count
-            }
+                payloadBytes += r.payloadCount
+            } }
         }
 
         var logvar: LatentArray?
