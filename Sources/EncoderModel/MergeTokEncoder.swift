@@ -73,7 +73,9 @@ public final class MergeTokEncoder: Sendable {
         guard image.count == inputCount else {
             throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
         }
-        return try image.withUnsafeBufferPointer { try forward($0.baseAddress!, trace: trace) }
+        return try image.withUnsafeBufferPointer { pixels in
+            try Parallel.withLaneProducts { try forward(pixels.baseAddress!, trace: trace) }
+        }
     }
 
     // MARK: Forward
@@ -124,8 +126,8 @@ public final class MergeTokEncoder: Sendable {
         let z = config.zChannels
         var head = [Float](repeating: 0, count: k * zOut)
         head.withUnsafeMutableBufferPointer { h in
-            BLAS.sgemm(.transposed, .transposed, m: k, n: zOut, k: c,
-                       a: hidden, lda: k, b: w("conv_out.weight"), ldb: c, c: h.baseAddress!, ldc: zOut)
+            Parallel.sgemm(.transposed, .transposed, m: k, n: zOut, k: c,
+                           a: hidden, lda: k, b: w("conv_out.weight"), ldb: c, c: h.baseAddress!, ldc: zOut)
             let bias = w("conv_out.bias")
             for i in 0..<k {
                 for o in 0..<zOut { h[i * zOut + o] += bias[o] }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import TensorCore
 
@@ -195,6 +196,50 @@ import Testing
         let reference = run(threads: 1, lanes: 1)
         #expect(run(threads: 2, lanes: 1) == reference)
         #expect(run(threads: 2, lanes: 2) == reference)
+    }
+
+    /// Products split over lanes by ``Parallel/sgemm`` give the bytes of the whole product, for
+    /// the encoder's shapes (halves above and whole products below the split limit) and every
+    /// transpose combination.
+    @Test(arguments: [(257, 1536, 512), (257, 512, 2048), (512, 256, 4608), (256, 1024, 384),
+                      (129, 128, 64), (144, 18, 512), (200, 64, 700)],
+          [MatrixTranspose.none, .transposed])
+    func splitProductsMatchWholeProducts(_ shape: (Int, Int, Int), _ transA: MatrixTranspose) {
+        let (m, n, k) = shape
+        var rng = Rng(state: 7)
+        let a = rng.array(m * k), b = rng.array(k * n), c0 = rng.array(m * n)
+        let lda = transA == .none ? k : m
+        for transB in [MatrixTranspose.none, .transposed] {
+            let ldb = transB == .none ? n : k
+            for beta: Float in [0, 1] {
+                var whole = c0
+                BLAS.withThreadCount(1) {
+                    BLAS.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                               beta: beta, c: &whole, ldc: n)
+                }
+                for threads in [1, 2, 3] {
+                    var split = c0
+                    BLAS.withThreadCount(threads) {
+                        Parallel.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                                       beta: beta, c: &split, ldc: n)
+                    }
+                    #expect(split == whole, "\(m)×\(n)×\(k) \(transA) \(transB) beta \(beta) threads \(threads)")
+                }
+            }
+        }
+    }
+
+    @Test func lanesAreOneInsideALane() {
+        BLAS.withThreadCount(2) {
+            #expect(Parallel.lanes == 2)
+            let seen = Mutex<[Int]>([])
+            Parallel.forEach(4) { _, _ in
+                let lanes = Parallel.lanes
+                seen.withLock { $0.append(lanes) }
+            }
+            #expect(seen.withLock { $0 } == [1, 1, 1, 1])
+            #expect(Parallel.lanes == 2)
+        }
     }
 
     @Test func threadCountIsSettable() {
