@@ -7,8 +7,9 @@ import TensorCore
 /// (reused from image to image). Every image runs the identical sequence of products whatever the
 /// batch it arrived in, so results do not depend on batch size or split. ``BLAS/threadCount``
 /// threads (set it with ``BLAS/setThreadCount(_:)``) share the work: whole images of a batch,
-/// convolution tiles and attention heads on separate lanes, and OpenBLAS's own threads inside the
-/// products that are left; none of it changes the bytes.
+/// convolution tiles and attention heads on separate lanes, and the remaining products cut in
+/// halves over the lanes (``Parallel/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``), OpenBLAS
+/// staying at one thread throughout; none of it changes the bytes.
 public final class MergeTokEncoder: Sendable {
     /// Identifies the arithmetic of this implementation: bump it with any change that can alter
     /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
