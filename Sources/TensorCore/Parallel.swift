@@ -73,13 +73,15 @@ public enum Parallel {
     }
 
     /// ``BLAS/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)`` with the longer side of C cut in two
-    /// (at a multiple of 16), the halves on separate lanes with single-threaded sgemm.
+    /// (at a multiple of 16), the halves on separate lanes with single-threaded sgemm; with one
+    /// lane (inside a lane, or one thread) the product stays whole, saving the second packing of
+    /// the operand the halves share.
     ///
-    /// The cut depends only on the shape, never on the thread count, so the bytes cannot either.
-    /// It never splits the sum along `k`, and it is made only when each half still holds at least
-    /// ``splitMinimumMACs`` multiply-adds: below about 100³ OpenBLAS (SkylakeX kernels) switches
-    /// to small-matrix kernels that round differently, so with both halves above that, every
-    /// element is computed by the same kernel in the same order as in the whole product.
+    /// The cut never splits the sum along `k`, and it is made only when each half still holds at
+    /// least ``splitMinimumMACs`` multiply-adds: below about 100³ OpenBLAS (SkylakeX kernels)
+    /// switches to small-matrix kernels that round differently, so with both halves above that,
+    /// every element is computed by the same kernel in the same order as in the whole product,
+    /// and the bytes do not depend on whether it was cut.
     public static func sgemm(
         _ transA: MatrixTranspose, _ transB: MatrixTranspose,
         m: Int, n: Int, k: Int, alpha: Float = 1,
@@ -91,7 +93,7 @@ public enum Parallel {
         let byRows = m >= n
         let side = byRows ? m : n
         let blocks = side >= 64 && m * n * k >= 2 * splitMinimumMACs ? 2 : 1
-        if blocks == 1 {
+        if blocks == 1 || lanes == 1 {
             BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                        beta: beta, c: c, ldc: ldc)
             return
