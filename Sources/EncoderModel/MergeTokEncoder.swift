@@ -14,7 +14,7 @@ public final class MergeTokEncoder: Sendable {
     /// Identifies the arithmetic of this implementation: bump it with any change that can alter
     /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
     /// that computes differently is refused instead of mixing the two.
-    public static let arithmeticRevision = 1
+    public static let arithmeticRevision = 2
 
     public let weights: EncoderWeights
     public let config: EncoderConfig

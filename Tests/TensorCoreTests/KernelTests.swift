@@ -120,6 +120,33 @@ import Testing
         #expect(Activation.silu(SIMD16<Float>(repeating: -200))[0] == 0)
     }
 
+    @Test func vectorErfIsWithinAboutOneUlp() {
+        var worst = 0.0
+        var x: Float = -6
+        while x < 6 {
+            let got = Double(Activation.erf(SIMD16<Float>(repeating: x))[0])
+            let want = Foundation.erf(Double(x))
+            worst = max(worst, abs(got - want) / Double(Float(abs(want)).ulp))
+            x += 0.000731
+        }
+        #expect(worst < 1.5, "max error \(worst) ulp")
+        #expect(Activation.erf(SIMD16<Float>(repeating: 0))[0] == 0)
+        #expect(Activation.erf(SIMD16<Float>(repeating: 50))[0] == 1)
+        #expect(Activation.erf(SIMD16<Float>(repeating: -50))[0] == -1)
+    }
+
+    @Test func geluInPlaceMatchesTheFormula() {
+        var rng = Rng(state: 8)
+        let values = rng.array(16 * 7 + 5).map { $0 * 8 }
+        var got = values
+        Activation.gelu(&got, count: got.count)
+        for (t, g) in zip(values, got) {
+            let want = 0.5 * Double(t) * (1 + Foundation.erf(Double(t) / 2.0.squareRoot()))
+            #expect(abs(Double(g) - want) <= 4e-7 * max(1, abs(want)), "gelu(\(t))")
+            #expect(g == Activation.gelu(SIMD16<Float>(repeating: t))[0])
+        }
+    }
+
     @Test func attentionMatchesNaive() {
         var rng = Rng(state: 4)
         let t = 9, c = 8, heads = 2, d = c / heads
