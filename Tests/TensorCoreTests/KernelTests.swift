@@ -178,7 +178,7 @@ import Testing
     }
 
     /// Tiles and heads run concurrently (one lane each, single-threaded sgemm) or one after the
-    /// other (OpenBLAS threads inside each product): the bytes must not differ.
+    /// other (each product cut over the lanes): the bytes must not differ.
     @Test(arguments: geometries)
     func convolutionBytesDoNotDependOnLanes(_ g: ConvGeometry) {
         var rng = Rng(state: 5)
