@@ -7,13 +7,14 @@ import TensorCore
 /// (reused from image to image). Every image runs the identical sequence of products whatever the
 /// batch it arrived in, so results do not depend on batch size or split. ``BLAS/threadCount``
 /// threads (set it with ``BLAS/setThreadCount(_:)``) share the work: whole images of a batch,
-/// convolution tiles and attention heads on separate lanes, and OpenBLAS's own threads inside the
-/// products that are left; none of it changes the bytes.
+/// convolution tiles and attention heads on separate lanes, and the remaining products cut in
+/// halves over the lanes (``Parallel/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``), OpenBLAS
+/// staying at one thread throughout; none of it changes the bytes.
 public final class MergeTokEncoder: Sendable {
     /// Identifies the arithmetic of this implementation: bump it with any change that can alter
     /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
     /// that computes differently is refused instead of mixing the two.
-    public static let arithmeticRevision = 1
+    public static let arithmeticRevision = 2
 
     public let weights: EncoderWeights
     public let config: EncoderConfig
@@ -73,7 +74,9 @@ public final class MergeTokEncoder: Sendable {
         guard image.count == inputCount else {
             throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
         }
-        return try image.withUnsafeBufferPointer { try forward($0.baseAddress!, trace: trace) }
+        return try image.withUnsafeBufferPointer { pixels in
+            try Parallel.withLaneProducts { try forward(pixels.baseAddress!, trace: trace) }
+        }
     }
 
     // MARK: Forward
@@ -124,8 +127,8 @@ public final class MergeTokEncoder: Sendable {
         let z = config.zChannels
         var head = [Float](repeating: 0, count: k * zOut)
         head.withUnsafeMutableBufferPointer { h in
-            BLAS.sgemm(.transposed, .transposed, m: k, n: zOut, k: c,
-                       a: hidden, lda: k, b: w("conv_out.weight"), ldb: c, c: h.baseAddress!, ldc: zOut)
+            Parallel.sgemm(.transposed, .transposed, m: k, n: zOut, k: c,
+                           a: hidden, lda: k, b: w("conv_out.weight"), ldb: c, c: h.baseAddress!, ldc: zOut)
             let bias = w("conv_out.bias")
             for i in 0..<k {
                 for o in 0..<zOut { h[i * zOut + o] += bias[o] }

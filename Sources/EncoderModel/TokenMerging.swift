@@ -26,8 +26,8 @@ enum TokenMerging {
         }
         // 2–3. A = even positions, B = odd positions; S = n_A n_Bᵀ via strided operands.
         let na = (t + 1) / 2, nb = t / 2
-        BLAS.sgemm(.none, .transposed, m: na, n: nb, k: d,
-                   a: metric, lda: 2 * d, b: metric + d, ldb: 2 * d, c: scores, ldc: nb)
+        Parallel.sgemm(.none, .transposed, m: na, n: nb, k: d,
+                       a: metric, lda: 2 * d, b: metric + d, ldb: 2 * d, c: scores, ldc: nb)
         // 4. Best partner per A row: first maximum (lowest b); the cls row (a = 0) scores −∞.
         var best = [Int](repeating: 0, count: na)
         var val = [Float](repeating: -.infinity, count: na)

@@ -69,8 +69,8 @@ public enum Conv2D {
     ///
     /// The output is computed in tiles of whole rows whose layout depends only on the layer's shape;
     /// with several lanes (and enough scratch) the tiles run concurrently, one single-threaded
-    /// sgemm sequence each, otherwise one after the other with OpenBLAS's threads. Either way every
-    /// tile issues the same products, so the bytes do not depend on the thread count.
+    /// sgemm sequence each, otherwise one after the other with each product split over the lanes.
+    /// Either way every tile issues the same products, so the bytes do not depend on the thread count.
     ///
     /// - Parameters:
     ///   - input: `inChannels × height × width`.
@@ -93,9 +93,9 @@ public enum Conv2D {
         let plane = oh * ow
         let kk = g.inChannels * g.kernel * g.kernel
         if g.kernel == 1 && g.stride == 1 && g.padding == 0 {
-            BLAS.sgemm(.none, .none, m: g.outChannels, n: plane, k: g.inChannels,
-                       a: weight, lda: g.inChannels, b: input, ldb: height * width,
-                       beta: beta, c: output, ldc: plane)
+            Parallel.sgemm(.none, .none, m: g.outChannels, n: plane, k: g.inChannels,
+                           a: weight, lda: g.inChannels, b: input, ldb: height * width,
+                           beta: beta, c: output, ldc: plane)
         } else {
             let layout = TileLayout(g, height: height, width: width)
             precondition(scratch.count >= layout.shared + layout.perLane, "Conv2D needs scratch for k>1")
@@ -126,17 +126,17 @@ public enum Conv2D {
                     let extent = rows + k - 1
                     expandRows(input, height: height, width: width, g: g, y0: y0, extent: extent, ow: ow, out: work)
                     for ky in 0..<k {
-                        BLAS.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
-                                   a: regrouped + ky * cout * cin * k, lda: cin * k,
-                                   b: work + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
-                                   c: output + y0 * ow, ldc: plane)
+                        Parallel.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
+                                       a: regrouped + ky * cout * cin * k, lda: cin * k,
+                                       b: work + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
+                                       c: output + y0 * ow, ldc: plane)
                     }
                 } else {
                     let n = rows * ow
                     im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: work)
-                    BLAS.sgemm(.none, .none, m: cout, n: n, k: kk,
-                               a: weight, lda: kk, b: work, ldb: n,
-                               beta: beta, c: output + y0 * ow, ldc: plane)
+                    Parallel.sgemm(.none, .none, m: cout, n: n, k: kk,
+                                   a: weight, lda: kk, b: work, ldb: n,
+                                   beta: beta, c: output + y0 * ow, ldc: plane)
                 }
             }
         }

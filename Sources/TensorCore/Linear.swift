@@ -8,9 +8,9 @@ public enum Linear {
         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
         output: UnsafeMutablePointer<Float>
     ) {
-        BLAS.sgemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures,
-                   a: input, lda: inFeatures, b: weight, ldb: inFeatures,
-                   c: output, ldc: outFeatures)
+        Parallel.sgemm(.none, .transposed, m: rows, n: outFeatures, k: inFeatures,
+                       a: input, lda: inFeatures, b: weight, ldb: inFeatures,
+                       c: output, ldc: outFeatures)
         guard let bias else { return }
         let out = UncheckedBox(output)
         Parallel.chunks(rows, minimumChunk: 16) { range in

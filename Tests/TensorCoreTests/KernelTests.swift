@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import TensorCore
 
@@ -119,6 +120,33 @@ import Testing
         #expect(Activation.silu(SIMD16<Float>(repeating: -200))[0] == 0)
     }
 
+    @Test func vectorErfIsWithinAboutOneUlp() {
+        var worst = 0.0
+        var x: Float = -6
+        while x < 6 {
+            let got = Double(Activation.erf(SIMD16<Float>(repeating: x))[0])
+            let want = Foundation.erf(Double(x))
+            worst = max(worst, abs(got - want) / Double(Float(abs(want)).ulp))
+            x += 0.000731
+        }
+        #expect(worst < 1.5, "max error \(worst) ulp")
+        #expect(Activation.erf(SIMD16<Float>(repeating: 0))[0] == 0)
+        #expect(Activation.erf(SIMD16<Float>(repeating: 50))[0] == 1)
+        #expect(Activation.erf(SIMD16<Float>(repeating: -50))[0] == -1)
+    }
+
+    @Test func geluInPlaceMatchesTheFormula() {
+        var rng = Rng(state: 8)
+        let values = rng.array(16 * 7 + 5).map { $0 * 8 }
+        var got = values
+        Activation.gelu(&got, count: got.count)
+        for (t, g) in zip(values, got) {
+            let want = 0.5 * Double(t) * (1 + Foundation.erf(Double(t) / 2.0.squareRoot()))
+            #expect(abs(Double(g) - want) <= 4e-7 * max(1, abs(want)), "gelu(\(t))")
+            #expect(g == Activation.gelu(SIMD16<Float>(repeating: t))[0])
+        }
+    }
+
     @Test func attentionMatchesNaive() {
         var rng = Rng(state: 4)
         let t = 9, c = 8, heads = 2, d = c / heads
@@ -150,7 +178,7 @@ import Testing
     }
 
     /// Tiles and heads run concurrently (one lane each, single-threaded sgemm) or one after the
-    /// other (OpenBLAS threads inside each product): the bytes must not differ.
+    /// other (each product cut over the lanes): the bytes must not differ.
     @Test(arguments: geometries)
     func convolutionBytesDoNotDependOnLanes(_ g: ConvGeometry) {
         var rng = Rng(state: 5)
@@ -195,6 +223,50 @@ import Testing
         let reference = run(threads: 1, lanes: 1)
         #expect(run(threads: 2, lanes: 1) == reference)
         #expect(run(threads: 2, lanes: 2) == reference)
+    }
+
+    /// Products split over lanes by ``Parallel/sgemm`` give the bytes of the whole product, for
+    /// the encoder's shapes (halves above and whole products below the split limit) and every
+    /// transpose combination.
+    @Test(arguments: [(257, 1536, 512), (257, 512, 2048), (512, 256, 4608), (256, 1024, 384),
+                      (129, 128, 64), (144, 18, 512), (200, 64, 700)],
+          [MatrixTranspose.none, .transposed])
+    func splitProductsMatchWholeProducts(_ shape: (Int, Int, Int), _ transA: MatrixTranspose) {
+        let (m, n, k) = shape
+        var rng = Rng(state: 7)
+        let a = rng.array(m * k), b = rng.array(k * n), c0 = rng.array(m * n)
+        let lda = transA == .none ? k : m
+        for transB in [MatrixTranspose.none, .transposed] {
+            let ldb = transB == .none ? n : k
+            for beta: Float in [0, 1] {
+                var whole = c0
+                BLAS.withThreadCount(1) {
+                    BLAS.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                               beta: beta, c: &whole, ldc: n)
+                }
+                for threads in [1, 2, 3] {
+                    var split = c0
+                    BLAS.withThreadCount(threads) {
+                        Parallel.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                                       beta: beta, c: &split, ldc: n)
+                    }
+                    #expect(split == whole, "\(m)×\(n)×\(k) \(transA) \(transB) beta \(beta) threads \(threads)")
+                }
+            }
+        }
+    }
+
+    @Test func lanesAreOneInsideALane() {
+        BLAS.withThreadCount(2) {
+            #expect(Parallel.lanes == 2)
+            let seen = Mutex<[Int]>([])
+            Parallel.forEach(4) { _, _ in
+                let lanes = Parallel.lanes
+                seen.withLock { $0.append(lanes) }
+            }
+            #expect(seen.withLock { $0 } == [1, 1, 1, 1])
+            #expect(Parallel.lanes == 2)
+        }
     }
 
     @Test func threadCountIsSettable() {
