@@ -209,7 +209,10 @@ class Writer:
     def _adopt(self, env, file):
         """Feeds a shard's ids into the duplicate check and its digests into the content digest;
         reloads a partial last chunk as pending. Returns the shard's meta."""
-        dbs = {name: env.open_db(name.encode(), create=False) for name in ("records", "digests", "ids", "meta")}
+        try:
+            dbs = {name: env.open_db(name.encode(), create=False) for name in ("records", "digests", "ids", "meta")}
+        except lmdb.Error as e:
+            raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=file) from e
         with env.begin() as txn:
             meta = {bytes(k).decode("ascii"): bytes(v).decode("ascii") for k, v in txn.cursor(dbs["meta"])}
             count = int(meta.get("count", "0"))
@@ -230,7 +233,15 @@ class Writer:
             for d in digests:
                 self._digest.update(d)
             if count % self.R and env is self._env:
-                frames = _chunk_frames(txn.get(struct.pack(">Q", count // self.R), db=dbs["records"]))
+                chunk = txn.get(struct.pack(">Q", count // self.R), db=dbs["records"])
+                try:
+                    frames = _chunk_frames(chunk)
+                except (TypeError, ValueError, struct.error):  # absent or malformed
+                    frames = []
+                missing = [i for i in range(tail_start, count) if i not in tail_keys]
+                if len(frames) != count - tail_start or missing:
+                    raise ShardMismatchError("the partial last chunk does not hold records %d..%d with their ids"
+                                             % (tail_start, count - 1), shard=file)
                 last = digests[-1]
                 self._pending = [(f, last[32 * i:32 * i + 32], tail_keys[tail_start + i],
                                   zstandard.frame_content_size(f)) for i, f in enumerate(frames)]
