@@ -288,6 +288,26 @@ def test_resume_after_sigkill_loses_nothing_committed():
             pass
 
 
+def test_resume_refuses_a_damaged_partial_chunk():
+    import lmdb
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4)
+        for r in make_records(6):
+            w.append(**r)
+        w.close()  # 6 records: one full chunk and a partial one, unsealed
+        env = lmdb.open(d + "/c/shards/shard-00000.mdb", subdir=False, max_dbs=4)
+        with env.begin(write=True) as txn:
+            ids = env.open_db(b"ids", txn=txn)
+            key = next(k for k, v in txn.cursor(db=ids) if struct.unpack("<I", v)[0] == 5)
+            txn.delete(key, db=ids)
+        env.close()
+        try:
+            mtokcache.Writer(d + "/c", settings={"test": True}, resume=True)
+            raise AssertionError("resumed a shard whose last record has no id")
+        except mtokcache.ShardMismatchError as e:
+            assert "shard-00000.mdb" in str(e), e
+
+
 def test_reopens_after_fork():
     with TempDir() as d:
         write(d + "/c", make_records(10))
