@@ -77,10 +77,12 @@ public enum Normalization {
     /// is added into a binary64 total; 16 independent lanes let the loop vectorise.
     static let run = 256
 
-    /// Σ (x − origin) in a fixed order: 16-lane float partial sums over runs of ``run``, totalled
-    /// in Double.
-    static func sumOfDeviations(_ x: UnsafePointer<Float>, count: Int, from origin: Float) -> Double {
-        let ov = SIMD16<Float>(repeating: origin)
+    /// Σ f(x) in a fixed order: 16-lane float partial sums of `lane` over runs of ``run`` values,
+    /// the run's leftover values through `tail` in Double, each run totalled in Double. Both sums
+    /// below use it, so they share one summation order.
+    @inline(__always)
+    static func runSum(_ x: UnsafePointer<Float>, count: Int, lane: (SIMD16<Float>) -> SIMD16<Float>,
+                       tail: (Float) -> Double) -> Double {
         var total = 0.0
         var i = 0
         while i < count {
@@ -88,12 +90,12 @@ public enum Normalization {
             var lanes = SIMD16<Float>()
             var j = 0
             while j + 16 <= n {
-                lanes += UnsafeRawPointer(x + i + j).loadUnaligned(as: SIMD16<Float>.self) - ov
+                lanes += lane(UnsafeRawPointer(x + i + j).loadUnaligned(as: SIMD16<Float>.self))
                 j += 16
             }
             var partial = Double(lanes.sum())
             while j < n {
-                partial += Double(x[i + j]) - Double(origin)
+                partial += tail(x[i + j])
                 j += 1
             }
             total += partial
@@ -102,30 +104,18 @@ public enum Normalization {
         return total
     }
 
-    /// Σ (x − mean)², same order and precision scheme as ``sumOfDeviations(_:count:from:)``.
+    /// Σ (x − origin), with ``runSum(_:count:lane:tail:)``'s order and precision.
+    static func sumOfDeviations(_ x: UnsafePointer<Float>, count: Int, from origin: Float) -> Double {
+        let ov = SIMD16<Float>(repeating: origin)
+        return runSum(x, count: count, lane: { $0 - ov }, tail: { Double($0) - Double(origin) })
+    }
+
+    /// Σ (x − mean)², with ``runSum(_:count:lane:tail:)``'s order and precision.
     static func sumOfSquaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
         let m = Float(mean)
         let mv = SIMD16<Float>(repeating: m)
-        var total = 0.0
-        var i = 0
-        while i < count {
-            let n = min(run, count - i)
-            var lanes = SIMD16<Float>()
-            var j = 0
-            while j + 16 <= n {
-                let d = UnsafeRawPointer(x + i + j).loadUnaligned(as: SIMD16<Float>.self) - mv
-                lanes += d * d
-                j += 16
-            }
-            var partial = Double(lanes.sum())
-            while j < n {
-                let d = Double(x[i + j]) - mean
-                partial += d * d
-                j += 1
-            }
-            total += partial
-            i += n
-        }
+        let total = runSum(x, count: count, lane: { let d = $0 - mv; return d * d },
+                           tail: { let d = Double($0) - mean; return d * d })
         // The deviations were taken from the float-rounded mean; correct to the exact mean:
         // Σ(x − μ)² = Σ(x − m)² − n(m − μ)².
         let shift = Double(m) - mean
