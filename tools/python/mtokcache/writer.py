@@ -326,7 +326,11 @@ class Writer:
         self._db = {name: self._env.open_db(name.encode()) for name in ("records", "digests", "ids", "meta")}
 
     def _flush_chunk(self):
-        if not self._pending:
+        # A partial chunk already committed (resumed, or flushed) is rewritten whole; only its
+        # new records are new everywhere else.
+        done = self._pending_committed
+        new = self._pending[done:]
+        if not new:
             return
         if self._env is None:
             self._open_shard()
@@ -334,11 +338,6 @@ class Writer:
         offsets = np.zeros(len(frames) + 1, dtype="<u4")
         offsets[1:] = np.cumsum([len(f) for f in frames])
         chunk = struct.pack("<I", len(frames)) + offsets.tobytes() + b"".join(frames)
-        # A resumed partial chunk is rewritten whole; only its new records are new everywhere else.
-        done = self._pending_committed
-        new = self._pending[done:]
-        if not new:
-            return
         chunk_no = (self._count - done) // self.R
         with self._env.begin(write=True) as txn:
             ckey = struct.pack(">Q", chunk_no)
