@@ -35,6 +35,10 @@ import time
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The reference crop the fixtures are made with (guided-diffusion's center_crop_arr).
+from image_fixtures import adm_crop as center_crop_arr  # noqa: E402
+
 SKIMAGE = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
            "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png", "moon.png",
            "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg"]
@@ -69,18 +73,6 @@ def make_photo_set(folder: str) -> list[str]:
         small.save(path, quality=90, subsampling=2)
         files.append(path)
     return files
-
-
-def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
-    """guided-diffusion's ADM centre crop, as the training pipelines run it."""
-    while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(*pil_image.size)
-    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
-    arr = np.array(pil_image)
-    crop_y = (arr.shape[0] - image_size) // 2
-    crop_x = (arr.shape[1] - image_size) // 2
-    return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
 
 
 def pillow_round(files: list[str], size: int) -> float:
