@@ -34,6 +34,7 @@ let package = Package(
         systemLibrary("CPNG", pkgConfig: "libpng", apt: "libpng-dev"),
         systemLibrary("COpenBLAS", pkgConfig: "openblas", apt: "libopenblas-dev"),
         .target(name: "CImageShims", dependencies: ["CJPEG", "CPNG"]),
+        .target(name: "CReaderKernels"),
 
         // Tensor files: safetensors, .npy/.npz, 16-bit float conversion. Pure Swift.
         .target(name: "TensorFiles", swiftSettings: swiftSettings),
@@ -43,7 +44,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "LMDBCore", dependencies: ["CLMDB"], swiftSettings: swiftSettings),
         .target(name: "ZstdCore", dependencies: ["CZstd"], swiftSettings: swiftSettings),
-        .target(name: "ShardReader", dependencies: ["ShardFormat", "TensorFiles", "LMDBCore", "ZstdCore",
+        .target(name: "ShardReader", dependencies: ["ShardFormat", "TensorFiles", "LMDBCore", "ZstdCore", "CReaderKernels",
                                                     .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: swiftSettings),
         .target(name: "ShardWriter", dependencies: ["ShardReader", "ShardFormat", "LMDBCore", "ZstdCore",

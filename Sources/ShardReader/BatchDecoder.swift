@@ -2,6 +2,7 @@ import Foundation  // memcmp
 import ShardFormat
 import TensorFiles
 internal import ZstdCore
+internal import CReaderKernels
 
 /// Decodes records straight from their stored frames into a batch's contiguous arrays.
 ///
@@ -190,6 +191,8 @@ final class BatchDecoder {
                 }
             }
         }
+        // The rows' streaming stores must be visible before the batch goes to another thread.
+        mtok_reader_store_fence()
         return StreamBatch(firstSample: firstSample, records: records, tokens: k, channels: c, patches: n,
                            latents: latents, logvar: logvar, indices: indices, groups: groups,
                            labels: labels, ids: ids, views: views, payloadBytes: payloadBytes)
@@ -223,14 +226,12 @@ final class BatchDecoder {
             let p = src.baseAddress!.assumingMemoryBound(to: UInt8.self)
             let n = count
             if format == .float32 {
+                // Streaming stores (CReaderKernels): a float32 batch does not fit in cache.
                 let dst = out.assumingMemoryBound(to: UInt32.self)
                 if shuffled {
-                    // Wrapping shifts and a second base pointer keep the loop free of overflow
-                    // traps, so LLVM vectorizes it.
-                    let q = p + n
-                    for i in 0..<n { dst[i] = UInt32(p[i]) &<< 16 | UInt32(q[i]) &<< 24 }
+                    mtok_bf16_to_f32_planes(p, p + n, dst, n)
                 } else {
-                    for i in 0..<n { dst[i] = UInt32(UInt16(p[2 * i]) | UInt16(p[2 * i + 1]) << 8) << 16 }
+                    mtok_bf16_to_f32_interleaved(p, dst, n)
                 }
             } else {
                 let dst = out.assumingMemoryBound(to: UInt16.self)

@@ -405,9 +405,13 @@ struct CrossLanguageTests {
 }
 
 @Suite struct TokenStreamTests {
-    @Test func threadCountsAndPrefetchNeverChangeTheOrderOrTheData() throws {
+    /// Also the two bf16 layouts the float32 widening reads (byte planes, interleaved), and a
+    /// K·C of 39 whose rows start off 16-byte boundaries and end mid-vector.
+    @Test(arguments: [(true, 16, 4), (false, 13, 3)])
+    func threadCountsAndPrefetchNeverChangeTheOrderOrTheData(shuffle: Bool, tokens: Int, channels: Int) throws {
         let dir = try TestSupport.temporaryDirectory() + "/cache"
-        try writeSwiftCache(dir, count: 150, latent: "bf16", logvar: true, recordsPerChunk: 4, shardCap: 8 << 10)
+        try writeSwiftCache(dir, count: 150, latent: "bf16", logvar: true, shuffle: shuffle, recordsPerChunk: 4,
+                            shardCap: 8 << 10, tokens: tokens, channels: channels)
         let cache = try TokenCache(path: dir)
         let order = StreamOrder(cache: cache, seed: 8, epoch: 2)
         let want = order.rankIndices(rank: 1, worldSize: 2)
