@@ -1,5 +1,6 @@
 """Reading a cache, written from Schemas/FORMAT.md (sections cited as FORMAT n.m)."""
 
+import bisect
 import builtins
 import json
 import os
@@ -175,6 +176,7 @@ class Cache:
         self.shard_records = np.asarray(counts, dtype=np.int64)
         # first(s) of FORMAT 2, plus the total at the end.
         self.bounds = np.concatenate([[0], np.cumsum(self.shard_records)]).astype(np.int64)
+        self._starts = [int(b) for b in self.bounds[:-1]]  # bisect on a list: no NumPy call per record
         self._pid = None
         self._shards = None
         self._dctx = None
@@ -217,8 +219,8 @@ class Cache:
         n = len(self)
         if not (0 <= index < n):
             raise IndexError("index %d not in 0..%d" % (index, n - 1))
-        s = int(np.searchsorted(self.bounds, index, side="right")) - 1
-        return s, index - int(self.bounds[s])
+        s = bisect.bisect_right(self._starts, index) - 1
+        return s, index - self._starts[s]
 
     def _stored(self, index):
         """Decompressed (still byte-shuffled) payload of record `index`, and its location."""
@@ -445,6 +447,12 @@ class Cache:
 # Validated tensor layouts, keyed by (data length, tensor entries): every record of a cache has
 # the same few layouts, so the checks of FORMAT 4.1 run once per layout, not once per record.
 _LAYOUTS = {}
+# The same layouts keyed by (data length, header text after the __metadata__ object), for headers
+# that begin with it (both writers put it first): a record whose tensor entries are character for
+# character those of a checked one needs only its metadata parsed.
+_TAILS = {}
+_META_OPEN = '{"__metadata__":'
+_JSON = json.JSONDecoder()
 
 
 def _parse_header(stored, loc):
@@ -455,9 +463,26 @@ def _parse_header(stored, loc):
     (hlen,) = struct.unpack_from("<Q", stored, 0)
     if hlen > len(stored) - 8:
         raise BadRecordError("header length %d exceeds the %d-byte payload" % (hlen, len(stored)), **loc)
+    data_start = 8 + hlen
+    data_len = len(stored) - data_start
     try:
-        h = json.loads(bytes(stored[8:8 + hlen]))
-    except (UnicodeDecodeError, ValueError) as e:
+        text = bytes(stored[8:8 + hlen]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecordError("header is not JSON: %s" % e, **loc) from e
+    tail = None
+    if text.startswith(_META_OPEN):
+        try:
+            meta, end = _JSON.raw_decode(text, len(_META_OPEN))
+            tail = text[end:]
+        except ValueError:
+            pass  # the full parse below reports it
+        tensors = _TAILS.get((data_len, tail)) if tail is not None else None
+        if tensors is not None and type(meta) is dict and meta.get("mtok.format") == RECORD_FORMAT \
+                and all(type(v) is str for v in meta.values()):
+            return {"tensors": tensors, "metadata": meta}, data_start
+    try:
+        h = json.loads(text)
+    except ValueError as e:
         raise BadRecordError("header is not JSON: %s" % e, **loc) from e
     if not isinstance(h, dict):
         raise BadRecordError("header is not a JSON object", **loc)
@@ -468,8 +493,6 @@ def _parse_header(stored, loc):
     if meta.get("mtok.format") != RECORD_FORMAT:
         raise UnknownVersionError("record format %r, this reader knows %r" % (meta.get("mtok.format"), RECORD_FORMAT),
                                   **loc)
-    data_start = 8 + hlen
-    data_len = len(stored) - data_start
     try:
         key = (data_len,) + tuple((name, v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"]))
                                   for name, v in h.items())
@@ -480,6 +503,9 @@ def _parse_header(stored, loc):
         tensors = _check_layout(h, data_len, loc)
         if key is not None and len(_LAYOUTS) < 1024:
             _LAYOUTS[key] = tensors
+    # Only a tail with no second __metadata__ (JSON keeps the last of duplicate keys).
+    if tail is not None and '"__metadata__"' not in tail and len(_TAILS) < 1024:
+        _TAILS[(data_len, tail)] = tensors
     return {"tensors": tensors, "metadata": meta}, data_start
 
 
@@ -547,6 +573,8 @@ _DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
 
 def _dec(text):
     """A decimal integer as FORMAT.md writes them: Python's int() would also take spaces and '_'."""
+    if type(text) is str and text.isdigit() and text.isascii():  # the common case, without the regex
+        return int(text)
     if not isinstance(text, str) or not _DECIMAL.match(text):
         raise ValueError("not a decimal integer: %r" % (text,))
     return int(text)
@@ -556,6 +584,11 @@ _INT_LISTS = {2: re.compile(r"[+]?[0-9]+,[+]?[0-9]+\Z"), 4: re.compile(r"(?:[+]?
 
 
 def _ints(text, count, name, loc):
+    if type(text) is str:
+        parts = text.split(",")
+        # Plain digits between the commas: the common case, without the regex.
+        if len(parts) == count and all(parts) and text.replace(",", "").isdigit() and text.isascii():
+            return tuple(map(int, parts))
     if not isinstance(text, str) or not _INT_LISTS[count].match(text):
         raise BadRecordError("%s must be %d non-negative integers, got %r" % (name, count, text), **loc)
     return tuple(map(int, text.split(",")))

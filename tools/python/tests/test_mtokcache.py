@@ -157,6 +157,42 @@ def test_corrupt_record_names_its_location():
             raise AssertionError("corrupt frame read without error")
 
 
+def test_checked_header_tails_never_let_a_changed_layout_through():
+    """_parse_header skips the layout checks for a header whose text after __metadata__ equals
+    one already checked; any other header (a changed tensor entry, a second __metadata__) gets
+    the full checks, and metadata always comes from the record itself."""
+    from mtokcache import reader
+    with TempDir() as d:
+        write(d + "/c", make_records(3))
+        c = mtokcache.open(d + "/c")
+        stored, loc = c._stored(0)
+        second, _ = c._stored(1)
+        c.close()
+    header = lambda p: bytes(p[8:8 + struct.unpack_from("<Q", p)[0]]).decode()
+    def payload(text, like):
+        old = struct.unpack_from("<Q", like)[0]
+        return struct.pack("<Q", len(text.encode())) + text.encode() + like[8 + old:]
+    h0 = header(stored)
+    assert h0.startswith('{"__metadata__":')
+    assert reader._parse_header(stored, loc)[0]["metadata"]["id"] == "img/00000.jpg"
+    assert reader._parse_header(second, loc)[0]["metadata"]["id"] == "img/00001.jpg"  # same tail
+    meta_end = reader._JSON.raw_decode(h0, len('{"__metadata__":'))[1]
+    tail = h0[meta_end:]
+    # A tail that differs in one tensor's shape: checked again, and refused.
+    entry = json.loads("{" + tail[1:])["groups"]
+    bad_shape = tail.replace(json.dumps(entry["shape"], separators=(",", ":")), "[%d]" % (entry["shape"][0] + 1), 1)
+    assert bad_shape != tail
+    for text in (h0[:meta_end] + bad_shape,
+                 # A second __metadata__ after the tensors: JSON keeps the last one, which lacks the format.
+                 h0[:meta_end] + tail[:-1] + ',"__metadata__":{"id":"x"}}'):
+        try:
+            reader._parse_header(payload(text, stored), loc)
+        except (mtokcache.BadRecordError, mtokcache.UnknownVersionError):
+            pass
+        else:
+            raise AssertionError("header accepted: " + text)
+
+
 def test_order_is_a_permutation_with_locality():
     counts = [100, 0, 37, 64, 1]
     for seed in (0, 1, 2**64 - 1):
