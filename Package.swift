@@ -65,7 +65,8 @@ let package = Package(
         .executableTarget(
             name: "mtok",
             dependencies: ["TensorFiles", "ShardFormat", "ShardReader", "ShardWriter", "TokenizePipeline", "ImageDecoding", "TensorCore",
-                           "EncoderModel", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                           "EncoderModel", "ZstdCore", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings),
 
         // Tests: one target per library plus end-to-end CLI runs.
