@@ -1,6 +1,7 @@
 import Crypto
 import TensorFiles
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -123,17 +124,25 @@ public enum CacheVerifier {
             faults.append(CacheError(.shardMismatch, "shard file is not listed in the manifest", at: CacheLocation(shard: file)))
         }
 
-        // Sealed files are hashed on a thread of their own while the shards open and, when deep,
+        // Sealed files are hashed on threads of their own while the shards open and, when deep,
         // their records are checked: the two read different things and neither waits for the
-        // other. Faults are still listed in shard order.
+        // other. SHA-256 of one file is sequential, so files are hashed side by side: on all the
+        // threads for a fast check, on about a third of them beside a deep one (hashing a file
+        // costs about a third of decoding and checking its records). Faults are still listed in
+        // shard order.
         let sizes: [Int?] = manifest.shards.map { entry in
             (try? FileManager.default.attributesOfItem(atPath: root + "/" + entry.file))?[.size] as? Int
         }
         let toHash = manifest.shards.indices.filter { manifest.shards[$0].sealed && sizes[$0] == manifest.shards[$0].bytes }
         let hashes = FileHashes(count: manifest.shards.count)
         let hashing = DispatchGroup()
-        DispatchQueue.global().async(group: hashing) {
-            for i in toHash { hashes.set(i, Result { try sha256(ofFile: root + "/" + manifest.shards[i].file).hex }) }
+        let hashThreads = min(toHash.count, max(1, deep ? (threads + 1) / 3 : threads))
+        for _ in 0..<hashThreads {
+            DispatchQueue.global().async(group: hashing) {
+                while let i = hashes.claim(from: toHash) {
+                    hashes.set(i, Result { try sha256(ofFile: root + "/" + manifest.shards[i].file).hex })
+                }
+            }
         }
         var shardFaults: [[CacheError]] = Array(repeating: [], count: manifest.shards.count)
         var opened: [(Int, Shard)] = []
@@ -202,10 +211,16 @@ public enum CacheVerifier {
         return report
     }
 
-    /// Results of the hashing thread, one slot per shard; read after the thread is joined.
-    final class FileHashes: @unchecked Sendable {  // each slot is written once, by that thread
+    /// Results of the hashing threads, one slot per shard; read after the threads are joined.
+    final class FileHashes: @unchecked Sendable {  // each slot is written once, by the thread that claimed it
         private var slots: [Result<String, any Error>?]
+        private let next = Atomic<Int>(0)
         init(count: Int) { slots = Array(repeating: nil, count: count) }
+        /// The next shard of `list` no thread has taken yet.
+        func claim(from list: [Int]) -> Int? {
+            let k = next.add(1, ordering: .relaxed).oldValue
+            return k < list.count ? list[k] : nil
+        }
         func set(_ i: Int, _ r: Result<String, any Error>) { slots.withUnsafeMutableBufferPointer { $0[i] = r } }
         func get(_ i: Int) -> Result<String, any Error>? { slots[i] }
     }

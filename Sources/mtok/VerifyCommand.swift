@@ -11,7 +11,7 @@ struct VerifyCommand: ParsableCommand {
     @Flag(help: "Read, checksum and schema-check every record; check the id index and the content digest.") var deep = false
     @Flag(help: "With --deep: also recompute every payload's SHA-256 and the content digest from the payloads.") var rehash = false
     @Flag(help: "Print JSON.") var json = false
-    @Option(help: "Threads for the deep check (default: all cores).") var threads: Int?
+    @Option(help: "Threads for hashing shard files and checking records (default: all cores).") var threads: Int?
 
     func run() throws {
         let report = CacheVerifier.verify(path: cache, deep: deep, rehash: rehash,

@@ -58,6 +58,24 @@ struct CorruptionTests {
         for i in 0..<m.totals.records where i != fault.index! { #expect(try cache.record(at: i) == gen.record(i)) }
     }
 
+    /// Shard files are hashed side by side; each damaged one is still named, in shard order,
+    /// whatever the thread count.
+    @Test(arguments: [1, 3, 8])
+    func damagedShardFilesAreNamedInOrder(threads: Int) throws {
+        let (dir, m) = try freshCache(count: 60, cap: 24 << 10)
+        let sealed = m.shards.filter(\.sealed)
+        try #require(sealed.count >= 4)
+        let damaged = [sealed[1].file, sealed[3].file]
+        for file in damaged {
+            try patch(dir + "/" + file) { data in data[data.count - 100] ^= 0x01 }  // a free or unused byte
+        }
+        for deep in [false, true] {
+            let report = CacheVerifier.verify(path: dir, deep: deep, threads: threads)
+            let named = report.faults.filter { $0.kind == .checksumMismatch && $0.index == nil }.compactMap(\.shard)
+            #expect(named == damaged, "deep \(deep), \(threads) threads: \(report.faults)")
+        }
+    }
+
     @Test func wrongStoredDigestIsFoundByRehash() throws {
         let (dir, m) = try freshCache()
         let file = m.shards[0].file
