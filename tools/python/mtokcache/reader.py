@@ -294,7 +294,8 @@ class Cache:
             is_float = name in ("latents", "logvar")
             if self.shuffled and size > 1:
                 if is_float and f32 and dt == "BF16":
-                    arr = _unplane(stored, data_start + b, n, 2, 16, np.uint32).view(np.float32)
+                    planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(2, n)
+                    arr = _bf16_planes_to_float32(planes[0], planes[1])
                 elif n * size <= 4096:
                     # Small tensors: one transposing copy beats several whole-plane operations.
                     planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(size, n)
@@ -389,8 +390,7 @@ class Cache:
             if self.shuffled and size > 1:
                 planes = raw.reshape(B, size, n)
                 if is_float and f32 and dt == "BF16":
-                    arr = (planes[:, 0].astype(np.uint32) << np.uint32(16)) | (planes[:, 1].astype(np.uint32) << np.uint32(24))
-                    arr = arr.view(np.float32)
+                    arr = _bf16_planes_to_float32(planes[:, 0], planes[:, 1])
                 else:
                     wide = {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
                     arr = planes[:, 0].astype(wide)
@@ -554,18 +554,25 @@ def _check_layout(h, data_len, loc):
     return tensors
 
 
-def _unplane(stored, offset, n, size, out_shift=0, out_dtype=None):
+def _unplane(stored, offset, n, size):
     """Element i = sum_j planes[j][i] << 8j, read from `size` byte planes of n bytes (FORMAT 4.2).
-    Shift-and-or on whole planes is several times faster in NumPy than a transposing copy.
-    `out_shift` moves the result up (bf16 bits << 16 gives the float32 bits)."""
+    Shift-and-or on whole planes is several times faster in NumPy than a transposing copy."""
     planes = np.frombuffer(stored, np.uint8, count=n * size, offset=offset).reshape(size, n)
-    wide = out_dtype or {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
+    wide = {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
     out = planes[0].astype(wide)
-    if out_shift:
-        out <<= wide(out_shift)
     for j in range(1, size):
-        out |= planes[j].astype(wide) << wide(8 * j + out_shift)
+        out |= planes[j].astype(wide) << wide(8 * j)
     return out
+
+
+def _bf16_planes_to_float32(lo, hi):
+    """float32 values from the low and high byte planes of bf16 values (any matching shapes):
+    the two bytes copied into the top of zeroed little-endian words. For a batch of 256 records
+    this is about 5x faster in NumPy than widening, shifting and or-ing the planes."""
+    out = np.zeros(lo.shape + (4,), np.uint8)
+    out[..., 2] = lo
+    out[..., 3] = hi
+    return out.view(np.float32).reshape(lo.shape)
 
 
 _DECIMAL = re.compile(r"[+-]?[0-9]+\Z")
