@@ -110,20 +110,31 @@ public struct DatasetInputs: Sendable {
         }
     }
 
-    /// Image files below `dir`, relative to it, in the order of torchvision's sorted `os.walk`.
+    /// Image files below `dir`, relative to it, in torchvision's `make_dataset` order: folders as
+    /// `sorted(os.walk(dir, followlinks=True))` visits them (whole paths compared as strings, so
+    /// "sub-a" comes before "sub/x", whose parent "sub" comes first), files sorted within each.
+    /// A folder reached twice through symbolic links is listed once (os.walk would loop).
     static func imagesBelow(_ dir: String) throws -> [String] {
-        var out: [String] = []
-        func walk(_ rel: String) throws {
+        var folders: [String] = []  // relative paths; "" is `dir` itself
+        var seen = Set<String>()
+        func collect(_ rel: String) throws {
             let path = rel.isEmpty ? dir : dir + "/" + rel
-            let names = try listDirectory(path).sorted(by: byteOrder)
-            for name in names where !isDirectory(path + "/" + name) && isImageName(name) {
-                out.append(rel.isEmpty ? name : rel + "/" + name)
-            }
-            for name in names where isDirectory(path + "/" + name) {
-                try walk(rel.isEmpty ? name : rel + "/" + name)
+            guard seen.insert(URL(fileURLWithPath: path).resolvingSymlinksInPath().path).inserted else { return }
+            folders.append(rel)
+            for name in try listDirectory(path) where isDirectory(path + "/" + name) {
+                try collect(rel.isEmpty ? name : rel + "/" + name)
             }
         }
-        try walk("")
+        try collect("")
+        // os.walk's roots are dir + "/" + rel: compare the "/" + rel tails.
+        folders.sort { byteOrder($0.isEmpty ? "" : "/" + $0, $1.isEmpty ? "" : "/" + $1) }
+        var out: [String] = []
+        for rel in folders {
+            let path = rel.isEmpty ? dir : dir + "/" + rel
+            for name in try listDirectory(path).sorted(by: byteOrder) where !isDirectory(path + "/" + name) && isImageName(name) {
+                out.append(rel.isEmpty ? name : rel + "/" + name)
+            }
+        }
         return out
     }
 

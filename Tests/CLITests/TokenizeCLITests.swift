@@ -213,6 +213,32 @@ struct TokenizeCLITests {
         #expect(try f.record(at: 0).label == -1)
     }
 
+    /// ImageFolder order is torchvision's: classes sorted, then `sorted(os.walk)` inside each
+    /// (whole paths compared, so "sub 2" and "sub-a" come between "sub" and "sub/deeper"), files
+    /// sorted by code point ("B" before "a"). Hidden files and folders are skipped
+    /// (.ipynb_checkpoints, macOS "._" files), and a symbolic-link loop is walked once.
+    @Test func imageFolderOrderIsTorchvisionsSortedWalk() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let photo = Self.photos + "/objects/coffee.jpg"
+        let root = dir + "/tree"
+        let files = ["a/x.jpg", "a/sub/y.jpg", "a/sub 2/w.jpg", "a/sub-a/z.jpg", "a/sub/deeper/v.jpg", "b/B.jpg", "b/a.jpg",
+                     ".hidden/h.jpg", "a/.ipynb_checkpoints/c.jpg", "a/._x.jpg"]
+        let fm = FileManager.default
+        for f in files {
+            try fm.createDirectory(atPath: (root + "/" + f as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try fm.copyItem(atPath: photo, toPath: root + "/" + f)
+        }
+        try fm.createSymbolicLink(atPath: root + "/a/sub/again", withDestinationPath: "..")
+        let r = try tokenize(root, model, dir + "/out", ["--views", "center"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let cache = try TokenCache(path: dir + "/out")
+        let ids = try (0..<cache.count).map { try cache.record(at: $0).id }
+        #expect(ids == ["a/x.jpg", "a/sub/y.jpg", "a/sub 2/w.jpg", "a/sub-a/z.jpg", "a/sub/deeper/v.jpg", "b/B.jpg", "b/a.jpg"])
+        #expect(try (0..<cache.count).map { try cache.record(at: $0).label } == [0, 0, 0, 0, 0, 1, 1])
+        #expect(cache.manifest.classes == ["a", "b"])
+    }
+
     @Test func badSetupIsRefusedBeforeAnyWork() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
