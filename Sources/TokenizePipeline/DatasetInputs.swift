@@ -1,4 +1,5 @@
 import Foundation
+import TensorFiles
 
 /// One image to tokenize.
 public struct InputItem: Sendable, Equatable {
@@ -39,6 +40,12 @@ public struct DatasetInputs: Sendable {
     /// index in the sorted folder names, as torchvision's `ImageFolder`), or a flat folder.
     public static func scan(_ input: String) throws -> DatasetInputs {
         let inputs = try scanUnchecked(input)
+        // Nothing to do is almost always a wrong path or a list in another format: say so
+        // rather than write an empty cache.
+        guard !inputs.items.isEmpty else {
+            throw ScanError(path: input, reason: inputs.kind == .list ? "the list names no images"
+                                : "holds no image files (extensions \(imageExtensions.sorted().joined(separator: ", ")))")
+        }
         try inputs.checkIds(source: input)
         return inputs
     }
@@ -142,44 +149,149 @@ public struct DatasetInputs: Sendable {
         path.hasPrefix("/") ? path : URL(fileURLWithPath: listFile).deletingLastPathComponent().appendingPathComponent(path).path
     }
 
-    /// JSON Lines: one object per line with `path` and optional `id` and `label`.
+    /// The file as text, without a UTF-8 byte-order mark (spreadsheets write one).
+    static func readText(_ file: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: file) else { throw ScanError(path: file, reason: "cannot read") }
+        let body = data.starts(with: [0xEF, 0xBB, 0xBF]) ? data.dropFirst(3) : data[...]
+        guard let text = String(data: body, encoding: .utf8) else { throw ScanError(path: file, reason: "is not UTF-8 text") }
+        return text
+    }
+
+    /// Lines split at LF, a CR before it dropped. (Splitting a String at "\n" would not split
+    /// CRLF files: "\r\n" is one Character.)
+    static func lines(_ text: String) -> [Substring] {
+        text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            Substring(line.last == "\r" ? line.dropLast() : line)
+        }
+    }
+
+    /// An integer written as a JSON number (no fraction, within ±2^53).
+    static func integer(_ d: Double) -> Int? {
+        d.rounded(.towardZero) == d && abs(d) < 9.0e15 ? Int(d) : nil
+    }
+
+    /// An id given in a JSON list: a string, or an integer (written in decimal); absent or null:
+    /// none (`.some(nil)`); anything else: `nil`.
+    static func listId(_ value: JSONValue?) -> String?? {
+        switch value {
+        case nil, .null?: return .some(nil)
+        case let .string(s)?: return s
+        case let .number(d)?: return integer(d).map { String($0) }
+        default: return nil
+        }
+    }
+
+    /// A label: an integer ≥ -1; absent, null or blank: -1 (no label); anything else: `nil`.
+    static func listLabel(_ value: JSONValue?) -> Int? {
+        switch value {
+        case nil, .null?: return -1
+        case let .string(s)?:
+            let t = s.trimmingCharacters(in: .whitespaces)
+            if t.isEmpty { return -1 }
+            guard let l = Int(t), l >= -1, l <= Int(Int32.max) else { return nil }
+            return l
+        case let .number(d)?:
+            guard let l = integer(d), l >= -1, l <= Int(Int32.max) else { return nil }
+            return l
+        default: return nil
+        }
+    }
+
+    /// JSON Lines: one object per line with `path` and optional `id` (string or integer) and
+    /// `label` (integer ≥ -1); blank lines are skipped.
     static func readJSONL(_ file: String) throws -> DatasetInputs {
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ScanError(path: file, reason: "cannot read as UTF-8") }
         var items: [InputItem] = []
-        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (n, line) in lines(try readText(file)).enumerated() {
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.isEmpty { continue }
-            guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any],
-                  let path = obj["path"] as? String, !path.isEmpty else {
-                throw ScanError(path: file, reason: "line \(n + 1): expected an object with a \"path\" string")
+            func bad(_ why: String) -> ScanError { ScanError(path: file, reason: "line \(n + 1): \(why)") }
+            guard let obj = try? JSONValue.parse(Array(trimmed.utf8)), case .object = obj,
+                  let path = obj["path"]?.stringValue, !path.isEmpty else {
+                throw bad("expected an object with a \"path\" string")
             }
-            let label = (obj["label"] as? Int) ?? -1
-            let id = (obj["id"] as? String) ?? path
+            guard let label = listLabel(obj["label"]) else { throw bad("\"label\" must be an integer ≥ -1") }
+            guard let id = listId(obj["id"]) else { throw bad("\"id\" must be a string or an integer") }
+            items.append(InputItem(path: resolve(path, relativeTo: file), id: id ?? path, label: label))
+        }
+        return DatasetInputs(kind: .list, items: items, classes: nil)
+    }
+
+    /// CSV (RFC 4180: quoted fields may hold commas, quotes doubled, line breaks; LF or CRLF)
+    /// with a header row naming `path` and optionally `id` and `label`; blank lines are skipped.
+    static func readCSV(_ file: String) throws -> DatasetInputs {
+        let rows = try csvRows(try readText(file), file: file)
+        guard let (_, headerRow) = rows.first else { return DatasetInputs(kind: .list, items: [], classes: nil) }
+        let header = headerRow.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        guard let pathCol = header.firstIndex(of: "path") else { throw ScanError(path: file, reason: "header has no \"path\" column") }
+        let idCol = header.firstIndex(of: "id"), labelCol = header.firstIndex(of: "label")
+        var items: [InputItem] = []
+        for (line, cols) in rows.dropFirst() {
+            func bad(_ why: String) -> ScanError { ScanError(path: file, reason: "line \(line): \(why)") }
+            guard cols.count == header.count else { throw bad("\(cols.count) columns, header has \(header.count)") }
+            guard let label = listLabel(labelCol.map { .string(cols[$0]) }) else { throw bad("bad label \(cols[labelCol!])") }
+            let path = cols[pathCol]
+            guard !path.isEmpty else { throw bad("empty path") }
+            let id = idCol.map { cols[$0] }.flatMap { $0.isEmpty ? nil : $0 } ?? path
             items.append(InputItem(path: resolve(path, relativeTo: file), id: id, label: label))
         }
         return DatasetInputs(kind: .list, items: items, classes: nil)
     }
 
-    /// CSV with a header row naming `path` and optionally `id` and `label` (no quoted commas).
-    static func readCSV(_ file: String) throws -> DatasetInputs {
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ScanError(path: file, reason: "cannot read as UTF-8") }
-        var lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .init(charactersIn: "\r")) }.filter { !$0.isEmpty }
-        guard !lines.isEmpty else { return DatasetInputs(kind: .list, items: [], classes: nil) }
-        let header = lines.removeFirst().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        guard let pathCol = header.firstIndex(of: "path") else { throw ScanError(path: file, reason: "header has no \"path\" column") }
-        let idCol = header.firstIndex(of: "id"), labelCol = header.firstIndex(of: "label")
-        var items: [InputItem] = []
-        for (n, line) in lines.enumerated() {
-            let cols = line.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-            guard cols.count == header.count else { throw ScanError(path: file, reason: "line \(n + 2): \(cols.count) columns, header has \(header.count)") }
-            var label = -1
-            if let labelCol, !cols[labelCol].isEmpty {
-                guard let l = Int(cols[labelCol]), l >= -1 else { throw ScanError(path: file, reason: "line \(n + 2): bad label \(cols[labelCol])") }
-                label = l
-            }
-            let path = cols[pathCol]
-            items.append(InputItem(path: resolve(path, relativeTo: file), id: idCol.map { cols[$0] }.flatMap { $0.isEmpty ? nil : $0 } ?? path, label: label))
+    /// The rows of a CSV text with the line each starts on; rows of only blank space are dropped.
+    static func csvRows(_ text: String, file: String) throws -> [(line: Int, fields: [String])] {
+        var rows: [(line: Int, fields: [String])] = []
+        var fields: [String] = []
+        var field = String.UnicodeScalarView()
+        var quoted = false, wasQuoted = false
+        var line = 1, rowLine = 1
+        var it = text.unicodeScalars.makeIterator()
+        var pending: Unicode.Scalar? = nil
+        func endField() {
+            fields.append(wasQuoted ? String(field) : String(field).trimmingCharacters(in: .whitespaces))
+            field = String.UnicodeScalarView()
+            wasQuoted = false
         }
-        return DatasetInputs(kind: .list, items: items, classes: nil)
+        func endRow() {
+            endField()
+            if !(fields.count == 1 && fields[0].isEmpty) { rows.append((rowLine, fields)) }
+            fields = []
+            rowLine = line
+        }
+        while let c = pending ?? it.next() {
+            pending = nil
+            if quoted {
+                if c == "\"" {
+                    let next = it.next()
+                    if next == "\"" { field.append("\"") } else { quoted = false; pending = next }
+                } else {
+                    if c == "\n" { line += 1 }
+                    field.append(c)
+                }
+                continue
+            }
+            switch c {
+            case "\"":
+                guard String(field).trimmingCharacters(in: .whitespaces).isEmpty else {
+                    throw ScanError(path: file, reason: "line \(line): a quote inside an unquoted field")
+                }
+                field = String.UnicodeScalarView()
+                quoted = true
+                wasQuoted = true
+            case ",": endField()
+            case "\r":
+                let next = it.next()
+                if next != "\n" { pending = next }
+                line += 1
+                endRow()
+            case "\n":
+                line += 1
+                endRow()
+            default:
+                field.append(c)
+            }
+        }
+        if quoted { throw ScanError(path: file, reason: "line \(rowLine): a quoted field is not closed") }
+        if !field.isEmpty || !fields.isEmpty || wasQuoted { endRow() }
+        return rows
     }
 }

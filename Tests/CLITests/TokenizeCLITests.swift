@@ -239,6 +239,51 @@ struct TokenizeCLITests {
         #expect(cache.manifest.classes == ["a", "b"])
     }
 
+    /// Lists as spreadsheets and scripts write them: a byte-order mark, CRLF, quoted fields with
+    /// commas, doubled quotes and line breaks, integer ids in JSON; and lists that are wrong
+    /// refused before any work, naming the line.
+    @Test func listsInTheirCommonDialects() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir + "/img", withIntermediateDirectories: true)
+        try fm.copyItem(atPath: Self.photos + "/objects/coffee.jpg", toPath: dir + "/img/with space, comma.jpg")
+        try fm.copyItem(atPath: Self.photos + "/animals/chelsea.jpg", toPath: dir + "/img/cat.jpg")
+        func write(_ name: String, _ bytes: [UInt8]) throws -> String {
+            try Data(bytes).write(to: URL(fileURLWithPath: dir + "/" + name))
+            return dir + "/" + name
+        }
+        let csv = try write("list.csv", [0xEF, 0xBB, 0xBF] + Array(("path , label,id\r\n"
+            + "\"img/with space, comma.jpg\",1,\"say \"\"hi\"\"\"\r\n\r\n"
+            + "img/cat.jpg, 0 ,\"two\r\nlines\"\r\n").utf8))
+        #expect(try tokenize(csv, model, dir + "/c", ["--views", "center"]).status == 0)
+        let c = try TokenCache(path: dir + "/c")
+        #expect(try (0..<c.count).map { try c.record(at: $0).id } == ["say \"hi\"", "two\r\nlines"])
+        #expect(try (0..<c.count).map { try c.record(at: $0).label } == [1, 0])
+        let jsonl = try write("list.jsonl", Array(("{\"path\": \"img/cat.jpg\", \"id\": 17, \"label\": 3}\r\n\r\n"
+            + "{\"path\": \"img/with space, comma.jpg\", \"label\": null}\r\n").utf8))
+        #expect(try tokenize(jsonl, model, dir + "/j", ["--views", "center"]).status == 0)
+        let j = try TokenCache(path: dir + "/j")
+        #expect(try (0..<j.count).map { try j.record(at: $0).id } == ["17", "img/with space, comma.jpg"])
+        #expect(try (0..<j.count).map { try j.record(at: $0).label } == [3, -1])
+
+        try fm.createDirectory(atPath: dir + "/empty/sub", withIntermediateDirectories: true)
+        let refused: [(String, String)] = [
+            (try write("a.csv", Array("path,label\nimg/cat.jpg,1\n\"img/x.jpg,2\n".utf8)), "line 3: a quoted field is not closed"),
+            (try write("b.csv", Array("path,label\nimg/cat.jpg,cat\n".utf8)), "line 2: bad label cat"),
+            (try write("c.jsonl", Array("{\"path\": \"img/cat.jpg\"}\n{\"path\": \"img/cat.jpg\", \"label\": true}\n".utf8)),
+             "line 2: \"label\" must be an integer"),
+            (try write("d.jsonl", Array("{\"path\": \"img/cat.jpg\", \"id\": [1]}\n".utf8)), "line 1: \"id\" must be a string or an integer"),
+            (try write("e.csv", Array("path,label\n".utf8)), "the list names no images"),
+            (dir + "/empty", "holds no image files"),
+        ]
+        for (input, message) in refused {
+            let r = try tokenize(input, model, dir + "/refused")
+            #expect(r.status != 0 && r.stderr.contains(message), "\(input): \(r.stderr)")
+            #expect(!fm.fileExists(atPath: dir + "/refused"), "\(input) left an output behind")
+        }
+    }
+
     @Test func badSetupIsRefusedBeforeAnyWork() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
