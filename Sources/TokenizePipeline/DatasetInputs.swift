@@ -79,7 +79,7 @@ public struct DatasetInputs: Sendable {
         guard FileManager.default.isReadableFile(atPath: input) else { throw ScanError(path: input, reason: "is not readable") }
         let root = URL(fileURLWithPath: input).standardizedFileURL.path
         let entries = try listDirectory(root)
-        let subdirs = entries.filter { isDirectory(root + "/" + $0) }.sorted(by: byteOrder)
+        let subdirs = entries.filter(\.isDirectory).map(\.name).sorted(by: byteOrder)
         if !subdirs.isEmpty {
             var items: [InputItem] = []
             for (label, cls) in subdirs.enumerated() {
@@ -90,7 +90,7 @@ public struct DatasetInputs: Sendable {
             }
             return DatasetInputs(kind: .imageFolder, items: items, classes: subdirs)
         }
-        let files = entries.filter { isImageName($0) }.sorted(by: byteOrder)
+        let files = entries.filter { !$0.isDirectory && isImageName($0.name) }.map(\.name).sorted(by: byteOrder)
         return DatasetInputs(kind: .flatFolder, items: files.map { InputItem(path: root + "/" + $0, id: $0, label: -1) }, classes: nil)
     }
 
@@ -109,12 +109,28 @@ public struct DatasetInputs: Sendable {
         return FileManager.default.fileExists(atPath: path, isDirectory: &d) && d.boolValue
     }
 
-    static func listDirectory(_ path: String) throws -> [String] {
-        do {
-            return try FileManager.default.contentsOfDirectory(atPath: path).filter { !$0.hasPrefix(".") }
-        } catch {
-            throw ScanError(path: path, reason: "cannot list: \(error.localizedDescription)")
+    /// The entries of a folder, hidden ones left out, each with whether it is a folder (a
+    /// symbolic link to one counts, as os.walk(followlinks=True) has it). The kind comes from
+    /// readdir where the file system gives it: one stat per file would take minutes for
+    /// ImageNet on a network file system.
+    static func listDirectory(_ path: String) throws -> [(name: String, isDirectory: Bool)] {
+        guard let dir = opendir(path) else {
+            throw ScanError(path: path, reason: "cannot list: \(String(cString: strerror(errno)))")
         }
+        defer { closedir(dir) }
+        var out: [(name: String, isDirectory: Bool)] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name.hasPrefix(".") { continue }  // also "." and ".."
+            let kind = Int32(entry.pointee.d_type)
+            let folder = kind == Int32(DT_DIR) ? true
+                : kind == Int32(DT_REG) ? false
+                : isDirectory(path + "/" + name)  // a link, or a file system that does not say
+            out.append((name, folder))
+        }
+        return out
     }
 
     /// Image files below `dir`, relative to it, in torchvision's `make_dataset` order: folders as
@@ -128,8 +144,8 @@ public struct DatasetInputs: Sendable {
             let path = rel.isEmpty ? dir : dir + "/" + rel
             guard seen.insert(URL(fileURLWithPath: path).resolvingSymlinksInPath().path).inserted else { return }
             folders.append(rel)
-            for name in try listDirectory(path) where isDirectory(path + "/" + name) {
-                try collect(rel.isEmpty ? name : rel + "/" + name)
+            for entry in try listDirectory(path) where entry.isDirectory {
+                try collect(rel.isEmpty ? entry.name : rel + "/" + entry.name)
             }
         }
         try collect("")
@@ -138,7 +154,8 @@ public struct DatasetInputs: Sendable {
         var out: [String] = []
         for rel in folders {
             let path = rel.isEmpty ? dir : dir + "/" + rel
-            for name in try listDirectory(path).sorted(by: byteOrder) where !isDirectory(path + "/" + name) && isImageName(name) {
+            let files = try listDirectory(path).filter { !$0.isDirectory && isImageName($0.name) }.map(\.name)
+            for name in files.sorted(by: byteOrder) {
                 out.append(rel.isEmpty ? name : rel + "/" + name)
             }
         }
