@@ -292,6 +292,23 @@ struct CrossLanguageTests {
                     assert torch.equal(b["latents"][0], torch.from_numpy(c[int(b["index"][0])]["latents"]))
                     got += [int(i) for i in b["index"]]
             assert set(got) == set(range(203)) and len(got) == 204
+            # compact: the same values in stored types (bf16, int32), through workers, both datasets.
+            full = {int(i): (b["latents"][k], b["indices"][k], b["groups"][k])
+                    for b in DataLoader(CacheIterableDataset(path, seed=2, batch_size=8, batched=True), batch_size=None)
+                    for k, i in enumerate(b["index"])}
+            for ds, bs in ((CacheIterableDataset(path, seed=2, batch_size=8, compact=True), 8),
+                           (CacheIterableDataset(path, seed=2, batch_size=8, compact=True, batched=True), None),
+                           (CacheDataset(path, compact=True), 16)):
+                n = 0
+                for b in DataLoader(ds, batch_size=bs, num_workers=2):
+                    assert b["latents"].dtype == torch.bfloat16 and b["indices"].dtype == torch.int32
+                    assert b["groups"].dtype == torch.int32
+                    for k, i in enumerate(b["index"]):
+                        lat, ind, grp = full[int(i)]
+                        assert torch.equal(b["latents"][k].float(), lat) and torch.equal(b["indices"][k].long(), ind)
+                        assert torch.equal(b["groups"][k].long(), grp)
+                        n += 1
+                assert n == 203, (type(ds).__name__, n)
             print("ok")
             """
         guard let r = try Py.run(script, [dir]) else { return }
