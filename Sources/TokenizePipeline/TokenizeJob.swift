@@ -51,10 +51,12 @@ public struct TokenizeSummary: Sendable {
 }
 
 /// One rank's share of a tokenize run: reads its inputs, decodes and crops them on worker
-/// threads, encodes them in batches, and appends the records through a writer thread.
+/// threads, encodes them one input per encoder lane, and appends the records in batches through
+/// a writer thread.
 ///
-/// Stages overlap and every queue is bounded (decoded images: a window of a few batches; encoded
-/// batches: two), so memory does not grow with the dataset. Records are numbered by input order
+/// Stages overlap and every queue is bounded (decoded images and encoded records: a window of a
+/// few batches each; batches waiting for the writer: two), so memory does not grow with the
+/// dataset. Records are numbered by input order
 /// then view, whatever order the workers finish in. Each committed batch carries the number of
 /// inputs it completes, so a restarted run continues exactly after the last commit.
 public final class TokenizeJob {
