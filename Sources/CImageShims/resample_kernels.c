@@ -1,7 +1,7 @@
 // Inner loops of the Pillow-exact resampler (see PillowResampler.swift for the arithmetic).
 //
-// They live in C for one reason: 32-bit lane multiplies. Baseline x86-64 (SSE2) has no pmulld,
-// so the Swift versions stayed scalar; here each kernel is compiled for several instruction
+// They live in C for 32-bit lane multiplies and byte shuffles: baseline x86-64 (SSE2) has no
+// pmulld or pshufb, so the Swift versions stayed scalar; here each kernel is compiled for several instruction
 // sets and the loader picks the best one the CPU has (GCC/Clang function multiversioning).
 // The arithmetic is the same integer arithmetic in every version, so results never depend on it.
 
@@ -15,49 +15,41 @@
 #define MTOK_MULTIVERSION
 #endif
 
-typedef int32_t mtok_v4i __attribute__((vector_size(16)));
-typedef uint8_t mtok_v4u8 __attribute__((vector_size(4)));
 
 static inline uint8_t clip8(int32_t v) {
     int32_t s = v >> MTOK_RESAMPLE_PRECISION_BITS; // arithmetic shift: floor
     return (uint8_t)(s < 0 ? 0 : (s > 255 ? 255 : s));
 }
 
+typedef uint8_t mtok_v16u8 __attribute__((vector_size(16)));
+
+// (a + b + 1) >> 1 per byte without widening: the same value as the fixed-point sum
+// (half + a * half + b * half) >> PRECISION_BITS of two weights of one half each.
+static inline mtok_v16u8 avg_up(mtok_v16u8 a, mtok_v16u8 b) { return (a | b) - ((a ^ b) >> 1); }
+
 MTOK_MULTIVERSION
-void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const uint8_t *src_end, uint8_t *dst,
-                                  size_t dst_stride, int rows, int out_width, const int32_t *starts,
-                                  const int32_t *counts, const int32_t *weights, int taps) {
-    const int32_t half = 1 << (MTOK_RESAMPLE_PRECISION_BITS - 1);
+void mtok_resample_box_halve_rgb(const uint8_t *src, size_t src_stride, uint8_t *dst, size_t dst_stride, int rows,
+                                 int out_width) {
     for (int y = 0; y < rows; y++) {
-        const uint8_t *row = src + (size_t)y * src_stride;
+        const uint8_t *p = src + (size_t)y * src_stride;
         uint8_t *out = dst + (size_t)y * dst_stride;
-        for (int x = 0; x < out_width; x++) {
-            const uint8_t *p = row + (size_t)starts[x] * 3;
-            const int32_t *k = weights + (size_t)x * taps;
-            int n = counts[x];
-            if (n == 2 && k[0] == half && k[1] == half) {
-                // Box halving of an even size: two equal weights of one half each, so the sum
-                // (half + (a + b) * half) >> PRECISION_BITS is exactly (a + b + 1) >> 1.
-                out[x * 3] = (uint8_t)((p[0] + p[3] + 1) >> 1);
-                out[x * 3 + 1] = (uint8_t)((p[1] + p[4] + 1) >> 1);
-                out[x * 3 + 2] = (uint8_t)((p[2] + p[5] + 1) >> 1);
-                continue;
-            }
-            mtok_v4i acc = {half, half, half, half};
-            int i = 0;
-            // Four-byte loads read one byte past the pixel; stay inside the buffer.
-            for (; i < n && p + 4 <= src_end; i++, p += 3) {
-                mtok_v4u8 b;
-                memcpy(&b, p, 4);
-                acc += __builtin_convertvector(b, mtok_v4i) * k[i];
-            }
-            for (; i < n; i++, p += 3) {
-                mtok_v4i v = {p[0], p[1], p[2], 0};
-                acc += v * k[i];
-            }
-            out[x * 3] = clip8(acc[0]);
-            out[x * 3 + 1] = clip8(acc[1]);
-            out[x * 3 + 2] = clip8(acc[2]);
+        int x = 0;
+        // Five output pixels per step from 30 input bytes, loaded as bytes 0-15 and 14-29; the
+        // shuffles gather the even and the odd input pixels. The 16-byte store writes one byte
+        // past the five pixels, which the next step overwrites: hence the margin of one pixel.
+        for (; x + 6 <= out_width; x += 5, p += 30) {
+            mtok_v16u8 lo, hi;
+            memcpy(&lo, p, 16);
+            memcpy(&hi, p + 14, 16);
+            mtok_v16u8 even = __builtin_shufflevector(lo, hi, 0, 1, 2, 6, 7, 8, 12, 13, 14, 20, 21, 22, 26, 27, 28, 0);
+            mtok_v16u8 odd = __builtin_shufflevector(lo, hi, 3, 4, 5, 9, 10, 11, 15, 18, 19, 23, 24, 25, 29, 30, 31, 0);
+            mtok_v16u8 v = avg_up(even, odd);
+            memcpy(out + x * 3, &v, 16);
+        }
+        for (; x < out_width; x++, p += 6) {
+            out[x * 3] = (uint8_t)((p[0] + p[3] + 1) >> 1);
+            out[x * 3 + 1] = (uint8_t)((p[1] + p[4] + 1) >> 1);
+            out[x * 3 + 2] = (uint8_t)((p[2] + p[5] + 1) >> 1);
         }
     }
 }
@@ -68,14 +60,28 @@ static inline void vertical_body(const uint8_t *src, size_t row_bytes, uint8_t *
                                  int32_t *acc) {
     const int32_t half = 1 << (MTOK_RESAMPLE_PRECISION_BITS - 1);
     for (int y = 0; y < out_rows; y++) {
-        for (size_t i = 0; i < row_bytes; i++) acc[i] = half;
         const int32_t *k = weights + (size_t)y * taps;
+        uint8_t *out = dst + (size_t)y * row_bytes;
+        if (counts[y] == 2 && k[0] == half && k[1] == half) {
+            // Two rows with weights of one half (BOX halving): byte averages, no widening.
+            const uint8_t *r0 = src + (size_t)starts[y] * row_bytes, *r1 = r0 + row_bytes;
+            size_t i = 0;
+            for (; i + 16 <= row_bytes; i += 16) {
+                mtok_v16u8 a, b;
+                memcpy(&a, r0 + i, 16);
+                memcpy(&b, r1 + i, 16);
+                mtok_v16u8 v = avg_up(a, b);
+                memcpy(out + i, &v, 16);
+            }
+            for (; i < row_bytes; i++) out[i] = (uint8_t)((r0[i] + r1[i] + 1) >> 1);
+            continue;
+        }
+        for (size_t i = 0; i < row_bytes; i++) acc[i] = half;
         for (int j = 0; j < counts[y]; j++) {
             const uint8_t *r = src + (size_t)(starts[y] + j) * row_bytes;
             int32_t w = k[j];
             for (size_t i = 0; i < row_bytes; i++) acc[i] += (int32_t)r[i] * w;
         }
-        uint8_t *out = dst + (size_t)y * row_bytes;
         for (size_t i = 0; i < row_bytes; i++) out[i] = clip8(acc[i]);
     }
 }
@@ -119,8 +125,7 @@ void mtok_resample_horizontal_rgb_transposed(const uint8_t *src, size_t src_stri
                                              size_t dst_stride, int out_width, const int32_t *starts,
                                              const int32_t *counts, const int32_t *weights, int taps,
                                              uint8_t *scratch_in, uint8_t *scratch_out, int32_t *acc) {
-    // The same sums as mtok_resample_horizontal_rgb, computed as a vertical pass on the
-    // transposed image: row-contiguous loops vectorise, per-pixel windows do not.
+    // The horizontal sums computed as a vertical pass on the transposed image: row-contiguous loops vectorise, per-pixel windows do not.
     size_t column_bytes = (size_t)rows * 3;
     transpose_rgb(src, src_stride, rows, cols, scratch_in, column_bytes);
     vertical_body(scratch_in, column_bytes, scratch_out, out_width, starts, counts, weights, taps, acc);

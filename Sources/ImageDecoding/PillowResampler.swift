@@ -1,4 +1,5 @@
 internal import CImageShims
+import Synchronization
 
 /// Separable resampling with Pillow's arithmetic (`ImagingResample` on 8-bit images), so that
 /// results match Pillow's `Image.resize` pixel for pixel.
@@ -45,28 +46,29 @@ enum PillowResampler {
     /// Pillow's PRECISION_BITS for 8-bit images (MTOK_RESAMPLE_PRECISION_BITS in the C kernels).
     static let precisionBits = 22
 
-    /// Windows and fixed-point weights for the outputs `range` of one axis.
-    struct Axis {
-        let range: Range<Int>
+    /// Windows and fixed-point weights for every output of one axis resized from `inSize` to
+    /// `outSize`. They depend only on those sizes and the filter, and a dataset has few distinct
+    /// sizes, so they are computed once and shared (see ``coefficients(inSize:outSize:filter:)``).
+    final class Coefficients: Sendable {
         let taps: Int
-        var start: [Int]    // first input index per output
-        var count: [Int]    // inputs used per output
-        var weights: [Int32] // `taps` per output
+        let start: [Int32]   // first input index per output
+        let count: [Int32]   // inputs used per output
+        let weights: [Int32] // `taps` per output
+        /// Every window is inputs 2x and 2x + 1 with weights of one half each: BOX halving of an
+        /// even size, which the kernels compute as byte averages.
+        let isEvenBoxHalving: Bool
 
-        init(inSize: Int, outSize: Int, filter: Filter, range: Range<Int>) {
-            self.range = range
+        init(inSize: Int, outSize: Int, filter: Filter) {
             let scale = Double(inSize) / Double(outSize)
             let filterscale = max(scale, 1.0)
             let support = filter.support * filterscale
-            taps = Int(support.rounded(.up)) * 2 + 1
-            start = []
-            count = []
-            start.reserveCapacity(range.count)
-            count.reserveCapacity(range.count)
-            weights = [Int32](repeating: 0, count: range.count * taps)
+            let taps = Int(support.rounded(.up)) * 2 + 1
+            var start = [Int32](repeating: 0, count: outSize)
+            var count = [Int32](repeating: 0, count: outSize)
+            var weights = [Int32](repeating: 0, count: outSize * taps)
             var k = [Double](repeating: 0, count: taps)
             let one = Double(1 << PillowResampler.precisionBits)
-            for (slot, xx) in range.enumerated() {
+            for xx in 0..<outSize {
                 let center = (Double(xx) + 0.5) * scale
                 let ss = 1.0 / filterscale
                 var xmin = Int(center - support + 0.5)  // truncation, as C's (int) cast
@@ -82,20 +84,77 @@ enum PillowResampler {
                 }
                 for x in 0..<xmax {
                     let v = ww != 0.0 ? k[x] / ww : k[x]
-                    weights[slot * taps + x] = v < 0 ? Int32(-0.5 + v * one) : Int32(0.5 + v * one)
+                    weights[xx * taps + x] = v < 0 ? Int32(-0.5 + v * one) : Int32(0.5 + v * one)
                 }
-                start.append(xmin)
-                count.append(xmax)
+                start[xx] = Int32(xmin)
+                count[xx] = Int32(xmax)
             }
+            let half = Int32(1 << (PillowResampler.precisionBits - 1))
+            isEvenBoxHalving = (0..<outSize).allSatisfy { x in
+                start[x] == 2 * x && count[x] == 2 && weights[x * taps] == half && weights[x * taps + 1] == half
+            }
+            self.taps = taps
+            self.start = start
+            self.count = count
+            self.weights = weights
+        }
+    }
+
+    private struct CoefficientsKey: Hashable {
+        var inSize: Int
+        var outSize: Int
+        var isBox: Bool
+    }
+
+    /// Shared by all threads; emptied when it grows past `cacheLimit` sizes, so a dataset of
+    /// endlessly varied sizes costs no more than computing every time.
+    private static let cache = Mutex<[CoefficientsKey: Coefficients]>([:])
+    private static let cacheLimit = 512
+
+    /// The coefficients of an axis resized from `inSize` to `outSize`, from the cache when there.
+    static func coefficients(inSize: Int, outSize: Int, filter: Filter) -> Coefficients {
+        let key = CoefficientsKey(inSize: inSize, outSize: outSize, isBox: filter == .box)
+        if let c = cache.withLock({ $0[key] }) { return c }
+        // Computed outside the lock; two threads may both compute a missing entry (same result).
+        let c = Coefficients(inSize: inSize, outSize: outSize, filter: filter)
+        cache.withLock { table in
+            if table.count >= cacheLimit { table.removeAll(keepingCapacity: true) }
+            table[key] = c
+        }
+        return c
+    }
+
+    /// The outputs `range` of one axis and their coefficients.
+    struct Axis {
+        let range: Range<Int>
+        let coefficients: Coefficients
+        var taps: Int { coefficients.taps }
+
+        init(inSize: Int, outSize: Int, filter: Filter, range: Range<Int>) {
+            self.range = range
+            coefficients = PillowResampler.coefficients(inSize: inSize, outSize: outSize, filter: filter)
+        }
+
+        /// The windows of `range`, their first inputs shifted down by `origin`.
+        func starts(minus origin: Int) -> [Int32] {
+            coefficients.start[range].map { $0 - Int32(origin) }
+        }
+
+        var counts: ArraySlice<Int32> { coefficients.count[range] }
+
+        /// Calls `body` with the weights of `range` (`taps` per output).
+        func withWeights<R>(_ body: (UnsafePointer<Int32>) -> R) -> R {
+            coefficients.weights.withUnsafeBufferPointer { body($0.baseAddress! + range.lowerBound * taps) }
         }
 
         /// The input indices the outputs `range` read.
         var inputSpan: Range<Int> {
             guard !range.isEmpty else { return 0..<0 }
             var lo = Int.max, hi = Int.min
-            for i in 0..<start.count where count[i] > 0 {
-                lo = min(lo, start[i])
-                hi = max(hi, start[i] + count[i])
+            for i in range where coefficients.count[i] > 0 {
+                let s = Int(coefficients.start[i])
+                lo = min(lo, s)
+                hi = max(hi, s + Int(coefficients.count[i]))
             }
             return lo <= hi ? lo..<hi : 0..<0
         }
@@ -152,21 +211,18 @@ enum PillowResampler {
     private static func horizontal(_ t: Tile, axis: Axis, rows: Range<Int>, outWidth: Int) -> Tile {
         let ow = axis.range.count, oh = rows.count
         let stride = t.image.width * 3
-        let starts = axis.start.map { Int32($0 - t.originX) }
-        let counts = axis.count.map { Int32($0) }
-        let half = Int32(1 << (precisionBits - 1))
-        let isEvenBoxHalving = (0..<ow).allSatisfy { x in
-            counts[x] == 2 && axis.weights[x * axis.taps] == half && axis.weights[x * axis.taps + 1] == half
-        }
         let out = [UInt8](unsafeUninitializedCapacity: ow * oh * 3) { dst, initialized in
             t.image.pixels.withUnsafeBufferPointer { src in
                 let first = src.baseAddress! + (rows.lowerBound - t.originY) * stride
-                if isEvenBoxHalving || ow == 0 || oh == 0 {
-                    // Pairwise averages: cheaper per pixel than two transposes.
-                    mtok_resample_horizontal_rgb(first, stride, src.baseAddress! + src.count, dst.baseAddress!,
-                                                 ow * 3, Int32(oh), Int32(ow), starts, counts, axis.weights,
-                                                 Int32(axis.taps))
+                if ow == 0 || oh == 0 {
+                    // Nothing to compute.
+                } else if axis.coefficients.isEvenBoxHalving {
+                    // Pairwise byte averages: far cheaper per pixel than two transposes.
+                    let x0 = 2 * axis.range.lowerBound - t.originX
+                    mtok_resample_box_halve_rgb(first + x0 * 3, stride, dst.baseAddress!, ow * 3, Int32(oh), Int32(ow))
                 } else {
+                    let starts = axis.starts(minus: t.originX)
+                    let counts = Array(axis.counts)
                     // Only the columns some window reads are transposed.
                     let lo = Int(starts.min() ?? 0)
                     let hi = zip(starts, counts).map { Int($0 + $1) }.max() ?? lo
@@ -179,10 +235,12 @@ enum PillowResampler {
                         scratch.deallocate()
                         acc.deallocate()
                     }
-                    mtok_resample_horizontal_rgb_transposed(first + lo * 3, stride, Int32(oh), Int32(cols),
-                                                            dst.baseAddress!, ow * 3, Int32(ow), shifted, counts,
-                                                            axis.weights, Int32(axis.taps), scratch,
-                                                            scratch + cols * oh * 3, acc)
+                    axis.withWeights { weights in
+                        mtok_resample_horizontal_rgb_transposed(first + lo * 3, stride, Int32(oh), Int32(cols),
+                                                                dst.baseAddress!, ow * 3, Int32(ow), shifted, counts,
+                                                                weights, Int32(axis.taps), scratch,
+                                                                scratch + cols * oh * 3, acc)
+                    }
                 }
             }
             initialized = ow * oh * 3
@@ -194,13 +252,16 @@ enum PillowResampler {
     private static func vertical(_ t: Tile, axis: Axis, outHeight: Int) -> Tile {
         let rowBytes = t.image.width * 3
         let oh = axis.range.count
-        let starts = axis.start.map { Int32($0 - t.originY) }
-        let counts = axis.count.map { Int32($0) }
-        var acc = [Int32](repeating: 0, count: rowBytes)
+        let starts = axis.starts(minus: t.originY)
+        let counts = Array(axis.counts)
+        let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rowBytes)  // scratch: no zero fill
+        defer { acc.deallocate() }
         let out = [UInt8](unsafeUninitializedCapacity: rowBytes * oh) { dst, initialized in
             t.image.pixels.withUnsafeBufferPointer { src in
-                mtok_resample_vertical(src.baseAddress!, rowBytes, dst.baseAddress!, Int32(oh), starts, counts,
-                                       axis.weights, Int32(axis.taps), &acc)
+                axis.withWeights { weights in
+                    mtok_resample_vertical(src.baseAddress!, rowBytes, dst.baseAddress!, Int32(oh), starts, counts,
+                                           weights, Int32(axis.taps), acc)
+                }
             }
             initialized = rowBytes * oh
         }

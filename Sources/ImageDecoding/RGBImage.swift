@@ -64,16 +64,21 @@ public struct RGBImage: Sendable, Equatable {
     /// This is what `ToTensor()` followed by `Normalize(0.5, 0.5)` feeds a tokenizer.
     public func floatCHW() -> [Float] {
         let plane = width * height
-        var out = [Float](repeating: 0, count: plane * 3)
-        pixels.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                for i in 0..<plane {
-                    dst[i] = Float(src[i * 3]) / 127.5 - 1
-                    dst[plane + i] = Float(src[i * 3 + 1]) / 127.5 - 1
-                    dst[2 * plane + i] = Float(src[i * 3 + 2]) / 127.5 - 1
+        // Every element is written below: no zero fill.
+        return [Float](unsafeUninitializedCapacity: plane * 3) { dst, initialized in
+            pixels.withUnsafeBufferPointer { src in
+                Self.normalized.withUnsafeBufferPointer { table in
+                    for i in 0..<plane {
+                        dst[i] = table[Int(src[i * 3])]
+                        dst[plane + i] = table[Int(src[i * 3 + 1])]
+                        dst[2 * plane + i] = table[Int(src[i * 3 + 2])]
+                    }
                 }
             }
+            initialized = plane * 3
         }
-        return out
     }
+
+    /// `x / 127.5 - 1` for every byte value, computed by the same expression once.
+    private static let normalized: [Float] = (0..<256).map { Float($0) / 127.5 - 1 }
 }

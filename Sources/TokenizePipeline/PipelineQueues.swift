@@ -59,6 +59,87 @@ final class PreparedQueue: @unchecked Sendable {  // all state is guarded by `co
     }
 }
 
+/// Carries encoded inputs from the encoder lanes to the consumer, in input order.
+///
+/// Lanes claim inputs one at a time and finish them in any order; the consumer takes them back in
+/// order. A lane may claim only while fewer than `window` claimed inputs wait for the consumer,
+/// which bounds the memory held in encoded records.
+final class EncodedQueue: @unchecked Sendable {  // all state is guarded by `cond`
+    private let cond = NSCondition()
+    private var claimed = 0
+    private var consumed = 0
+    private let window: Int
+    private var ready: [Int: TokenizeJob.Encoded] = [:]
+    private var lanesRunning: Int
+    private var stopped = false
+    private var laneSeconds = 0.0
+
+    init(window: Int, lanes: Int) {
+        self.window = window
+        lanesRunning = lanes
+    }
+
+    /// Waits until the window has room for one more input; false once the queue stopped.
+    func reserve() -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        while !stopped && claimed >= consumed + window { cond.wait() }
+        if stopped { return false }
+        claimed += 1
+        return true
+    }
+
+    /// Gives back a reservation a lane could not use (no input left).
+    func unreserve() {
+        cond.lock()
+        claimed -= 1
+        cond.unlock()
+    }
+
+    func put(_ e: TokenizeJob.Encoded, seconds: Double) {
+        cond.lock()
+        ready[e.index] = e
+        laneSeconds += seconds
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// A lane has no more inputs.
+    func laneFinished() {
+        cond.lock()
+        lanesRunning -= 1
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// The result for input `index`, which the consumer takes in order, or nil once every lane has
+    /// finished without producing it (the inputs ran out, or the queue stopped).
+    func take(_ index: Int) -> TokenizeJob.Encoded? {
+        cond.lock()
+        defer { cond.unlock() }
+        while !stopped && lanesRunning > 0 && ready[index] == nil { cond.wait() }
+        guard !stopped, let e = ready.removeValue(forKey: index) else { return nil }
+        consumed += 1
+        cond.broadcast()
+        return e
+    }
+
+    /// Seconds the lanes spent encoding, summed over lanes.
+    var encodingSeconds: Double {
+        cond.lock()
+        defer { cond.unlock() }
+        return laneSeconds
+    }
+
+    func stop() {
+        cond.lock()
+        stopped = true
+        ready.removeAll()
+        cond.broadcast()
+        cond.unlock()
+    }
+}
+
 /// Appends encoded batches to the cache on its own thread, at most two batches behind the encoder.
 /// Failures of a batch are logged before the batch is committed, so after a crash the log can be
 /// cut back to the committed resume point.

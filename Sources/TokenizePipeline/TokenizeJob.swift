@@ -51,10 +51,12 @@ public struct TokenizeSummary: Sendable {
 }
 
 /// One rank's share of a tokenize run: reads its inputs, decodes and crops them on worker
-/// threads, encodes them in batches, and appends the records through a writer thread.
+/// threads, encodes them one input per encoder lane, and appends the records in batches through
+/// a writer thread.
 ///
-/// Stages overlap and every queue is bounded (decoded images: a window of a few batches; encoded
-/// batches: two), so memory does not grow with the dataset. Records are numbered by input order
+/// Stages overlap and every queue is bounded (decoded images and encoded records: a window of a
+/// few batches each; batches waiting for the writer: two), so memory does not grow with the
+/// dataset. Records are numbered by input order
 /// then view, whatever order the workers finish in. Each committed batch carries the number of
 /// inputs it completes, so a restarted run continues exactly after the last commit.
 public final class TokenizeJob {
@@ -184,46 +186,68 @@ public final class TokenizeJob {
             workers.append(t)
             t.start()
         }
+        // Encoder lanes: each claims the next decoded input in order and encodes it on its own
+        // (single-threaded products), with no barrier at batch ends. Handing out whole batches
+        // left a lane idle at the end of each batch whenever the decode thread had slowed the
+        // other one; a lane here simply takes fewer inputs. Every image runs the same products
+        // however it is scheduled, so the records do not change.
+        let lanes = max(1, Parallel.lanes)
+        let encoded = EncodedQueue(window: max(4, 2 * options.batchSize) + lanes, lanes: lanes)
+        let encoderThread = Thread {
+            let me = job.value
+            Parallel.forEach(lanes, lanes: lanes) { _, _ in
+                while encoded.reserve() {
+                    guard let p = queue.take() else {
+                        encoded.unreserve()
+                        break
+                    }
+                    let t = Date()
+                    let e = me.encode(p)
+                    encoded.put(e, seconds: Date().timeIntervalSince(t))
+                }
+                encoded.laneFinished()
+            }
+        }
+        encoderThread.stackSize = 8 << 20
+        encoderThread.start()
         let sink = WriterThread(writer: writer, failuresPath: outputPath + "/failures.jsonl")
         defer {
             queue.stop()
+            encoded.stop()
             sink.close()
+            while !encoderThread.isFinished { usleep(1000) }
         }
 
-        var batchInputs: [[Float]] = []
-        var batchMeta: [RecordMeta] = []
+        var batchRecords: [TokenRecord] = []
         var batchFailures: [FailureLog.Entry] = []
         var failures = 0
         func flush(inputsDone: Int) throws {
-            guard !batchInputs.isEmpty || !batchFailures.isEmpty else { return }
-            let t = Date()
-            let encoded = try encoder.encode(batch: batchInputs)
-            summary.encoderSeconds += Date().timeIntervalSince(t)
-            let records = zip(batchMeta, encoded).map { makeRecord($0, $1) }
-            summary.records += records.count
-            try sink.submit(records: records, failures: batchFailures, inputsDone: inputsDone)
-            batchInputs.removeAll(keepingCapacity: true)
-            batchMeta.removeAll(keepingCapacity: true)
+            guard !batchRecords.isEmpty || !batchFailures.isEmpty else { return }
+            summary.records += batchRecords.count
+            try sink.submit(records: batchRecords, failures: batchFailures, inputsDone: inputsDone)
+            batchRecords.removeAll(keepingCapacity: true)
             batchFailures.removeAll()
         }
-        while let p = queue.take() {
+        var index = first
+        while let e = encoded.take(index) {
+            index += 1
             summary.images += 1
-            switch p.outcome {
+            switch e.outcome {
             case .failure(let error):
                 failures += 1
-                batchFailures.append(FailureLog.Entry(index: p.index, id: p.item.id, path: p.item.path, kind: error.kind, reason: error.reason))
-            case .success(let prepared):
-                batchInputs += prepared.inputs
-                batchMeta += prepared.meta
+                batchFailures.append(FailureLog.Entry(index: e.index, id: e.item.id, path: e.item.path, kind: error.kind, reason: error.reason))
+            case .success(let views):
+                // An encoder error stops the run before this batch is committed.
+                batchRecords += try views.get()
             }
             progress?.advance(failures: failures)
-            let done = p.index + 1 - range.lowerBound
+            let done = e.index + 1 - range.lowerBound
             if let max = options.maxFailures, failures > max {
                 try flush(inputsDone: done)
                 summary.stopReason = "more than \(max) inputs failed (see failures.jsonl); fix or remove them and run again"
                 break
             }
-            if batchInputs.count >= options.batchSize || shouldStop() {
+            if batchRecords.count >= options.batchSize || shouldStop() {
                 try flush(inputsDone: done)
                 if shouldStop() {
                     summary.stopReason = "interrupted; run the same command again to resume"
@@ -233,8 +257,11 @@ public final class TokenizeJob {
         }
         if summary.stopReason == nil { try flush(inputsDone: range.count) }
         queue.stop()
+        encoded.stop()
         try sink.drain()
         for t in workers { while !t.isFinished { usleep(1000) } }
+        while !encoderThread.isFinished { usleep(1000) }
+        summary.encoderSeconds = encoded.encodingSeconds / Double(lanes)
         summary.failures = failures
         summary.views = options.views.count
         if summary.stopReason == nil {
@@ -265,6 +292,22 @@ public final class TokenizeJob {
         var index: Int
         var item: InputItem
         var outcome: Result<(inputs: [[Float]], meta: [RecordMeta]), ImageDecodingError>
+    }
+
+    /// An input after the encoder: its records, or why it has none (a decode failure, or an
+    /// encoder error that stops the run).
+    struct Encoded: @unchecked Sendable {  // handed from one lane to the consumer, never shared
+        var index: Int
+        var item: InputItem
+        var outcome: Result<Result<[TokenRecord], any Error>, ImageDecodingError>
+    }
+
+    /// Encodes the views of a prepared input and makes their records.
+    func encode(_ p: Prepared) -> Encoded {
+        let outcome = p.outcome.map { prepared in
+            Result { try zip(prepared.meta, prepared.inputs).map { try makeRecord($0, encoder.encode(image: $1)) } }
+        }
+        return Encoded(index: p.index, item: p.item, outcome: outcome)
     }
 
     /// Reads and hashes input `index`, and decodes and crops each of its views (each view decodes

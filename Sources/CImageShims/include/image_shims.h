@@ -107,16 +107,16 @@ int mtok_png_write_rgb(const char *path, const uint8_t *rgb, uint32_t width, uin
 /// Fixed-point fraction bits of the weights (Pillow's PRECISION_BITS for 8-bit images).
 #define MTOK_RESAMPLE_PRECISION_BITS 22
 
-/// Horizontal pass over packed RGB rows. Output pixel x of each row sums `counts[x]` input
-/// pixels from `starts[x]` (relative to the row start) with `weights[x * taps ...]`; sums start
-/// at half a unit, are shifted down by the precision and clamped to 0...255. `src_end` bounds
-/// every read.
-void mtok_resample_horizontal_rgb(const uint8_t *src, size_t src_stride, const uint8_t *src_end, uint8_t *dst,
-                                  size_t dst_stride, int rows, int out_width, const int32_t *starts,
-                                  const int32_t *counts, const int32_t *weights, int taps);
+/// Horizontal BOX halving of packed RGB rows (an even size halved): output pixel x of each row is
+/// the per-channel (a + b + 1) >> 1 of input pixels 2x and 2x + 1 counted from `src`, which is
+/// what the fixed-point sums give for two weights of one half. Reads 6 * out_width bytes per row.
+void mtok_resample_box_halve_rgb(const uint8_t *src, size_t src_stride, uint8_t *dst, size_t dst_stride, int rows,
+                                 int out_width);
 
-/// The same result as `mtok_resample_horizontal_rgb` over `cols` input pixels per row, computed
-/// by transposing: `scratch_in` holds cols * rows * 3 bytes, `scratch_out` out_width * rows * 3,
+/// Horizontal pass over packed RGB rows: output pixel x of each row sums `counts[x]` input pixels
+/// from `starts[x]` with `weights[x * taps ...]`; sums start at half a unit, are shifted down by
+/// the precision and clamped to 0...255. Computed by transposing over `cols` input pixels per
+/// row: `scratch_in` holds cols * rows * 3 bytes, `scratch_out` out_width * rows * 3,
 /// `acc` rows * 3 values; `starts` are relative to `src`.
 void mtok_resample_horizontal_rgb_transposed(const uint8_t *src, size_t src_stride, int rows, int cols, uint8_t *dst,
                                              size_t dst_stride, int out_width, const int32_t *starts,
