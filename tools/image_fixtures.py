@@ -342,6 +342,12 @@ def main() -> None:
     n = save_pil(Image.fromarray(grad), "gradient_70x45.png")
     add_case(n, decoded(n), note="upscaling: short side under the target")
 
+    # A tall strip of a photograph: Pillow 13 resizes it vertical pass first (the height shrinks
+    # by more than twice as many pixels as the width), in the BOX halving and the bicubic resize.
+    n = save_pil(Image.fromarray(np.array(photo("astronaut.png"))[40:440, 180:330]), "tall_astronaut_150x400.png")
+    add_case(n, decoded(n), views=[("adm", 64, 0), ("adm", 16, 1), ("resize-center", 64, 0), ("adm", 32, 9)],
+             note="taller than 2:1: vertical pass first")
+
     # Degenerate sizes: single pixels, extreme aspect ratios, windows clipped at both edges.
     rng = np.random.default_rng(3)
     for w, h in [(1, 1), (3, 2), (1, 50), (61, 2), (33, 32)]:

@@ -9,8 +9,10 @@ import Synchronization
 /// `center = (x + 0.5) · scale` and the support grows with `filterscale = max(scale, 1)` when
 /// shrinking; bounds are truncated from `center ± support + 0.5`; weights are normalised in double
 /// precision, then turned into 22-bit fixed point rounding away from zero; sums start at half a
-/// unit and are shifted down and clamped. The horizontal pass runs first and is rounded to 8 bits
-/// before the vertical pass.
+/// unit and are shifted down and clamped. Each pass is rounded to 8 bits before the next, so the
+/// order of the passes shows in the pixels: Pillow 13 runs the vertical pass first when the
+/// height shrinks by more than twice as many pixels as the width (``verticalFirst``), the
+/// horizontal one first otherwise (Pillow before 12.2 always ran the horizontal pass first).
 /// A pass is skipped when its dimension does not change.
 ///
 /// Every output pixel depends only on its own window, so a caller may ask for just a rectangle of
@@ -183,6 +185,17 @@ enum PillowResampler {
         var current = tile
         let needH = outWidth != tile.fullWidth
         let needV = outHeight != tile.fullHeight
+        if needH && needV && verticalFirst(inWidth: tile.fullWidth, inHeight: tile.fullHeight,
+                                           outWidth: outWidth, outHeight: outHeight) {
+            // The vertical pass on the input columns the horizontal windows of `xs` read, then
+            // the horizontal pass on its rows.
+            let hAxis = Axis(inSize: tile.fullWidth, outSize: outWidth, filter: filter, range: xs)
+            let vAxis = Axis(inSize: tile.fullHeight, outSize: outHeight, filter: filter, range: ys)
+            let rows = tile.originY..<(tile.originY + tile.image.height)
+            current = crop(current, xs: hAxis.inputSpan, ys: rows)
+            current = vertical(current, axis: vAxis, outHeight: outHeight)
+            return horizontal(current, axis: hAxis, rows: ys, outWidth: outWidth)
+        }
         // Rows the vertical pass reads (or, with no vertical pass, the rows wanted).
         let vAxis = needV ? Axis(inSize: tile.fullHeight, outSize: outHeight, filter: filter, range: ys) : nil
         let rowSpan = vAxis?.inputSpan ?? ys
@@ -198,6 +211,13 @@ enum PillowResampler {
             current = crop(current, xs: xs, ys: ys)
         }
         return current
+    }
+
+    /// Pillow 13's choice of pass order (`ImagingResampleInner`): vertical first when the height
+    /// shrinks, and by more than twice as many pixels as the width does.
+    static func verticalFirst(inWidth: Int, inHeight: Int, outWidth: Int, outHeight: Int) -> Bool {
+        let dy = inHeight - outHeight, dx = inWidth - outWidth
+        return dy > 0 && dy > 2 * dx
     }
 
     /// The sub-rectangle `xs` × `ys` (full-image coordinates) of a tile that covers it.

@@ -149,6 +149,9 @@ public final class TokenizeJob {
                 ("ten_crop_range", .number(1.1)),
                 ("normalize", .string("x/127.5-1")),
                 ("decode", .string("pillow-convert-rgb")),
+                // Whose resampling arithmetic the pixels follow: Pillow 13 orders the two passes
+                // by the image's shape, earlier Pillow did not (PillowResampler).
+                ("resample", .string("pillow-13")),
             ])),
             ("latent_dtype", .string(options.latentDType.rawValue)),
             ("index_dtype", .string(indexDType.rawValue)),
