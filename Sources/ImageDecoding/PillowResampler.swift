@@ -12,7 +12,8 @@ import Synchronization
 /// unit and are shifted down and clamped. Each pass is rounded to 8 bits before the next, so the
 /// order of the passes shows in the pixels: Pillow 13 runs the vertical pass first when the
 /// height shrinks by more than twice as many pixels as the width (``verticalFirst``), the
-/// horizontal one first otherwise (Pillow before 12.2 always ran the horizontal pass first).
+/// horizontal one first otherwise (Pillow before 12.2 always ran the horizontal pass first,
+/// 12.2 and 12.3 only for images over 100 times taller than wide).
 /// A pass is skipped when its dimension does not change.
 ///
 /// Every output pixel depends only on its own window, so a caller may ask for just a rectangle of
