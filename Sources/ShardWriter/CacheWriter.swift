@@ -31,6 +31,10 @@ public final class CacheWriter {
         public var compressLiterals: Bool = false
         /// Byte-plane shuffle of tensors before compression (`ByteShuffle`).
         public var shuffle: Bool = true
+        /// A sealed shard is compacted only when its free pages exceed this many bytes (and 1%
+        /// of it): compacting reads the whole file through LMDB's map, raising peak memory by the
+        /// file's size, which a few free pages do not pay for.
+        public var compactionFloorBytes: Int = 16 << 20
         /// Threads for encoding, hashing and compressing a batch.
         public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
         public var createdBy: String = "mtok"
@@ -276,17 +280,21 @@ public final class CacheWriter {
 
     // MARK: Sealing and finishing
 
-    /// Seals the open shard: a compacted copy replaces it when more than 1% of its pages are free
-    /// (appends leave few: only each batch's rewritten partial chunk), the lock file goes, its
-    /// SHA-256 enters the manifest, and the file becomes read-only. An empty shard is removed.
+    /// Seals the open shard: a compacted copy replaces it when its free pages are more than 1% of
+    /// it and more than `compactionFloorBytes` (appends leave few: the pages of partial chunks
+    /// rewritten in the last batches), the lock file goes, its SHA-256 enters the manifest, and the file becomes
+    /// read-only. An empty shard is removed.
     func sealCurrent() throws {
         guard let shard = current else { return }
         let file = shard.file
         let path = root + "/" + file
         let isEmpty = shard.count == 0
-        // Compacting reads every page through LMDB's map (peak memory grows by the file's size),
-        // so it runs only when it pays.
-        let compacts = !isEmpty && shard.freeFraction() > 0.01
+        // Compacting reads every page through LMDB's map, so the process's peak memory grows by
+        // the file's size: it runs only when it gives back a real amount of disk, not for the
+        // few pages a small shard has free (measured: without this floor, tokenizing 4,000
+        // images peaked 22% above 1,000; with it, 5%).
+        let free = shard.freeBytes()
+        let compacts = !isEmpty && free > options.compactionFloorBytes && Double(free) > 0.01 * Double(shard.env.usedBytes)
         if compacts { try shard.compact(to: path + ".compact") } else if !isEmpty {
             do { try shard.env.sync() } catch { throw CacheError(.io, "\(error)", at: CacheLocation(shard: file)) }
         }

@@ -154,10 +154,11 @@ final class WritableShard {
         try txn.put(digests, key: ShardLayout.chunkKey(chunk), value: digestBytes)
     }
 
-    /// The fraction of the file's pages that are free (what compaction would give back).
-    func freeFraction() -> Double {
-        guard let free = try? env.freePageCount() else { return 1 }
-        return Double(free * env.pageSize) / Double(max(1, env.usedBytes))
+    /// Bytes of the file's free pages (what compaction would give back); all of it when LMDB
+    /// cannot say.
+    func freeBytes() -> Int {
+        guard let free = try? env.freePageCount() else { return env.usedBytes }
+        return free * env.pageSize
     }
 
     func compact(to path: String) throws {
