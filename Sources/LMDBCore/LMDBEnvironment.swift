@@ -1,5 +1,10 @@
 internal import CLMDB
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// An LMDB environment: one memory-mapped file (always opened with `MDB_NOSUBDIR`).
 ///
@@ -71,6 +76,7 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
     /// this process.
     public func setMapSize(_ bytes: Int) throws(LMDBError) {
         try check(mdb_env_set_mapsize(env, bytes), "mdb_env_set_mapsize")
+        mappedRange.withLock { $0 = (false, (0, 0)) }
     }
 
     public var mapSize: Int {
@@ -86,6 +92,55 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         var st = MDB_stat()
         mdb_env_stat(env, &st)
         return (info.me_last_pgno + 1) * Int(st.ms_psize)
+    }
+
+    /// Drops this process's mappings of the file's pages (`madvise(MADV_DONTNEED)` over the map):
+    /// the pages stay in the page cache and map back in on the next touch. LMDB maps the file
+    /// read-only and shared here (no `MDB_WRITEMAP`), so nothing can be lost; a writer that reads
+    /// B-tree pages through the map only to update them keeps its resident memory flat instead
+    /// of growing with the file. LMDB does not say where its map is (`me_mapaddr` is set only
+    /// with `MDB_FIXEDMAP`), so it is looked up in /proc/self/maps; elsewhere this does nothing.
+    public func releaseMappedPages() {
+        let (start, size) = mappedRange.withLock { state -> (UInt, Int) in
+            if !state.looked { state = (true, Self.findMapping(of: path) ?? (0, 0)) }
+            return state.range
+        }
+        guard size > 0, let address = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(address, size, MADV_DONTNEED)
+    }
+
+    /// Where this file is mapped (address, bytes; 0 when not found), looked up once per map
+    /// (`setMapSize` maps it anew).
+    private let mappedRange = Mutex<(looked: Bool, range: (UInt, Int))>((false, (0, 0)))
+
+    /// The address range of the mapping of `path` (the largest, if several), from /proc/self/maps.
+    static func findMapping(of path: String) -> (UInt, Int)? {
+        #if os(Linux)
+        var st = stat()
+        guard stat(path, &st) == 0, let maps = fopen("/proc/self/maps", "r") else { return nil }
+        defer { fclose(maps) }
+        var best: (UInt, Int)?
+        var line = [CChar](repeating: 0, count: 4096)
+        while fgets(&line, Int32(line.count), maps) != nil {
+            // "start-end perms offset dev inode path": match by inode and device (paths may differ
+            // by symbolic links).
+            let fields = String(cString: line).split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 5, let inode = UInt64(fields[4]), inode == UInt64(st.st_ino) else { continue }
+            let dev = fields[3].split(separator: ":").compactMap { UInt32($0, radix: 16) }
+            // glibc's encoding of dev_t (major/minor are macros Swift cannot import).
+            let d = UInt64(st.st_dev)
+            let major = UInt32(truncatingIfNeeded: ((d >> 8) & 0xfff) | ((d >> 32) & ~0xfff))
+            let minor = UInt32(truncatingIfNeeded: (d & 0xff) | ((d >> 12) & ~0xff))
+            guard dev.count == 2, dev[0] == major, dev[1] == minor else { continue }
+            let bounds = fields[0].split(separator: "-").compactMap { UInt(String($0), radix: 16) }
+            guard bounds.count == 2, bounds[1] > bounds[0] else { continue }
+            let size = Int(bounds[1] - bounds[0])
+            if size > (best?.1 ?? 0) { best = (bounds[0], size) }
+        }
+        return best
+        #else
+        return nil
+        #endif
     }
 
     /// Pages on LMDB's freelist: space a compacting copy would give back. Each freelist record

@@ -398,13 +398,15 @@ public enum CacheVerifier {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// SHA-256 and size of a file, read in 4 MiB blocks into one reused buffer: hashing a 1 GiB
-    /// shard must not add 1 GiB of mapped pages to the process's resident memory.
+    /// SHA-256 and size of a file, read in 256 KiB blocks into one reused buffer: hashing a 1 GiB
+    /// shard must not add 1 GiB of mapped pages to the process's resident memory, and a block
+    /// that stays in cache hashes as fast as a larger one (measured: 4 MiB blocks were no faster)
+    /// while adding less to the writer's peak memory when it seals.
     public static func sha256(ofFile path: String) throws -> (hex: String, size: Int) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw CacheError(.io, "\(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let blockSize = 4 << 20
+        let blockSize = 256 << 10
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 64)
         defer { buffer.deallocate() }
         var hasher = SHA256()

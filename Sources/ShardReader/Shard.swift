@@ -94,6 +94,11 @@ package final class Shard: Sendable {
     }
 
     /// Local record number of (id, view), or nil.
+    /// Unmaps the pages lookups have touched (`LMDBEnvironment.releaseMappedPages`): a writer
+    /// checks every new id against each sealed shard, and over a long run those pages would
+    /// otherwise keep growing its resident memory.
+    package func releaseMappedPages() { env.releaseMappedPages() }
+
     package func localIndex(id: String, view: Int) throws -> Int? {
         let key: [UInt8]
         do { key = try ShardLayout.idKey(id: id, view: view) } catch { return nil }

@@ -199,6 +199,7 @@ public final class CacheWriter {
             }
             keys.append(key)
         }
+        for s in sealed { s.releaseMappedPages() }
         let encoded = try encode(records)
         manifest.complete = false
         manifest.contentDigest = nil
@@ -333,6 +334,7 @@ public final class CacheWriter {
         var hasher = SHA256()
         for shard in sealed {
             try shard.forEachDigest { hasher.update(bufferPointer: $0) }
+            shard.releaseMappedPages()
         }
         manifest.contentDigest = "sha256:" + CacheVerifier.hex(hasher.finalize())
         manifest.complete = true

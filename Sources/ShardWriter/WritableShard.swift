@@ -106,6 +106,10 @@ final class WritableShard {
             }
         }
         do { try env.sync() } catch { throw CacheError(.io, "\(error)", at: CacheLocation(shard: file)) }
+        // The pages this commit read through the map (B-tree paths, the old overflow page of a
+        // rewritten partial chunk) are not needed again soon; mapped, they would count against
+        // the writer's memory for the life of the shard.
+        env.releaseMappedPages()
     }
 
     private func writeOnce(frames: [[UInt8]], digests newDigests: [UInt8], sizes: [Int], idKeys: [[UInt8]],
