@@ -86,7 +86,7 @@ public final class TokenizeJob {
         guard !options.views.isEmpty, options.batchSize >= 1 else { throw SetupError(message: "need at least one view and a positive batch size") }
         var scanned: DatasetInputs
         do { scanned = try DatasetInputs.scan(input) } catch { throw SetupError(message: "input \(error)") }
-        if let limit = options.limit { scanned.items = Array(scanned.items.prefix(max(0, limit))) }
+        if let limit = options.limit { scanned.items = scanned.items.prefix(upTo: limit) }
         inputs = scanned
         self.options = options
         let n = scanned.items.count
