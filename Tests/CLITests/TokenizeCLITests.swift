@@ -275,6 +275,8 @@ struct TokenizeCLITests {
              "line 2: \"label\" must be an integer"),
             (try write("d.jsonl", Array("{\"path\": \"img/cat.jpg\", \"id\": [1]}\n".utf8)), "line 1: \"id\" must be a string or an integer"),
             (try write("e.csv", Array("path,label\n".utf8)), "the list names no images"),
+            (try write("f.jsonl", Array(("{\"path\": \"img/cat.jpg\", \"id\": \"a\"}\n{\"path\": \"img/cat.jpg\", \"id\": \"b\"}\n"
+                + "{\"path\": \"img/cat.jpg\", \"id\": \"a\"}\n").utf8)), "id \"a\" is given to inputs 1 and 3"),
             (dir + "/empty", "holds no image files"),
         ]
         for (input, message) in refused {
