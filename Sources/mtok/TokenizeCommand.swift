@@ -26,7 +26,7 @@ struct TokenizeCommand: ParsableCommand {
     @Option(help: "adm or resize-center.") var crop = "adm"
     @Option(help: "center,hflip (any subset) or ten-crop.") var views = "center,hflip"
     @Option(name: .customLong("latent-dtype"), help: "bf16, f16 or f32.") var latentDType = "bf16"
-    @Option(name: .customLong("batch-size"), help: "Encoder inputs (views) per batch and commit.") var batchSize = 8
+    @Option(name: .customLong("batch-size"), help: "Records per commit (a crash loses at most one); also sizes the queues between stages.") var batchSize = 8
     @Option(help: "Threads in all (default: the cores): OpenBLAS gets them all, decoding gets half, as decode is light next to the encoder.") var threads: Int?
     @Option(name: .customLong("decode-workers"), help: "Decode/crop threads (overrides the default).") var decodeWorkers: Int?
     @Option(help: "This process's rank.") var rank: Int?
