@@ -124,7 +124,8 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         while fgets(&line, Int32(line.count), maps) != nil {
             // "start-end perms offset dev inode path": match by inode and device (paths may differ
             // by symbolic links).
-            let fields = String(cString: line).split(separator: " ", omittingEmptySubsequences: true)
+            let text = String(decoding: line.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let fields = text.split(separator: " ", omittingEmptySubsequences: true)
             guard fields.count >= 5, let inode = UInt64(fields[4]), inode == UInt64(st.st_ino) else { continue }
             let dev = fields[3].split(separator: ":").compactMap { UInt32($0, radix: 16) }
             // glibc's encoding of dev_t (major/minor are macros Swift cannot import).
