@@ -34,10 +34,11 @@ public struct InputList: RandomAccessCollection, Sendable {
 
     public init(prefix: String?) { self.prefix = prefix }
 
-    public mutating func append(id: String, path: String, label: Int) {
-        assert(prefix.map { path == $0 + "/" + id } ?? true, "a folder's paths are prefix/id")
+    /// Appends an input; `path` is given exactly when the list has no prefix.
+    public mutating func append(id: String, path: String? = nil, label: Int) {
+        precondition((path == nil) == (prefix != nil), "a folder's paths are prefix/id; a list's are given")
         text += id.utf8
-        if prefix == nil {
+        if let path {
             pathStarts.append(text.count)
             text += path.utf8
         }
@@ -55,11 +56,13 @@ public struct InputList: RandomAccessCollection, Sendable {
         return InputItem(path: path, id: id, label: Int(labels[i]))
     }
 
-    /// The first `n` inputs.
-    public func prefix(upTo n: Int) -> InputList {
-        var out = InputList(prefix: prefix)
-        for item in self[0..<Swift.min(Swift.max(0, n), count)] { out.append(id: item.id, path: item.path, label: item.label) }
-        return out
+    /// Keeps the first `n` inputs.
+    public mutating func truncate(to n: Int) {
+        let n = Swift.min(Swift.max(0, n), count)
+        text.removeSubrange(starts[n]...)
+        starts.removeSubrange((n + 1)...)
+        if prefix == nil { pathStarts.removeSubrange(n...) }
+        labels.removeSubrange(n...)
     }
 }
 
@@ -143,14 +146,14 @@ public struct DatasetInputs: Sendable {
             for (label, cls) in subdirs.enumerated() {
                 for rel in try imagesBelow(root + "/" + cls) {
                     let id = cls + "/" + rel
-                    items.append(id: id, path: root + "/" + id, label: label)
+                    items.append(id: id, label: label)
                 }
             }
             return DatasetInputs(kind: .imageFolder, items: items, classes: subdirs)
         }
         let files = entries.filter { !$0.isDirectory && isImageName($0.name) }.map(\.name).sorted(by: byteOrder)
         var items = InputList(prefix: root)
-        for name in files { items.append(id: name, path: root + "/" + name, label: -1) }
+        for name in files { items.append(id: name, label: -1) }
         return DatasetInputs(kind: .flatFolder, items: items, classes: nil)
     }
 

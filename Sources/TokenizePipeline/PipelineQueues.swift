@@ -2,24 +2,51 @@ import Foundation
 import ShardFormat
 import ShardWriter
 
+/// What the two in-order queues below share: results keyed by input index, finished in any
+/// order by several threads and taken back in order by one, and a stop that wakes everyone.
+class OrderedResults<T>: @unchecked Sendable {  // all state is guarded by `cond`
+    let cond = NSCondition()
+    var ready: [Int: T] = [:]
+    var stopped = false
+    var consumed: Int
+
+    init(first: Int) { consumed = first }
+
+    /// Result `consumed`, waiting for it while `pending()` (checked under the lock) says it may
+    /// still come; nil once stopped or once it cannot come.
+    func takeNext(while pending: () -> Bool) -> T? {
+        cond.lock()
+        defer { cond.unlock() }
+        while !stopped && pending() && ready[consumed] == nil { cond.wait() }
+        guard !stopped, let r = ready.removeValue(forKey: consumed) else { return nil }
+        consumed += 1
+        cond.broadcast()
+        return r
+    }
+
+    func stop() {
+        cond.lock()
+        stopped = true
+        ready.removeAll()
+        cond.broadcast()
+        cond.unlock()
+    }
+}
+
 /// Hands input indices to decode workers and gives their results back in input order.
 ///
 /// Workers may run ahead of the consumer by at most `window` inputs, which bounds the memory
 /// held in decoded images.
-final class PreparedQueue: @unchecked Sendable {  // all state is guarded by `cond`
-    private let cond = NSCondition()
+final class PreparedQueue: OrderedResults<TokenizeJob.Prepared>, @unchecked Sendable {
     private var next: Int
-    private var consumed: Int
     private let end: Int
     private let window: Int
-    private var ready: [Int: TokenizeJob.Prepared] = [:]
-    private var stopped = false
 
     init(range: Range<Int>, window: Int) {
         next = range.lowerBound
-        consumed = range.lowerBound
         end = range.upperBound
         self.window = window
+        super.init(first: range.lowerBound)
     }
 
     /// The next index to prepare, or nil when there is none or the queue stopped.
@@ -40,23 +67,7 @@ final class PreparedQueue: @unchecked Sendable {  // all state is guarded by `co
     }
 
     /// The next result in input order, or nil at the end (or after `stop`).
-    func take() -> TokenizeJob.Prepared? {
-        cond.lock()
-        defer { cond.unlock() }
-        while !stopped && consumed < end && ready[consumed] == nil { cond.wait() }
-        guard !stopped, consumed < end, let p = ready.removeValue(forKey: consumed) else { return nil }
-        consumed += 1
-        cond.broadcast()
-        return p
-    }
-
-    func stop() {
-        cond.lock()
-        stopped = true
-        ready.removeAll()
-        cond.broadcast()
-        cond.unlock()
-    }
+    func take() -> TokenizeJob.Prepared? { takeNext { consumed < end } }
 }
 
 /// Carries encoded inputs from the encoder lanes to the consumer, in input order.
@@ -64,19 +75,18 @@ final class PreparedQueue: @unchecked Sendable {  // all state is guarded by `co
 /// Lanes claim inputs one at a time and finish them in any order; the consumer takes them back in
 /// order. A lane may claim only while fewer than `window` claimed inputs wait for the consumer,
 /// which bounds the memory held in encoded records.
-final class EncodedQueue: @unchecked Sendable {  // all state is guarded by `cond`
-    private let cond = NSCondition()
-    private var claimed = 0
-    private var consumed = 0
+final class EncodedQueue: OrderedResults<TokenizeJob.Encoded>, @unchecked Sendable {
+    /// Inputs claimed so far, counted like `consumed` from the first input.
+    private var claimed: Int
     private let window: Int
-    private var ready: [Int: TokenizeJob.Encoded] = [:]
     private var lanesRunning: Int
-    private var stopped = false
     private var laneSeconds = 0.0
 
-    init(window: Int, lanes: Int) {
+    init(first: Int, window: Int, lanes: Int) {
+        claimed = first
         self.window = window
         lanesRunning = lanes
+        super.init(first: first)
     }
 
     /// Waits until the window has room for one more input; false once the queue stopped.
@@ -112,31 +122,15 @@ final class EncodedQueue: @unchecked Sendable {  // all state is guarded by `con
         cond.unlock()
     }
 
-    /// The result for input `index`, which the consumer takes in order, or nil once every lane has
-    /// finished without producing it (the inputs ran out, or the queue stopped).
-    func take(_ index: Int) -> TokenizeJob.Encoded? {
-        cond.lock()
-        defer { cond.unlock() }
-        while !stopped && lanesRunning > 0 && ready[index] == nil { cond.wait() }
-        guard !stopped, let e = ready.removeValue(forKey: index) else { return nil }
-        consumed += 1
-        cond.broadcast()
-        return e
-    }
+    /// The next result in input order, or nil once every lane has finished without producing it
+    /// (the inputs ran out, or the queue stopped).
+    func take() -> TokenizeJob.Encoded? { takeNext { lanesRunning > 0 } }
 
     /// Seconds the lanes spent encoding, summed over lanes.
     var encodingSeconds: Double {
         cond.lock()
         defer { cond.unlock() }
         return laneSeconds
-    }
-
-    func stop() {
-        cond.lock()
-        stopped = true
-        ready.removeAll()
-        cond.broadcast()
-        cond.unlock()
     }
 }
 

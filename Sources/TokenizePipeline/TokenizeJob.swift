@@ -86,7 +86,7 @@ public final class TokenizeJob {
         guard !options.views.isEmpty, options.batchSize >= 1 else { throw SetupError(message: "need at least one view and a positive batch size") }
         var scanned: DatasetInputs
         do { scanned = try DatasetInputs.scan(input) } catch { throw SetupError(message: "input \(error)") }
-        if let limit = options.limit { scanned.items = scanned.items.prefix(upTo: limit) }
+        if let limit = options.limit { scanned.items.truncate(to: limit) }
         inputs = scanned
         self.options = options
         let n = scanned.items.count
@@ -195,7 +195,7 @@ public final class TokenizeJob {
         // other one; a lane here simply takes fewer inputs. Every image runs the same products
         // however it is scheduled, so the records do not change.
         let lanes = max(1, Parallel.lanes)
-        let encoded = EncodedQueue(window: max(4, 2 * options.batchSize) + lanes, lanes: lanes)
+        let encoded = EncodedQueue(first: first, window: max(4, 2 * options.batchSize) + lanes, lanes: lanes)
         let encoderThread = Thread {
             let me = job.value
             Parallel.forEach(lanes, lanes: lanes) { _, _ in
@@ -231,9 +231,7 @@ public final class TokenizeJob {
             batchRecords.removeAll(keepingCapacity: true)
             batchFailures.removeAll()
         }
-        var index = first
-        while let e = encoded.take(index) {
-            index += 1
+        while let e = encoded.take() {
             summary.images += 1
             switch e.outcome {
             case .failure(let error):
