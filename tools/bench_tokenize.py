@@ -8,7 +8,8 @@
 In one run, for the tiny preset (64×64) and the paper-sized preset mergevq-gr-d64-k144 (256×256),
 on datasets made of the bundled real photographs (tools/demo/images, hard-linked N times):
 - end-to-end images/s of `mtok tokenize` (one view per image, batch 8, --threads T);
-- encoder-only images/s of `mtok bench-encoder` on the same model, batch and threads;
+- encoder-only images/s of `mtok bench-encoder` on the same model, batch and threads, over as
+  many images (the encoder's own time only: no decoding, no writing, no process start);
 - their ratio (target >= 0.90);
 - peak RSS of tokenize runs on the tiny preset at each --rss-sizes count (target: the largest
   within 10 % of the smallest).
@@ -51,13 +52,16 @@ def tokenize(mtok, data, model, out, res, threads, batch=8):
     return images / secs, rss
 
 
-def encoder_only(mtok, model, threads, batch=8, calls=3):
-    """Median images/s of `calls` timed encode calls of `batch` images (`mtok bench-encoder`
-    answers one JSON line per "encode" command on stdin, after a warm-up batch)."""
+def encoder_only(mtok, model, threads, images, batch=8):
+    """Encoder-only images/s over as many images as the end-to-end run: `mtok bench-encoder`
+    answers one JSON line per "encode" command on stdin (one timed batch each, after a warm-up
+    batch); the rate is all images over the sum of the timed calls, so both sides run about as
+    long and see the same stretch of machine load."""
+    calls = max(1, images // batch)
     out = subprocess.run([mtok, "bench-encoder", "--model", model, "--batch", str(batch), "--threads", str(threads),
                           "--gemm-size", "64"], input="encode\n" * calls, check=True, capture_output=True, text=True).stdout
-    rates = [json.loads(line)["images_per_second"] for line in out.splitlines() if '"images_per_second"' in line]
-    return statistics.median(rates)
+    seconds = [json.loads(line)["seconds"] for line in out.splitlines() if '"images_per_second"' in line]
+    return batch * len(seconds) / sum(seconds)
 
 
 def main():
@@ -88,7 +92,7 @@ def main():
         e2es, encs = [], []
         for _ in range(args.repeats):
             e2es.append(tokenize(args.mtok, data, model, os.path.join(w, "cache"), res, args.threads)[0])
-            encs.append(encoder_only(args.mtok, model, args.threads))
+            encs.append(encoder_only(args.mtok, model, args.threads, count))
         e2e, enc = statistics.median(e2es), statistics.median(encs)
         rows.append((preset, count, e2e, enc))
 

@@ -72,6 +72,22 @@ public enum BLAS {
         return try body()
     }
 
+    /// Stops OpenBLAS's idle worker threads; returns whether this OpenBLAS build can (its
+    /// pthreads server exports `blas_thread_shutdown_`; OpenMP builds do not and keep theirs).
+    ///
+    /// OpenBLAS starts its pool when the library loads, and each worker then spins on
+    /// `sched_yield` for about 0.1 s before it sleeps: in a process that never hands OpenBLAS a
+    /// threaded product (every `mtok` reader command, and the encoder's single-threaded lanes)
+    /// that is a tenth of a core-second of pure waste, taken from the threads doing the work. The
+    /// next product that wants several threads starts the pool again.
+    @discardableResult
+    public static func stopIdleThreads() -> Bool {
+        typealias Shutdown = @convention(c) () -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "blas_thread_shutdown_") else { return false }
+        _ = unsafeBitCast(symbol, to: Shutdown.self)()
+        return true
+    }
+
     /// Row-major single-precision GEMM, `C[m×n] = alpha·op(A)[m×k]·op(B)[k×n] + beta·C` (`cblas_sgemm`).
     @inlinable
     public static func sgemm(

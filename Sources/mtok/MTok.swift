@@ -1,4 +1,5 @@
 import ArgumentParser
+import TensorCore
 
 @main
 struct MTok: ParsableCommand {
@@ -21,4 +22,10 @@ struct MTok: ParsableCommand {
             StreamCommand.self,
         ]
     )
+
+    static func main() {
+        // OpenBLAS's pool started when the library loaded; most commands never use it.
+        BLAS.stopIdleThreads()
+        main(nil)
+    }
 }
