@@ -20,7 +20,7 @@ struct StreamCommand: ParsableCommand {
     @Option(help: "Global position to resume from.") var start = 0
     @Option(help: "Stop after this many samples of this rank.") var limit: Int?
     @Option(help: "pad (repeat records so every rank gets as many) or drop (the remainder).") var padding = "pad"
-    @Flag(help: "Print `id view` for each sample (decodes the records).") var ids = false
+    @Flag(help: "Print `id view` for each sample (decodes the records); an id holding a backslash or a control character is printed with JSON string escapes, so each sample stays one line.") var ids = false
     @Flag(help: "Print the global record index of each sample (reads nothing).") var indices = false
     @Option(name: .customLong("batch-size"), help: "Samples per batch.") var batchSize = 256
     @Option(help: "Decoding threads (default: all cores).") var threads: Int?
@@ -83,7 +83,7 @@ struct StreamCommand: ParsableCommand {
                 payload += batch.payloadBytes
                 if ids {
                     var out = ""
-                    for (id, view) in zip(batch.ids, batch.views) { out += "\(id) \(view)\n" }
+                    for (id, view) in zip(batch.ids, batch.views) { out += "\(Self.printable(id)) \(view)\n" }
                     FileHandle.standardOutput.write(Data(out.utf8))
                 }
             }
@@ -92,6 +92,26 @@ struct StreamCommand: ParsableCommand {
         }
         if ids { return }
         report(samples: samples, payload: payload, seconds: Date().timeIntervalSince(began), threads: options.threads)
+    }
+
+    /// `id` as it is, or with JSON string escapes when it holds a backslash or a control
+    /// character (ids are any UTF-8 text; a newline in one would split its line in two).
+    static func printable(_ id: String) -> String {
+        guard id.utf8.contains(where: { $0 < 0x20 || $0 == 0x5C || $0 == 0x7F }) else { return id }
+        var out = ""
+        for scalar in id.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
+                    + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     func report(samples: Int, payload: Int, seconds: Double, threads: Int) {

@@ -365,6 +365,33 @@ struct CrossLanguageTests {
         }
     }
 
+    @Test func mtokStreamIdsStayOneLineEach() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        var gen = SyntheticRecords()
+        gen.tokens = 4
+        gen.patches = 6
+        gen.channels = 2
+        let names = ["two\nlines", #"back\slash"#, "tab\there", "plain name", "bell\u{7}"]
+        let records = names.enumerated().map { i, name in
+            var r = gen.record(i)
+            r.id = name
+            return r
+        }
+        let writer = try CacheWriter(path: dir, settings: gen.settings, options: CacheWriter.Options())
+        try writer.append(records)
+        _ = try writer.finish()
+        let out = try TestSupport.mtok(["stream", dir, "--ids", "--no-shuffle"])
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.stdout == #"""
+            two\nlines 0
+            back\\slash 0
+            tab\there 0
+            plain name 0
+            bell\u0007 0
+
+            """#)
+    }
+
     /// The worked example of Schemas/STREAM.md section 5.
     @Test func documentTestVectors() {
         #expect(StreamOrder.base(seed: 0, epoch: 0, tag: 1) == 0xB382_A305_F441_4F5E)

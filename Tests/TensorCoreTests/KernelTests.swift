@@ -269,6 +269,28 @@ import Testing
         }
     }
 
+    /// `mtok` stops OpenBLAS's pool at start; a product that wants threads afterwards must get
+    /// them back and the same bytes as on one thread.
+    @Test func productsAfterStoppingIdleThreadsAreUnchanged() {
+        let n = 384  // large enough for OpenBLAS to split over its threads
+        let a = (0..<(n * n)).map { Float(($0 * 7919) % 1009) / 1009 - 0.5 }
+        let b = (0..<(n * n)).map { Float(($0 * 104_729) % 997) / 997 - 0.5 }
+        func product() -> [Float] {
+            var c = [Float](repeating: 0, count: n * n)
+            BLAS.sgemm(.none, .none, m: n, n: n, k: n, a: a, lda: n, b: b, ldb: n, c: &c, ldc: n)
+            return c
+        }
+        BLAS.withThreadCount(1) {
+            let single = product()
+            BLAS.setThreadCount(2)
+            BLAS.stopIdleThreads()
+            let threaded = product()
+            BLAS.stopIdleThreads()
+            #expect(threaded == single)
+            #expect(product() == single)
+        }
+    }
+
     /// Everything inside one turn: other suites run in parallel and take their own turns with
     /// other counts, so a count read outside a turn may be theirs.
     @Test func threadCountIsSettable() {
