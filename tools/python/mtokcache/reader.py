@@ -167,10 +167,16 @@ class Cache:
             counts = [int(s["records"]) for s in self.shard_entries]
         except (KeyError, TypeError, ValueError) as e:
             raise NotACacheError("%s lacks a field: %s" % (mpath, e)) from e
-        for s in self.shard_entries:
-            f = s["file"]
-            if f.startswith("/") or ".." in f.split("/"):
+        # The ranges FORMAT.md section 2 gives, checked here so a damaged manifest is refused as
+        # such instead of failing later with an unrelated error.
+        if isinstance(m["records_per_chunk"], bool) or not 1 <= self.records_per_chunk <= 65536:
+            raise NotACacheError("%s: records_per_chunk %r out of range (1 ... 65536)" % (mpath, m["records_per_chunk"]))
+        for s, n in zip(self.shard_entries, counts):
+            f = s.get("file")
+            if not isinstance(f, str) or f.startswith("/") or ".." in f.split("/"):
                 raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
+            if isinstance(s["records"], bool) or n < 0:
+                raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
         self.manifest = m
         self.classes = m.get("classes")
         self.shard_records = np.asarray(counts, dtype=np.int64)

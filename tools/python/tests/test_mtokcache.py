@@ -126,6 +126,30 @@ def test_errors_not_a_cache_and_unknown_version():
             raise AssertionError("accepted format_version 2")
 
 
+def test_damaged_manifest_values_refused():
+    """Out-of-range counts in manifest.json are refused when the cache opens, as FORMAT.md 2
+    bounds them (Swift's reader refuses the same manifests)."""
+    with TempDir() as d:
+        write(d + "/c", make_records(3))
+        mpath = d + "/c/manifest.json"
+        good = json.load(open(mpath))
+        os.chmod(mpath, 0o644)
+        for field, value in (("records_per_chunk", 0), ("records_per_chunk", 2**40), ("records_per_chunk", True),
+                             ("records", -5), ("records", False)):
+            m = json.loads(json.dumps(good))
+            if field == "records":
+                m["shards"][0]["records"] = value
+            else:
+                m[field] = value
+            json.dump(m, open(mpath, "w"))
+            try:
+                mtokcache.open(d + "/c")
+            except mtokcache.NotACacheError as e:
+                assert "manifest.json" in str(e), e
+            else:
+                raise AssertionError("opened a manifest with %s = %r" % (field, value))
+
+
 def test_corrupt_record_names_its_location():
     with TempDir() as d:
         write(d + "/c", make_records(40), records_per_chunk=8)
