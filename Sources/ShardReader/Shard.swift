@@ -24,10 +24,13 @@ package final class Shard: Sendable {
         do {
             env = try LMDBEnvironment(path: path, options: .readOnly)
             // A truncated file still opens (its meta pages come first), but touching a mapped page
-            // past its end would kill the process with SIGBUS: refuse it here instead.
+            // past its end would kill the process with SIGBUS: refuse it here instead. The pages
+            // needed are read before the size: a writer extends the file before it commits the
+            // meta page naming the new pages, so a live shard never looks truncated.
+            let needed = env.usedBytes
             let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-            guard size >= env.usedBytes else {
-                throw CacheError(.shardMismatch, "file is truncated: \(size) bytes, its pages need \(env.usedBytes)",
+            guard size >= needed else {
+                throw CacheError(.shardMismatch, "file is truncated: \(size) bytes, its pages need \(needed)",
                                  at: CacheLocation(shard: entry.file))
             }
             let dbs = try env.openDatabases([ShardLayout.recordsDatabase, ShardLayout.idsDatabase,
@@ -50,7 +53,10 @@ package final class Shard: Sendable {
                 throw CacheError(.shardMismatch, "records_per_chunk \(meta["records_per_chunk"] ?? "none") differs from the manifest's \(recordsPerChunk)",
                                  at: CacheLocation(shard: entry.file))
             }
-            guard let n = meta["count"].flatMap(Int.init), n == entry.records else {
+            // A shard being written commits each batch before the manifest is replaced, so its
+            // count may run ahead of the manifest's by a batch: the manifest's count is what the
+            // reader serves (FORMAT.md 6.2). Fewer records than listed is a fault either way.
+            guard let n = meta["count"].flatMap(Int.init), n == entry.records || (!entry.sealed && n > entry.records) else {
                 throw CacheError(.shardMismatch, "holds \(meta["count"] ?? "no count") records, manifest says \(entry.records)",
                                  at: CacheLocation(shard: entry.file))
             }
@@ -58,7 +64,7 @@ package final class Shard: Sendable {
             ids = i
             digests = d
             self.recordsPerChunk = rpc
-            count = n
+            count = entry.records
         } catch let e as CacheError {
             throw e
         } catch {
@@ -102,9 +108,12 @@ package final class Shard: Sendable {
     package func localIndex(id: String, view: Int) throws -> Int? {
         let key: [UInt8]
         do { key = try ShardLayout.idKey(id: id, view: view) } catch { return nil }
-        return try env.read { txn in
+        let local = try env.read { txn in
             try txn.get(ids, key: key) { value in ShardLayout.localIndex(fromValue: value) }
         } ?? nil
+        // Records a live writer committed past the manifest's count are not served yet.
+        guard let local, local < count else { return nil }
+        return local
     }
 }
 

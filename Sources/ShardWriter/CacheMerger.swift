@@ -70,8 +70,12 @@ public enum CacheMerger {
     static func makePlan(root: String) throws -> Plan {
         let fm = FileManager.default
         let partNames = ((try? fm.contentsOfDirectory(atPath: root + "/" + partsDirectory)) ?? []).filter { $0.hasPrefix("rank-") }.sorted()
-        guard !partNames.isEmpty else { throw CacheError(.notACache, "\(root)/\(partsDirectory) holds no parts to merge") }
-        guard !fm.fileExists(atPath: root + "/" + Manifest.fileName) else {
+        let hasManifest = fm.fileExists(atPath: root + "/" + Manifest.fileName)
+        guard !partNames.isEmpty else {
+            throw CacheError(.notACache, hasManifest ? "\(root) is already one cache (merged, or written by one process): nothing to merge"
+                                                    : "\(root)/\(partsDirectory) holds no parts to merge")
+        }
+        guard !hasManifest else {
             throw CacheError(.settingsMismatch, "\(root) already has a manifest; merge only joins parts into an empty cache")
         }
         var manifests: [Manifest] = []
@@ -81,13 +85,22 @@ public enum CacheMerger {
             do { m = try Manifest.read(fromCache: path) } catch {
                 throw CacheError(.notACache, "\(path): \(error)")
             }
-            guard m.complete else { throw CacheError(.shardMismatch, "\(path) is not finished: run its rank to completion first") }
+            guard m.complete else {
+                let rank = m.part.map { " (the same command with --rank \($0.rank))" } ?? ""
+                throw CacheError(.shardMismatch, "\(path) is not finished: run its rank to completion\(rank) first")
+            }
             manifests.append(m)
         }
         let first = manifests[0]
         guard let world = first.part?.worldSize else { throw CacheError(.shardMismatch, "\(partNames[0]) is not a part of a scaled-out run") }
-        guard manifests.count == world else {
-            throw CacheError(.missingShard, "\(manifests.count) of \(world) parts are present")
+        if let stray = zip(partNames, manifests).first(where: { $0.1.part?.worldSize != world }) {
+            throw CacheError(.shardMismatch, "the parts disagree on the world size: \(partNames[0]) was written as one of \(world), \(stray.0) as one of \(stray.1.part.map { "\($0.worldSize)" } ?? "none"); remove the stray part or rerun it")
+        }
+        let present = Set(manifests.compactMap { $0.part?.rank })
+        let missing = (0..<world).filter { !present.contains($0) }
+        guard missing.isEmpty, manifests.count == world else {
+            let names = missing.prefix(8).map { "\($0)" }.joined(separator: ", ") + (missing.count > 8 ? ", ..." : "")
+            throw CacheError(.missingShard, "\(manifests.count) of \(world) parts are present; missing rank(s) \(names): run them first")
         }
         for (rank, m) in manifests.enumerated() {
             guard m.part == Manifest.Part(rank: rank, worldSize: world) else {

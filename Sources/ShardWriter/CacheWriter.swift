@@ -63,7 +63,12 @@ public final class CacheWriter {
                 options: Options = Options()) throws {
         root = path
         let fm = FileManager.default
-        try fm.createDirectory(atPath: path + "/shards", withIntermediateDirectories: true)
+        try Self.checkOutputDirectory(path)
+        do {
+            try fm.createDirectory(atPath: path + "/shards", withIntermediateDirectories: true)
+        } catch {
+            throw CacheError(.io, "cannot create \(path)/shards: \(describeFileError(error))")
+        }
         let fd = open(path + "/.writer.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CacheError(.io, "\(path)/.writer.lock: \(String(cString: strerror(errno)))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
@@ -79,8 +84,13 @@ public final class CacheWriter {
             } catch let e as FormatError {
                 throw CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(path)/\(Manifest.fileName): \(e)")
             }
-            guard existing.settings == settings else {
-                throw CacheError(.settingsMismatch, "\(path) was written with other settings; use another output or the same settings")
+            if let d = existing.settings.firstDifference(from: settings) {
+                func show(_ v: JSONValue?) -> String {
+                    guard let v else { return "absent" }
+                    let text = v.jsonText
+                    return text.count <= 80 ? text : String(text.prefix(77)) + "..."
+                }
+                throw CacheError(.settingsMismatch, "\(path) was written with other settings: \(d.path) is \(show(d.mine)) there, \(show(d.theirs)) now; use another output or the same settings")
             }
             guard existing.part == part else {
                 throw CacheError(.settingsMismatch, "\(path) is a different part (rank/world size) of a scaled-out run")
@@ -103,6 +113,27 @@ public final class CacheWriter {
             EncodeWorker(compressor: ZstdCompressor(level: Int32(opts.compressionLevel), compressLiterals: opts.compressLiterals))
         }
         try recover()
+    }
+
+    /// Names a writer leaves in a cache directory before its first manifest exists (a run killed
+    /// that early must still resume).
+    static let ownNames: Set<String> = ["shards", ".writer.lock", Manifest.fileName + ".tmp", "failures.jsonl"]
+
+    /// Refuses an output that is a file, or a directory that holds something other than a cache:
+    /// writing there would mix the cache into someone's files (the input dataset, say).
+    /// `alsoAllowed`: other names that may be there (a scaled-out run's root holds `parts`).
+    public static func checkOutputDirectory(_ path: String, alsoAllowed: Set<String> = []) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return }
+        guard isDirectory.boolValue else { throw CacheError(.notACache, "\(path) exists and is not a directory") }
+        if FileManager.default.fileExists(atPath: path + "/" + Manifest.fileName) { return }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        if let other = entries.sorted().first(where: { !ownNames.contains($0) && !alsoAllowed.contains($0) }) {
+            let hint = other == CacheMerger.partsDirectory
+                ? " (the parts of a scaled-out run: give the same --world-size, or join them with `mtok merge`)"
+                : "; write to a new or empty directory"
+            throw CacheError(.notACache, "\(path) is not empty and holds no cache (it has \(other))\(hint)")
+        }
     }
 
     deinit {

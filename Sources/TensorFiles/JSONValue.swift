@@ -1,3 +1,5 @@
+import Foundation  // JSONEncoder, for jsonText
+
 /// A parsed JSON value, from a small strict parser for untrusted headers.
 ///
 /// Safetensors headers are parsed once per record on every read, so Foundation's
@@ -245,6 +247,39 @@ extension JSONValue {
             }
         }
         out.append(UInt8(ascii: "\""))
+    }
+}
+
+extension JSONValue {
+    /// The first place, in `self`'s member order, where `other` differs: its path (`a.b[2]`) and
+    /// the two values there (nil for a member one side lacks); nil when the two are equal.
+    public func firstDifference(from other: JSONValue, at path: String = "") -> (path: String, mine: JSONValue?, theirs: JSONValue?)? {
+        switch (self, other) {
+        case let (.object(a), .object(b)):
+            for (key, value) in a {
+                let here = path.isEmpty ? key : path + "." + key
+                guard let theirs = other[key] else { return (here, value, nil) }
+                if let d = value.firstDifference(from: theirs, at: here) { return d }
+            }
+            if let (key, value) = b.first(where: { key, _ in self[key] == nil }) {
+                return (path.isEmpty ? key : path + "." + key, nil, value)
+            }
+            return nil
+        case let (.array(a), .array(b)) where a.count == b.count:
+            for (i, (x, y)) in zip(a, b).enumerated() {
+                if let d = x.firstDifference(from: y, at: path + "[\(i)]") { return d }
+            }
+            return nil
+        default:
+            return self == other ? nil : (path, self, other)
+        }
+    }
+
+    /// Compact JSON text, keys sorted; for messages.
+    public var jsonText: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
     }
 }
 

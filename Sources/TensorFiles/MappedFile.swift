@@ -1,3 +1,4 @@
+import Foundation  // NSError, for describeFileError
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -41,4 +42,21 @@ public final class MappedFile: @unchecked Sendable {  // immutable after init; t
 
     /// The file's bytes; valid while this object lives.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
+}
+
+/// The operating system's reason for a Foundation file error ("Permission denied"), instead of
+/// the NSError dump its description gives; for one-line messages.
+public func describeFileError(_ error: any Error) -> String {
+    let ns = error as NSError
+    if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+        return String(cString: strerror(Int32(underlying.code)))
+    }
+    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+    // Foundation's own codes for the common cases, which it reports without a POSIX error.
+    let cocoa: [Int: Int32] = [NSFileNoSuchFileError: ENOENT, NSFileReadNoSuchFileError: ENOENT,
+                               NSFileWriteNoPermissionError: EACCES, NSFileReadNoPermissionError: EACCES,
+                               NSFileWriteOutOfSpaceError: ENOSPC, NSFileWriteFileExistsError: EEXIST,
+                               NSFileWriteVolumeReadOnlyError: EROFS]
+    if ns.domain == NSCocoaErrorDomain, let code = cocoa[ns.code] { return String(cString: strerror(code)) }
+    return ns.localizedDescription
 }

@@ -10,7 +10,8 @@ import ShardReader
 
 /// Settings of one `mtok tokenize` run.
 public struct TokenizeOptions: Sendable {
-    public var resolution = 256
+    /// Input side in pixels; nil takes the model's.
+    public var resolution: Int?
     public var crop: CropMode = .adm
     public var views: [View] = [.identity, .horizontalFlip]
     public var latentDType: TensorDType = .bf16
@@ -88,7 +89,6 @@ public final class TokenizeJob {
         do { scanned = try DatasetInputs.scan(input) } catch { throw SetupError(message: "input \(error)") }
         if let limit = options.limit { scanned.items.truncate(to: limit) }
         inputs = scanned
-        self.options = options
         let n = scanned.items.count
         range = (n * options.rank / options.worldSize)..<(n * (options.rank + 1) / options.worldSize)
 
@@ -96,11 +96,15 @@ public final class TokenizeJob {
         do { weights = try EncoderWeights.load(path: modelPath) } catch {
             throw SetupError(message: "model \(modelPath) does not load: \(error)")
         }
-        guard weights.config.resolution == options.resolution else {
-            throw SetupError(message: "model \(modelPath) takes \(weights.config.resolution)×\(weights.config.resolution) inputs; --resolution is \(options.resolution)")
+        let side = weights.config.resolution
+        if let asked = options.resolution, asked != side {
+            throw SetupError(message: "model \(modelPath) takes \(side)×\(side) inputs; --resolution is \(asked)")
         }
+        var options = options
+        options.resolution = side
+        self.options = options
         encoder = MergeTokEncoder(weights: weights)
-        preprocessor = Preprocessor(resolution: options.resolution, crop: options.crop)
+        preprocessor = Preprocessor(resolution: side, crop: options.crop)
         indexDType = weights.config.codebookEntries <= 65536 ? .u16 : .u32
         groupDType = weights.config.keptTokens <= 256 ? .u8 : .u16
 
@@ -108,7 +112,12 @@ public final class TokenizeJob {
                                          indexDType: indexDType, groupDType: groupDType)
         if options.worldSize > 1 {
             outputPath = CacheMerger.partPath(root: output, rank: options.rank)
-            try FileManager.default.createDirectory(atPath: outputPath, withIntermediateDirectories: true)
+            do {
+                try CacheWriter.checkOutputDirectory(output, alsoAllowed: [CacheMerger.partsDirectory])
+                try FileManager.default.createDirectory(atPath: outputPath, withIntermediateDirectories: true)
+            } catch {
+                throw SetupError(message: "output \(output): \(error is CacheError ? "\(error)" : describeFileError(error))")
+            }
         } else {
             outputPath = output
         }
@@ -143,7 +152,7 @@ public final class TokenizeJob {
                 ("metadata", .object(provenance.map { ($0.key, .string($0.value)) })),
             ])),
             ("preprocessing", .object([
-                ("resolution", .number(Double(options.resolution))),
+                ("resolution", .number(Double(weights.config.resolution))),
                 ("crop", .string(options.crop.rawValue)),
                 ("views", .array(options.views.map { .number(Double($0.number)) })),
                 ("ten_crop_range", .number(1.1)),
@@ -245,7 +254,7 @@ public final class TokenizeJob {
             let done = e.index + 1 - range.lowerBound
             if let max = options.maxFailures, failures > max {
                 try flush(inputsDone: done)
-                summary.stopReason = "more than \(max) inputs failed (see failures.jsonl); fix or remove them and run again"
+                summary.stopReason = "more than \(max) inputs failed (failures.jsonl lists them); the run stopped with them committed as failures. Run the same command again to go on past them (each run counts its own failures); to tokenize them once fixed, fix them and write a new cache"
                 break
             }
             if batchRecords.count >= options.batchSize || shouldStop() {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShardReader
+import TensorFiles
 
 /// Prints a one-line error to stderr and exits with `code`: how every command reports bad input.
 func fail(_ message: String, code: Int32 = 1) -> ExitCode {
@@ -14,6 +15,16 @@ func openCache(_ path: String) throws -> TokenCache {
         return try TokenCache(path: path)
     } catch {
         throw fail("\(error)")
+    }
+}
+
+/// Writes a command's output file, or exits with a one-line reason ("No such file or directory"),
+/// never Foundation's error dump.
+func writeOutput(_ bytes: some Sequence<UInt8>, to path: String) throws {
+    do {
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+    } catch {
+        throw fail("cannot write \(path): \(describeFileError(error))")
     }
 }
 

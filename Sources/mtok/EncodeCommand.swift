@@ -60,7 +60,7 @@ struct EncodeCommand: ParsableCommand {
         } else {
             bytes = Array(Self.json(tensors).utf8)
         }
-        try Data(bytes).write(to: URL(fileURLWithPath: out))
+        try writeOutput(bytes, to: out)
     }
 
     static func readInput(_ path: String, resolution r: Int) throws -> [Float] {

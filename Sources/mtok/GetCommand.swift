@@ -56,11 +56,7 @@ struct GetCommand: ParsableCommand {
             } else {
                 bytes = Array(try Self.jsonData(r, index: i))
             }
-            do {
-                try Data(bytes).write(to: URL(fileURLWithPath: out))
-            } catch {
-                throw fail("\(out): \(error.localizedDescription)")
-            }
+            try writeOutput(bytes, to: out)
             print("wrote record \(i) (\(r.id), view \(r.view)) to \(out)")
             return
         }

@@ -29,8 +29,7 @@ struct ModelInit: ParsableCommand {
     func run() throws {
         let config = EncoderPresets.named(preset)!.config
         let weights = try EncoderWeights.random(config: config, seed: seed)
-        try Data(weights.safetensorsBytes(extraMetadata: ["mtok.preset": preset]))
-            .write(to: URL(fileURLWithPath: out))
+        try writeOutput(weights.safetensorsBytes(extraMetadata: ["mtok.preset": preset]), to: out)
         print("wrote \(out): preset \(preset), seed \(seed), \(config.parameterCount) parameters (untrained)")
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TensorFiles
 import ImageDecoding
 
 /// `mtok preprocess`: one image through the same decode and crop the tokenize pipeline uses,
@@ -80,7 +81,7 @@ struct PreprocessCommand: ParsableCommand {
             FileHandle.standardError.write(Data("mtok preprocess: \(error)\n".utf8))
             throw ExitCode(1)
         } catch {
-            FileHandle.standardError.write(Data("mtok preprocess: \(out): \(error.localizedDescription)\n".utf8))
+            FileHandle.standardError.write(Data("mtok preprocess: cannot write \(out): \(describeFileError(error))\n".utf8))
             throw ExitCode(1)
         }
     }

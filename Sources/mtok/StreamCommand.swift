@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShardReader
+import TensorFiles
 
 struct StreamCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -97,21 +98,10 @@ struct StreamCommand: ParsableCommand {
     /// `id` as it is, or with JSON string escapes when it holds a backslash or a control
     /// character (ids are any UTF-8 text; a newline in one would split its line in two).
     static func printable(_ id: String) -> String {
-        guard id.utf8.contains(where: { $0 < 0x20 || $0 == 0x5C || $0 == 0x7F }) else { return id }
-        var out = ""
-        for scalar in id.unicodeScalars {
-            switch scalar {
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
-                    + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
+        guard id.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\\") }) else { return id }
+        var quoted: [UInt8] = []
+        JSONValue.appendQuoted(id, to: &quoted)
+        return String(decoding: quoted.dropFirst().dropLast(), as: UTF8.self)
     }
 
     func report(samples: Int, payload: Int, seconds: Double, threads: Int) {

@@ -22,7 +22,7 @@ struct TokenizeCommand: ParsableCommand {
     @Argument(help: "ImageFolder tree, flat folder of images, or a .jsonl/.csv list (path, id, label).") var input: String
     @Option(help: "Encoder weights (.safetensors).") var model: String
     @Option(help: "Output cache directory.") var out: String
-    @Option(help: "Input side in pixels.") var resolution = 256
+    @Option(help: "Input side in pixels (default: the model's; must match it).") var resolution: Int?
     @Option(help: "adm or resize-center.") var crop = "adm"
     @Option(help: "center,hflip (any subset) or ten-crop.") var views = "center,hflip"
     @Option(name: .customLong("latent-dtype"), help: "bf16, f16 or f32.") var latentDType = "bf16"
@@ -35,10 +35,41 @@ struct TokenizeCommand: ParsableCommand {
     @Option(help: "Only the first N inputs.") var limit: Int?
     @Option(name: .customLong("shard-size-mb"), help: "Seal shards at this size (MiB).") var shardSizeMB = 1024
 
+    func validate() throws {
+        for (name, value, least) in [("--batch-size", batchSize, 1), ("--threads", threads ?? 1, 1),
+                                     ("--decode-workers", decodeWorkers ?? 1, 1), ("--limit", limit ?? 1, 1),
+                                     ("--max-failures", maxFailures ?? 0, 0), ("--shard-size-mb", shardSizeMB, 1),
+                                     ("--resolution", resolution ?? 1, 1)] where value < least {
+            throw ValidationError("\(name) must be at least \(least)")
+        }
+    }
+
+    /// (rank, world size): the options, else the scheduler's variables (Slurm array, Kubernetes
+    /// Indexed Job), else a single process. A rank without a world size, or a variable that is
+    /// not a number, is refused: guessing would write a whole cache where a part was meant.
+    static func placement(rank: Int?, worldSize: Int?, environment env: [String: String]) throws -> (Int, Int) {
+        func number(_ name: String) throws -> Int? {
+            guard let text = env[name], !text.isEmpty else { return nil }
+            guard let n = Int(text), n >= 0 else { throw ValidationError("\(name)=\(text) is not a number") }
+            return n
+        }
+        let r = try rank ?? number("SLURM_ARRAY_TASK_ID") ?? number("JOB_COMPLETION_INDEX")
+        let w = try worldSize ?? number("SLURM_ARRAY_TASK_COUNT") ?? number("MTOK_WORLD_SIZE")
+        switch (r, w) {
+        case let (r?, w?): return (r, w)
+        case (nil, let w?): throw ValidationError("world size \(w) but no rank: pass --rank (or run as a Slurm array task or an Indexed Job)")
+        case (let r?, nil): throw ValidationError("rank \(r) but no world size: pass --world-size (or set SLURM_ARRAY_TASK_COUNT or MTOK_WORLD_SIZE)")
+        case (nil, nil): return (0, 1)
+        }
+    }
+
     func run() throws {
-        let env = ProcessInfo.processInfo.environment
-        let r = rank ?? env["SLURM_ARRAY_TASK_ID"].flatMap(Int.init) ?? env["JOB_COMPLETION_INDEX"].flatMap(Int.init) ?? 0
-        let w = worldSize ?? env["SLURM_ARRAY_TASK_COUNT"].flatMap(Int.init) ?? env["MTOK_WORLD_SIZE"].flatMap(Int.init) ?? 1
+        let r: Int, w: Int
+        do {
+            (r, w) = try Self.placement(rank: rank, worldSize: worldSize, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw fail("\(error)", code: 64)
+        }
         var options = TokenizeOptions()
         options.resolution = resolution
         guard let cropMode = CropMode(rawValue: crop) else { throw fail("--crop must be adm or resize-center") }
@@ -54,13 +85,14 @@ struct TokenizeCommand: ParsableCommand {
                 default: throw fail("--views must be center, hflip, center,hflip or ten-crop")
                 }
             }
+            guard Set(vs.map(\.number)).count == vs.count else { throw fail("--views names a view twice: \(views)") }
             options.views = vs
         }
         guard let dt = TensorDType(userName: latentDType), [.f32, .f16, .bf16].contains(dt) else {
             throw fail("--latent-dtype must be bf16, f16 or f32")
         }
         options.latentDType = dt
-        options.batchSize = max(1, batchSize)
+        options.batchSize = batchSize
         let cores = threads ?? ProcessInfo.processInfo.activeProcessorCount
         options.blasThreads = max(1, cores)
         options.decodeWorkers = decodeWorkers ?? max(1, cores / 2)
@@ -83,7 +115,13 @@ struct TokenizeCommand: ParsableCommand {
         let sources = [SIGINT, SIGTERM].map { sig -> any DispatchSourceSignal in
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler {
-                FileHandle.standardError.write(Data("\nmtok: stopping after the current batch...\n".utf8))
+                // A second signal means "now": what is committed survives any exit (the same
+                // command resumes after it), so only the batch in flight is given up.
+                if stop.isSet {
+                    FileHandle.standardError.write(Data("\nmtok: stopping now; run the same command again to resume\n".utf8))
+                    Glibc.exit(130)
+                }
+                FileHandle.standardError.write(Data("\nmtok: stopping after the current batch (again to stop now)...\n".utf8))
                 stop.set()
             }
             s.resume()

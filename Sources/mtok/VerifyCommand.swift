@@ -13,6 +13,11 @@ struct VerifyCommand: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "Threads for hashing shard files and checking records (default: all cores).") var threads: Int?
 
+    func validate() throws {
+        if rehash && !deep { throw ValidationError("--rehash recomputes what --deep reads: pass --deep too") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
     func run() throws {
         let report = CacheVerifier.verify(path: cache, deep: deep, rehash: rehash,
                                           threads: threads ?? ProcessInfo.processInfo.activeProcessorCount)

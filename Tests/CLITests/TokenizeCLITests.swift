@@ -297,7 +297,9 @@ struct TokenizeCLITests {
         #expect(badModel.status == 1 && badModel.stderr.contains("bad.safetensors"))
         #expect(try tokenize(data, model, dir + "/z", ["--views", "center"]).status == 0)
         let other = try tokenize(data, model, dir + "/z", ["--views", "center,hflip"])
-        #expect(other.status == 1 && other.stderr.contains("other settings"))
+        // The message names what differs, so the user knows which flag to restore.
+        #expect(other.status == 1 && other.stderr.contains("other settings: preprocessing.views is [0] there, [0,1] now"),
+                "\(other.stderr)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/x/manifest.json"))
         // A list that gives one id to two inputs is refused up front, naming the id.
         let list = dir + "/list.jsonl"
@@ -306,5 +308,38 @@ struct TokenizeCLITests {
         let dup = try tokenize(list, model, dir + "/w")
         #expect(dup.status == 1 && dup.stderr.contains("\"same\"") && dup.stderr.contains("inputs 1 and 2"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/w/manifest.json"))
+    }
+
+    /// Mistakes that would leave a half-made output, mix a cache into other files, or write a
+    /// whole cache where a part was meant are refused before anything is written.
+    @Test func mistakenOutputsAndFlagsAreRefusedUpFront() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        let fm = FileManager.default
+        let twice = try tokenize(data, model, dir + "/a", ["--views", "center,center"])
+        #expect(twice.status == 1 && twice.stderr.contains("names a view twice"))
+        #expect(!fm.fileExists(atPath: dir + "/a"))
+        // The dataset folder itself, or any directory holding other files.
+        let intoData = try tokenize(data, model, data)
+        #expect(intoData.status == 1 && intoData.stderr.contains("holds no cache"), "\(intoData.stderr)")
+        #expect(!fm.fileExists(atPath: data + "/shards") && !fm.fileExists(atPath: data + "/manifest.json"))
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/file"))
+        let intoFile = try tokenize(data, model, dir + "/file")
+        #expect(intoFile.status == 1 && intoFile.stderr.contains("not a directory"))
+        // A rank without a world size (and no scheduler variables) is a mistake, not rank 0 of 1.
+        let rankOnly = try tokenize(data, model, dir + "/b", ["--rank", "1"])
+        #expect(rankOnly.status == 64 && rankOnly.stderr.contains("no world size"))
+        #expect(!fm.fileExists(atPath: dir + "/b"))
+        for flags in [["--limit", "0"], ["--batch-size", "0"], ["--threads", "0"], ["--shard-size-mb", "0"]] {
+            let r = try tokenize(data, model, dir + "/c", flags)
+            #expect(r.status == 64 && r.stderr.contains("\(flags[0]) must be at least"), "\(flags): \(r.stderr)")
+        }
+        #expect(!fm.fileExists(atPath: dir + "/c"))
+        // Without --resolution the model's side is used; a different one is refused.
+        let plain = try TestSupport.mtok(["tokenize", data, "--model", model, "--out", dir + "/d", "--views", "center", "--limit", "2"])
+        #expect(plain.status == 0, "\(plain.stderr)")
+        let wrong = try TestSupport.mtok(["tokenize", data, "--model", model, "--out", dir + "/e", "--resolution", "256"])
+        #expect(wrong.status == 1 && wrong.stderr.contains("takes 64×64 inputs"))
     }
 }

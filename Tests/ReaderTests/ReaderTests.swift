@@ -371,7 +371,7 @@ struct CrossLanguageTests {
         gen.tokens = 4
         gen.patches = 6
         gen.channels = 2
-        let names = ["two\nlines", #"back\slash"#, "tab\there", "plain name", "bell\u{7}"]
+        let names = ["two\nlines", #"back\slash "quoted""#, "tab\there", #"plain "name""#, "bell\u{7}"]
         let records = names.enumerated().map { i, name in
             var r = gen.record(i)
             r.id = name
@@ -384,9 +384,9 @@ struct CrossLanguageTests {
         #expect(out.status == 0, "\(out.stderr)")
         #expect(out.stdout == #"""
             two\nlines 0
-            back\\slash 0
+            back\\slash \"quoted\" 0
             tab\there 0
-            plain name 0
+            plain "name" 0
             bell\u0007 0
 
             """#)

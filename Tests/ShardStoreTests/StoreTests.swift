@@ -238,6 +238,30 @@ struct WriterRulesTests {
         }
     }
 
+    /// A writer commits a batch to its open shard before it replaces the manifest, so a reader
+    /// can meet a shard that runs ahead of the manifest: it serves the manifest's records and
+    /// nothing past them. A sealed shard must match exactly.
+    @Test func readerOfACacheBeingWrittenServesTheManifestsRecords() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        let w = try CacheWriter(path: dir, settings: gen.settings, options: smallOptions(cap: 1 << 30))
+        try w.append((0..<10).map(gen.record))
+        let earlier = try Data(contentsOf: URL(fileURLWithPath: dir + "/manifest.json"))
+        try w.append((10..<15).map(gen.record))
+        // The moment between the shard's commit and the manifest's replacement.
+        try earlier.write(to: URL(fileURLWithPath: dir + "/manifest.json"))
+        let cache = try TokenCache(path: dir)
+        #expect(cache.count == 10)
+        #expect(try cache.record(at: 9).id == gen.record(9).id)
+        #expect(try cache.index(of: gen.record(12).id) == nil)
+        #expect(try cache.index(of: gen.record(3).id) == 3)
+        // Fewer records than the manifest lists is a fault, written or not.
+        var m = try Manifest.read(fromCache: dir)
+        m.shards[0].records = 16
+        try m.write(toCache: dir)
+        #expect(throws: CacheError.self) { try TokenCache(path: dir) }
+    }
+
     @Test func resumingAfterAbandonedWriterKeepsEverythingCommitted() throws {
         let dir = try TestSupport.temporaryDirectory()
         let gen = synthetic()
