@@ -164,8 +164,11 @@ extension Manifest {
         guard header["format"]?.stringValue == formatName else {
             throw FormatError(.badContainer, "manifest format is not \(formatName)")
         }
-        guard let version = header["format_version"]?.intValue else {
+        guard let field = header["format_version"] else {
             throw FormatError(.unknownVersion, "manifest has no format_version")
+        }
+        guard let version = field.intValue else {
+            throw FormatError(.unknownVersion, "format_version must be an integer, got \(field.jsonText)")
         }
         guard version == currentVersion else {
             throw FormatError(.unknownVersion, "cache format version \(version), this build reads \(currentVersion)")

@@ -1,3 +1,5 @@
+import TensorFiles
+
 /// Key and value layouts inside a shard (Schemas/FORMAT.md, "Shard").
 ///
 /// A shard is a single-file LMDB environment with four named databases:
@@ -31,7 +33,7 @@ public enum ShardLayout {
     public static func idKey(id: String, view: Int) throws(FormatError) -> [UInt8] {
         let bytes = Array(id.utf8)
         guard !bytes.isEmpty, bytes.count <= maxIdBytes, !bytes.contains(0) else {
-            throw FormatError(.badMetadata, "id must be 1...\(maxIdBytes) UTF-8 bytes without NUL: \"\(id.prefix(80))\"")
+            throw FormatError(.badMetadata, "id must be 1...\(maxIdBytes) UTF-8 bytes without NUL: \(JSONValue.quoted(String(id.prefix(80))))")
         }
         guard (0...Int(UInt16.max)).contains(view) else { throw FormatError(.badMetadata, "view \(view) out of range") }
         return bytes + [0, UInt8(view >> 8), UInt8(view & 0xFF)]

@@ -97,7 +97,7 @@ public enum CacheVerifier {
             report.faults.append(VerifyFault(CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(root)/\(Manifest.fileName): \(e)")))
             return report
         } catch {
-            report.faults.append(VerifyFault(CacheError(.notACache, "\(root) has no readable \(Manifest.fileName)")))
+            report.faults.append(VerifyFault(CacheError(.notACache, TokenCache.noManifest(root))))
             return report
         }
         report.records = manifest.shards.reduce(0) { $0 + $1.records }

@@ -21,6 +21,12 @@ package final class Shard: Sendable {
         guard FileManager.default.fileExists(atPath: path) else {
             throw CacheError(.missingShard, "\(path) does not exist", at: CacheLocation(shard: entry.file))
         }
+        // LMDB's own error for a file too short to hold its two meta pages is "Bad file
+        // descriptor"; say what is wrong instead.
+        let fileSize = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        guard fileSize >= 2 * 4096 else {
+            throw CacheError(.shardMismatch, "file is truncated: \(fileSize) bytes, too short for an LMDB file", at: CacheLocation(shard: entry.file))
+        }
         do {
             env = try LMDBEnvironment(path: path, options: .readOnly)
             // A truncated file still opens (its meta pages come first), but touching a mapped page

@@ -17,13 +17,21 @@ public final class TokenCache: Sendable {
     let bounds: [Int]
     let decompressors = DecompressorPool()
 
+    /// Why `root` is not a cache; with a hint when it holds the unmerged parts of a scaled-out run.
+    package static func noManifest(_ root: String) -> String {
+        let parts = root + "/parts"
+        return FileManager.default.fileExists(atPath: parts)
+            ? "\(root) has no \(Manifest.fileName) yet, only the parts of a scaled-out run: join them with `mtok merge \(root)`"
+            : "\(root) has no readable \(Manifest.fileName)"
+    }
+
     /// Opens the cache at `root`.
     /// - Throws: `CacheError` (`.notACache`, `.unknownVersion`, `.missingShard`, `.shardMismatch`).
     public init(path root: String) throws(CacheError) {
         self.root = root
         let manifestPath = root + "/" + Manifest.fileName
         guard let data = FileManager.default.contents(atPath: manifestPath) else {
-            throw CacheError(.notACache, "\(root) has no readable \(Manifest.fileName)")
+            throw CacheError(.notACache, Self.noManifest(root))
         }
         do {
             manifest = try Manifest.decode(data)

@@ -230,6 +230,14 @@ extension JSONValue {
 }
 
 extension JSONValue {
+    /// `s` as a JSON string literal (with quotes): how messages show untrusted text such as ids,
+    /// so a control character in one cannot garble a terminal or split a log line.
+    public static func quoted(_ s: String) -> String {
+        var out: [UInt8] = []
+        appendQuoted(s, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// Appends `s` as a JSON string literal (with quotes), escaping what RFC 8259 requires.
     public static func appendQuoted(_ s: String, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))

@@ -111,7 +111,7 @@ public struct DatasetInputs: Sendable {
         for (n, item) in items.enumerated() {
             let utf8 = item.id.utf8
             guard utf8.count > 0, utf8.count <= 508, !utf8.contains(0) else {
-                throw ScanError(path: source, reason: "input \(n + 1) has an unusable id (1 to 508 UTF-8 bytes, no NUL): \"\(item.id.prefix(60))\"")
+                throw ScanError(path: source, reason: "input \(n + 1) has an unusable id (1 to 508 UTF-8 bytes, no NUL): \(JSONValue.quoted(String(item.id.prefix(60))))")
             }
             var h: UInt64 = 0xcbf2_9ce4_8422_2325
             for b in utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
@@ -120,7 +120,7 @@ public struct DatasetInputs: Sendable {
                 continue
             }
             if let first = ([earlier] + (sharing[h] ?? [])).first(where: { items[$0].id == item.id }) {
-                throw ScanError(path: source, reason: "id \"\(item.id)\" is given to inputs \(first + 1) and \(n + 1)")
+                throw ScanError(path: source, reason: "id \(JSONValue.quoted(item.id)) is given to inputs \(first + 1) and \(n + 1)")
             }
             sharing[h, default: []].append(n)
         }

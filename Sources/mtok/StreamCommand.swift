@@ -99,9 +99,7 @@ struct StreamCommand: ParsableCommand {
     /// character (ids are any UTF-8 text; a newline in one would split its line in two).
     static func printable(_ id: String) -> String {
         guard id.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\\") }) else { return id }
-        var quoted: [UInt8] = []
-        JSONValue.appendQuoted(id, to: &quoted)
-        return String(decoding: quoted.dropFirst().dropLast(), as: UTF8.self)
+        return String(JSONValue.quoted(id).dropFirst().dropLast())
     }
 
     func report(samples: Int, payload: Int, seconds: Double, threads: Int) {
