@@ -300,8 +300,9 @@ public struct DatasetInputs: Sendable {
             let text = trimmed(line)
             if text.isEmpty { continue }
             func bad(_ why: String) -> ScanError { ScanError(path: file, reason: "line \(n + 1): \(why)") }
-            guard let obj = try? JSONValue.parse(Array(text.utf8)), case .object = obj,
-                  let path = obj["path"]?.stringValue, !path.isEmpty else {
+            let obj: JSONValue
+            do { obj = try JSONValue.parse(Array(text.utf8)) } catch { throw bad("not JSON (\(error))") }
+            guard case .object = obj, let path = obj["path"]?.stringValue, !path.isEmpty else {
                 throw bad("expected an object with a \"path\" string")
             }
             guard let label = listLabel(obj["label"]) else { throw bad("\"label\" must be an integer ≥ -1") }

@@ -282,6 +282,43 @@ struct WriterRulesTests {
     }
 }
 
+struct MergeMessagesTests {
+    /// Finishes part `rank` of `world` under `root` holding records `range` of `gen`.
+    func part(_ root: String, rank: Int, world: Int, _ gen: SyntheticRecords, _ range: Range<Int>) throws {
+        let w = try CacheWriter(path: CacheMerger.partPath(root: root, rank: rank), settings: gen.settings,
+                                part: Manifest.Part(rank: rank, worldSize: world), options: smallOptions())
+        try w.append(range.map(gen.record))
+        try w.finish()
+    }
+
+    func mergeError(_ root: String) -> String {
+        do {
+            _ = try CacheMerger.merge(root: root)
+            return "merged"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// A merge that cannot run says what to do: which ranks are missing, which part has another
+    /// world size, that a merged cache has nothing left to merge.
+    @Test func refusalsNameTheProblem() throws {
+        let root = try TestSupport.temporaryDirectory() + "/cache"
+        let gen = synthetic()
+        try part(root, rank: 0, world: 4, gen, 0..<3)
+        try part(root, rank: 3, world: 4, gen, 9..<12)
+        #expect(mergeError(root).contains("missing rank(s) 1, 2"))
+        try part(root, rank: 1, world: 3, gen, 3..<6)
+        #expect(mergeError(root).contains("rank-00001 as one of 3"))
+        try FileManager.default.removeItem(atPath: CacheMerger.partPath(root: root, rank: 1))
+        try part(root, rank: 1, world: 4, gen, 3..<6)
+        try part(root, rank: 2, world: 4, gen, 6..<9)
+        #expect(mergeError(root) == "merged")
+        #expect(mergeError(root).contains("already one cache"))
+        #expect(CacheVerifier.verify(path: root, deep: true).isClean)
+    }
+}
+
 struct ResumeKeepsLayoutTests {
     /// A resumed writer takes the layout and the literal coding from the manifest, not from its
     /// options, so the resumed cache is byte for byte what one uninterrupted run writes.
