@@ -139,10 +139,65 @@ public struct Preprocessor: Sendable, Equatable {
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
                                         fullWidth: fw, fullHeight: fh)
         let plan = makePlan(width: fw, height: fh, view: view)
-        let (lastW, lastH) = plan.steps.last.map { ($0.outWidth, $0.outHeight) } ?? (fw, fh)
+        return described(plan.run(tile), plan: plan, decoded: decoded)
+    }
+
+    /// Several views of one encoded image, as ``preprocessDetailed(bytes:path:view:)`` gives each,
+    /// from one decode: views that share their resize steps (a view and its mirror; the ten
+    /// crops) also share one resize, of the rectangle covering all their crops, since each output
+    /// pixel of a resize depends only on its own inputs.
+    /// - Throws: ``ImageDecodingError``.
+    public func preprocessViews(bytes: [UInt8], path: String = "", views: [View])
+        throws(ImageDecodingError) -> [PreprocessedImage]
+    {
+        if views.count <= 1 || usesDCTScaling {
+            var out: [PreprocessedImage] = []
+            for view in views { out.append(try preprocessDetailed(bytes: bytes, path: path, view: view)) }
+            return out
+        }
+        let decoded = try ImageDecoder.decodeRegion(bytes: bytes, path: path, options: decodeOptions) { w, h in
+            guard usesRegionDecode else { return .init() }
+            // The union of what every view reads, with the margin of preprocessDetailed.
+            var x0 = w, x1 = 0, y0 = h, y1 = 0
+            for view in views {
+                let (xs, ys) = makePlan(width: w, height: h, view: view).sourceSpan()
+                (x0, x1) = (min(x0, xs.lowerBound), max(x1, xs.upperBound))
+                (y0, y1) = (min(y0, ys.lowerBound), max(y1, ys.upperBound))
+            }
+            let margin = 16
+            (x0, x1, y0, y1) = (max(0, x0 - margin), min(w, x1 + margin), max(0, y0 - margin), min(h, y1 + margin))
+            return .init(x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
+        }
+        let (fw, fh) = (decoded.fullWidth, decoded.fullHeight)
+        let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
+                                        fullWidth: fw, fullHeight: fh)
+        let plans = views.map { makePlan(width: fw, height: fh, view: $0) }
+        var resized: [(steps: [Plan.Step], tile: PillowResampler.Tile)] = []
+        var out: [PreprocessedImage] = []
+        for plan in plans {
+            if !resized.contains(where: { $0.steps == plan.steps }) {
+                // One run over the rectangle covering the crops of every view with these steps.
+                let group = plans.filter { $0.steps == plan.steps }
+                let xs = group.map(\.keepX).reduce(plan.keepX) { min($0.lowerBound, $1.lowerBound)..<max($0.upperBound, $1.upperBound) }
+                let ys = group.map(\.keepY).reduce(plan.keepY) { min($0.lowerBound, $1.lowerBound)..<max($0.upperBound, $1.upperBound) }
+                let cover = Plan(steps: plan.steps, keepX: xs, keepY: ys, flips: false)
+                let (lastW, lastH) = plan.steps.last.map { ($0.outWidth, $0.outHeight) } ?? (fw, fh)
+                resized.append((plan.steps, PillowResampler.Tile(image: cover.run(tile), originX: xs.lowerBound,
+                                                                 originY: ys.lowerBound, fullWidth: lastW, fullHeight: lastH)))
+            }
+            let covering = resized.first { $0.steps == plan.steps }!.tile
+            let kept = PillowResampler.crop(covering, xs: plan.keepX, ys: plan.keepY).image
+            out.append(described(plan.flips ? kept.flippedHorizontally() : kept, plan: plan, decoded: decoded))
+        }
+        return out
+    }
+
+    /// The result with its provenance: the source's size and the crop box in source pixels.
+    private func described(_ image: RGBImage, plan: Plan, decoded: ImageDecoder.DecodedRegion) -> PreprocessedImage {
+        let (lastW, lastH) = plan.steps.last.map { ($0.outWidth, $0.outHeight) } ?? (decoded.fullWidth, decoded.fullHeight)
         let sx = Double(decoded.sourceWidth) / Double(lastW), sy = Double(decoded.sourceHeight) / Double(lastH)
         return PreprocessedImage(
-            image: plan.run(tile), sourceWidth: decoded.sourceWidth, sourceHeight: decoded.sourceHeight,
+            image: image, sourceWidth: decoded.sourceWidth, sourceHeight: decoded.sourceHeight,
             cropX: Double(plan.keepX.lowerBound) * sx, cropY: Double(plan.keepY.lowerBound) * sy,
             cropWidth: Double(plan.keepX.count) * sx, cropHeight: Double(plan.keepY.count) * sy,
             isFlipped: plan.flips)
@@ -159,7 +214,7 @@ public struct Preprocessor: Sendable, Equatable {
 
     /// The resize steps and final rectangle for one view of a `width` × `height` image.
     struct Plan {
-        struct Step {
+        struct Step: Equatable {
             var inWidth, inHeight, outWidth, outHeight: Int
             var filter: PillowResampler.Filter
         }

@@ -332,8 +332,7 @@ public final class TokenizeJob {
         do {
             var out: [[Float]] = []
             var meta: [RecordMeta] = []
-            for view in options.views {
-                let p = try preprocessor.preprocessDetailed(bytes: bytes, path: item.path, view: view)
+            for (view, p) in zip(options.views, try preprocessor.preprocessViews(bytes: bytes, path: item.path, views: options.views)) {
                 out.append(p.image.floatCHW())
                 let box = CropBox(x: Int(p.cropX.rounded()), y: Int(p.cropY.rounded()),
                                   width: Int(p.cropWidth.rounded()), height: Int(p.cropHeight.rounded()))

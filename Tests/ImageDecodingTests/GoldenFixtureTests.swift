@@ -117,4 +117,26 @@ struct RegionDecodeTests {
             }
         }
     }
+
+    /// The views of one decode (what the tokenizer uses: a view and its mirror, or the ten
+    /// crops) are, pixel for pixel and box for box, each view preprocessed on its own.
+    @Test("views from one decode equal each view decoded alone", arguments: jpegs + ["photo_camera_gray8.png"])
+    func viewsFromOneDecode(_ name: String) throws {
+        let bytes = try Fixtures.bytes(name)
+        let sets: [[View]] = [[.identity, .horizontalFlip], [.horizontalFlip], [.horizontalFlip, .identity],
+                              (0..<10).map { View.tenCrop($0) }]
+        for crop in CropMode.allCases {
+            for resolution in [8, 24, 50, 77] {
+                for views in sets {
+                    for region in [true, false] {
+                        var pre = Preprocessor(resolution: resolution, crop: crop)
+                        pre.usesRegionDecode = region
+                        let together = try pre.preprocessViews(bytes: bytes, views: views)
+                        let alone = try views.map { try pre.preprocessDetailed(bytes: bytes, view: $0) }
+                        #expect(together == alone, "\(name) \(crop) \(resolution) \(views) region=\(region)")
+                    }
+                }
+            }
+        }
+    }
 }
