@@ -382,6 +382,57 @@ def test_reopens_after_fork():
         assert np.array_equal(c[3]["latents"], parent)
 
 
+def test_seal_after_a_flushed_partial_chunk():
+    """A flush() whose partial chunk takes the shard past its cap seals the shard with that chunk
+    last; the records after it go to the next shard, once each."""
+    import hashlib
+    with TempDir() as d:
+        recs = list(make_records(10))
+        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4, shard_cap_bytes=1)
+        for r in recs[:2]:
+            w.append(**r)
+        w.flush()  # 2 records, past the cap: sealed
+        for r in recs[2:]:
+            w.append(**r)
+        w.finish()
+        c = mtokcache.open(d + "/c")
+        assert [s["records"] for s in c.shard_entries] == [2, 4, 4], c.shard_entries
+        assert [c[i]["id"] for i in range(len(c))] == [r["id"] for r in recs]
+        h = hashlib.sha256()
+        for i in range(len(c)):
+            h.update(hashlib.sha256(c.payload(i)).digest())
+        assert c.manifest["content_digest"] == "sha256:" + h.hexdigest()
+
+
+def test_writer_refuses_bad_metadata():
+    """Metadata the readers would refuse (FORMAT 4.1) is refused at append, naming the field, and
+    leaves nothing behind."""
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/c", settings={"test": True})
+        good = next(make_records(1))
+        bad = [("source_size", (-1, 5)), ("source_size", (1,)), ("source_size", (1.5, 2)), ("source_size", "640,480"),
+               ("source_size", None), ("source_size", (2**63, 1)), ("crop_box", (-3, 0, 1, 1)),
+               ("crop_box", (0, 0, 1)), ("crop_box", (0, 0, 1, np.float32(2))), ("view", -1), ("view", 65536),
+               ("view", 1.5), ("view", True), ("view", "1"), ("label", -2), ("label", 0.5), ("label", "3"),
+               ("label", 2**63), ("id", ""), ("id", b"img"), ("id", "a\x00b"), ("id", "x" * 509), ("id", "\udc80"),
+               ("id", None), ("source_sha256", "AB" * 32), ("source_sha256", "ab"), ("source_sha256", None)]
+        for field, value in bad:
+            try:
+                w.append(**dict(good, **{field: value}))
+            except ValueError as e:
+                assert str(e).startswith(field + " must"), (field, value, e)
+            else:
+                raise AssertionError("append took %s=%r" % (field, value))
+        assert len(w) == 0
+        w.append(**dict(good, view=np.uint16(7), label=np.int64(-1), source_size=np.array([3, 4]),
+                        crop_box=[0, 1, 2, 2], source_sha256=""))
+        w.finish()
+        c = mtokcache.open(d + "/c")
+        assert len(c) == 1
+        r = c[0]
+        assert (r["view"], r["label"], r["source_size"], r["crop_box"]) == (7, -1, (3, 4), (0, 1, 2, 2))
+
+
 def main():
     tests = [(k, v) for k, v in sorted(globals().items()) if k.startswith("test_") and callable(v)]
     failed = 0
