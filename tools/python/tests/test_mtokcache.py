@@ -1,4 +1,5 @@
-"""Unit tests of mtokcache that need only numpy, lmdb and zstandard (no torch, no Swift).
+"""Unit tests of mtokcache that need only numpy, lmdb and zstandard (no Swift; the one test of
+the PyTorch dataset is skipped without torch).
 
 Run as a script (`python tools/python/tests/test_mtokcache.py`, exit status 0 when all pass), or
 with pytest. Tests/ReaderTests runs the script.
@@ -431,6 +432,34 @@ def test_writer_refuses_bad_metadata():
         assert len(c) == 1
         r = c[0]
         assert (r["view"], r["label"], r["source_size"], r["crop_box"]) == (7, -1, (3, 4), (0, 1, 2, 2))
+
+
+def test_iterable_dataset_epochs_reach_persistent_workers():
+    """set_epoch and set_start reach DataLoader workers that persist across epochs (fork and
+    spawn), and num_workers=0 follows them too: each epoch's samples are the rank's stream."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("       (torch not installed: skipped)")
+        return
+    from torch.utils.data import DataLoader
+    from mtokcache.datasets import CacheIterableDataset
+    with TempDir() as d:
+        write(d + "/c", make_records(45), records_per_chunk=4)
+        c = mtokcache.open(d + "/c")
+        for workers, context in ((2, "fork"), (2, "spawn"), (0, None)):
+            ds = CacheIterableDataset(d + "/c", seed=5, batch_size=4, rank=1, world_size=2)
+            extra = dict(persistent_workers=True, multiprocessing_context=context) if workers else {}
+            loader = DataLoader(ds, batch_size=4, num_workers=workers, **extra)
+            for epoch, start in ((0, 0), (1, 0), (2, 6)):
+                ds.set_epoch(epoch)
+                if start:
+                    ds.set_start(start)
+                got = [int(i) for batch in loader for i in batch["index"]]
+                want = c.stream_indices(1, 2, epoch, 5, start=start).tolist()
+                assert got == want, (workers, context, epoch, got, want)
+                assert len(ds) == len(want)
+            del loader
 
 
 def main():
