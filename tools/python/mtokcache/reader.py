@@ -40,6 +40,81 @@ def open(path, **kwargs):  # noqa: A001 - the package's entry point is mtokcache
     return Cache(path, **kwargs)
 
 
+def _integer(value):
+    """A JSON integer as an int, else None: json gives 600.0 as a float, and True is no number."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+_STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false", "an object", "an array", "any"
+# FORMAT.md 2 and manifest.schema.json: (field, type, required). The Swift reader decodes these
+# types and refuses a manifest that does not fit them; so does this one.
+_MANIFEST = (("created_by", _STR, True), ("complete", _BOOL, True), ("records_per_chunk", _INT, True),
+             ("compression", _OBJ, True), ("shard_cap_bytes", _INT, True), ("settings", _ANY, True),
+             ("classes", _LIST, False), ("part", _OBJ, False), ("shards", _LIST, True), ("totals", _OBJ, True),
+             ("content_digest", _STR, False), ("inputs_done", _INT, False))
+_COMPRESSION = (("codec", _STR, True), ("level", _INT, True), ("checksum", _BOOL, True), ("shuffle", _STR, True),
+                ("literals", _STR, False))
+_PART = (("rank", _INT, True), ("world_size", _INT, True))
+_SHARD_ENTRY = (("file", _STR, True), ("records", _INT, True), ("payload_bytes", _INT, True),
+                ("compressed_bytes", _INT, True), ("bytes", _INT, True), ("sealed", _BOOL, True),
+                ("sha256", _STR, False))
+_TOTALS = (("records", _INT, True), ("payload_bytes", _INT, True), ("compressed_bytes", _INT, True),
+           ("bytes_on_disk", _INT, True))
+_IS = {_STR: lambda v: isinstance(v, str), _BOOL: lambda v: type(v) is bool, _OBJ: lambda v: isinstance(v, dict),
+       _LIST: lambda v: isinstance(v, list), _ANY: lambda v: True}
+
+
+def _check_fields(obj, fields, where, mpath):
+    """Checks the types of `obj`'s fields (optional ones may be absent or null); stores integers
+    as ints."""
+    for name, kind, required in fields:
+        if name not in obj or (obj[name] is None and not required):
+            if required:
+                raise NotACacheError("%s lacks the field %s%s" % (mpath, where, name))
+            continue
+        value = obj[name]
+        if kind is _INT:
+            n = _integer(value)
+            if n is None:
+                raise NotACacheError("%s: %s%s must be %s, got %r" % (mpath, where, name, kind, value))
+            obj[name] = n
+        elif not _IS[kind](value):
+            raise NotACacheError("%s: %s%s must be %s, got %r" % (mpath, where, name, kind, value))
+
+
+def _check_manifest(m, mpath):
+    """Refuses a manifest whose fields do not have FORMAT.md 2's types and ranges, as the Swift
+    reader does, so that a damaged one is refused as such instead of failing later with an
+    unrelated error (or not at all)."""
+    _check_fields(m, _MANIFEST, "", mpath)
+    _check_fields(m["compression"], _COMPRESSION, "compression.", mpath)
+    if m.get("part") is not None:
+        _check_fields(m["part"], _PART, "part.", mpath)
+    if m.get("classes") is not None and not all(isinstance(c, str) for c in m["classes"]):
+        raise NotACacheError("%s: classes must be strings" % mpath)
+    _check_fields(m["totals"], _TOTALS, "totals.", mpath)
+    for i, s in enumerate(m["shards"]):
+        if not isinstance(s, dict):
+            raise NotACacheError("%s: shards[%d] must be an object, got %r" % (mpath, i, s))
+        _check_fields(s, _SHARD_ENTRY, "shards[%d]." % i, mpath)
+    c = m["compression"]
+    if c["codec"] != "zstd" or c["shuffle"] not in ("byte-planes", "none"):
+        raise UnknownVersionError("%s: compression %s/%s is not known to this build"
+                                  % (mpath, c["codec"], c["shuffle"]))
+    if not 1 <= m["records_per_chunk"] <= 65536:
+        raise NotACacheError("%s: records_per_chunk %r out of range (1 ... 65536)" % (mpath, m["records_per_chunk"]))
+    for s in m["shards"]:
+        f = s["file"]
+        if f.startswith("/") or ".." in f.split("/"):
+            raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
+        if s["records"] < 0:
+            raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
+
+
 class _Shard:
     """One shard's LMDB environment, opened read-only without a lock file (FORMAT 3.3)."""
 
@@ -157,26 +232,14 @@ class Cache:
             raise NotACacheError("%s is not JSON: %s" % (mpath, e)) from e
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise NotACacheError("%s does not name format %r" % (mpath, FORMAT))
-        if m.get("format_version") != FORMAT_VERSION:
+        if _integer(m.get("format_version")) != FORMAT_VERSION:
             raise UnknownVersionError("%s: format_version %r, this reader knows %d"
                                       % (mpath, m.get("format_version"), FORMAT_VERSION))
-        try:
-            self.records_per_chunk = int(m["records_per_chunk"])
-            self.shuffled = m["compression"]["shuffle"] == "byte-planes"
-            self.shard_entries = [dict(s) for s in m["shards"]]
-            counts = [int(s["records"]) for s in self.shard_entries]
-        except (KeyError, TypeError, ValueError) as e:
-            raise NotACacheError("%s lacks a field: %s" % (mpath, e)) from e
-        # The ranges FORMAT.md section 2 gives, checked here so a damaged manifest is refused as
-        # such instead of failing later with an unrelated error.
-        if isinstance(m["records_per_chunk"], bool) or not 1 <= self.records_per_chunk <= 65536:
-            raise NotACacheError("%s: records_per_chunk %r out of range (1 ... 65536)" % (mpath, m["records_per_chunk"]))
-        for s, n in zip(self.shard_entries, counts):
-            f = s.get("file")
-            if not isinstance(f, str) or f.startswith("/") or ".." in f.split("/"):
-                raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
-            if isinstance(s["records"], bool) or n < 0:
-                raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
+        _check_manifest(m, mpath)
+        self.records_per_chunk = m["records_per_chunk"]
+        self.shuffled = m["compression"]["shuffle"] == "byte-planes"
+        self.shard_entries = [dict(s) for s in m["shards"]]
+        counts = [s["records"] for s in self.shard_entries]
         self.manifest = m
         self.classes = m.get("classes")
         self.shard_records = np.asarray(counts, dtype=np.int64)
@@ -224,7 +287,7 @@ class Cache:
         """(shard number, local record number) of a global index."""
         n = len(self)
         if not (0 <= index < n):
-            raise IndexError("index %d not in 0..%d" % (index, n - 1))
+            raise IndexError("index %d not in 0..%d" % (index, n - 1) if n else "index %d: the cache is empty" % index)
         s = bisect.bisect_right(self._starts, index) - 1
         return s, index - self._starts[s]
 
@@ -282,7 +345,11 @@ class Cache:
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             if index < 0:
-                index += len(self)
+                n = len(self)
+                if index < -n:
+                    raise IndexError("index %d not in -%d..%d" % (index, n, n - 1) if n else
+                                     "index %d: the cache is empty" % index)
+                index += n
             return self._decode(index)
         raise TypeError("index with an int; use batch() for many records")
 

@@ -434,6 +434,72 @@ def test_writer_refuses_bad_metadata():
         assert (r["view"], r["label"], r["source_size"], r["crop_box"]) == (7, -1, (3, 4), (0, 1, 2, 2))
 
 
+def test_manifest_types_and_compression_refused():
+    """Manifests the Swift reader refuses: JSON types other than FORMAT.md 2's (numbers as
+    strings, ...) are not a cache; an unknown codec or shuffle is an unknown version."""
+    with TempDir() as d:
+        write(d + "/c", make_records(3))
+        mpath = d + "/c/manifest.json"
+        good = json.load(open(mpath))
+        os.chmod(mpath, 0o644)
+        cases = [
+            (lambda m: m["compression"].update(codec="lz4"), mtokcache.UnknownVersionError,
+             "compression lz4/byte-planes is not known"),
+            (lambda m: m["compression"].update(shuffle="bit-planes"), mtokcache.UnknownVersionError,
+             "compression zstd/bit-planes is not known"),
+            (lambda m: m.update(format_version="1"), mtokcache.UnknownVersionError, "format_version '1'"),
+            (lambda m: m.update(format_version=True), mtokcache.UnknownVersionError, "format_version True"),
+            (lambda m: m["shards"][0].update(records="3"), mtokcache.NotACacheError,
+             "shards[0].records must be an integer"),
+            (lambda m: m["shards"][0].update(records=2.5), mtokcache.NotACacheError, "shards[0].records"),
+            (lambda m: m["totals"].update(records="3"), mtokcache.NotACacheError, "totals.records"),
+            (lambda m: m.update(records_per_chunk="16"), mtokcache.NotACacheError, "records_per_chunk"),
+            (lambda m: m["shards"][0].update(sealed="true"), mtokcache.NotACacheError, "shards[0].sealed"),
+            (lambda m: m["shards"][0].pop("sealed"), mtokcache.NotACacheError, "lacks the field shards[0].sealed"),
+            (lambda m: m["shards"][0].update(file=7), mtokcache.NotACacheError, "shards[0].file"),
+            (lambda m: m["shards"].append(5), mtokcache.NotACacheError, "shards[1]"),
+            (lambda m: m.update(shards={}), mtokcache.NotACacheError, "shards must be an array"),
+            (lambda m: m.update(compression="zstd"), mtokcache.NotACacheError, "compression must be an object"),
+            (lambda m: m["compression"].update(level="3"), mtokcache.NotACacheError, "compression.level"),
+            (lambda m: m.pop("totals"), mtokcache.NotACacheError, "lacks the field totals"),
+            (lambda m: m.update(complete=1), mtokcache.NotACacheError, "complete must be true or false"),
+            (lambda m: m.update(classes=["a", 1]), mtokcache.NotACacheError, "classes"),
+            (lambda m: m.update(part={"rank": "0", "world_size": 1}), mtokcache.NotACacheError, "part.rank"),
+        ]
+        for change, error, words in cases:
+            m = json.loads(json.dumps(good))
+            change(m)
+            json.dump(m, open(mpath, "w"))
+            try:
+                mtokcache.open(d + "/c")
+            except error as e:
+                assert words in str(e) and "manifest.json" in str(e), (words, e)
+            else:
+                raise AssertionError("opened a manifest with %s" % words)
+        # Integral JSON numbers written as 3.0, and optional fields left null, are still a cache.
+        m = json.loads(json.dumps(good))
+        m["shards"][0]["records"] = 3.0
+        m["format_version"] = 1.0
+        m.update(classes=None, part=None, inputs_done=None)
+        json.dump(m, open(mpath, "w"))
+        c = mtokcache.open(d + "/c")
+        assert len(c) == 3 and c[2]["id"] == "img/00002.jpg"
+
+
+def test_negative_index_out_of_range_names_the_callers_index():
+    with TempDir() as d:
+        write(d + "/c", make_records(6))
+        c = mtokcache.open(d + "/c")
+        assert c[-6]["id"] == c[0]["id"] and c[-1]["id"] == c[5]["id"]
+        for i in (-7, -600, 6):
+            try:
+                c[i]
+            except IndexError as e:
+                assert "index %d not in " % i in str(e), e
+            else:
+                raise AssertionError("c[%d] read something" % i)
+
+
 def test_iterable_dataset_epochs_reach_persistent_workers():
     """set_epoch and set_start reach DataLoader workers that persist across epochs (fork and
     spawn), and num_workers=0 follows them too: each epoch's samples are the rank's stream."""
