@@ -94,9 +94,10 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     rank and world_size default to torch.distributed's when it is initialised, else 0 and 1.
     Call `set_epoch(e)` before each epoch (as with DistributedSampler) and `set_start(g)` to
-    resume at global position g (samples consumed by the whole job in this epoch). Workers copy
-    the dataset when an epoch's iteration starts, so with persistent_workers=True these calls do
-    not reach them: leave persistent_workers off, or build a DataLoader per epoch.
+    resume at global position g (samples consumed by the whole job in this epoch), both before
+    the epoch's `iter(loader)`. Epoch and start live in a shared-memory tensor that each worker
+    reads when an epoch's iteration starts, so these calls reach persistent workers
+    (persistent_workers=True) too.
     """
 
     def __init__(self, path, seed=0, batch_size=256, rank=None, world_size=None, padding="pad", epoch=0, start=0,
@@ -109,10 +110,30 @@ class CacheIterableDataset(IterableDataset, _Lazy):
                 rank, world_size = 0, 1
         self.rank, self.world_size = rank, world_size
         self.seed, self.batch_size, self.padding = seed, batch_size, padding
+        # [epoch, start]. Persistent workers keep the copy of the dataset they were given, but a
+        # shared-memory tensor stays shared in it (after fork, and pickled for spawn through
+        # torch.multiprocessing), so what set_epoch and set_start write reaches them.
+        self._progress = torch.zeros(2, dtype=torch.int64).share_memory_()
         self.epoch, self.start = epoch, start
         self.transform = transform
         self.batched = batched
         self.order_args = order_args
+
+    @property
+    def epoch(self):
+        return int(self._progress[0])
+
+    @epoch.setter
+    def epoch(self, epoch):
+        self._progress[0] = epoch
+
+    @property
+    def start(self):
+        return int(self._progress[1])
+
+    @start.setter
+    def start(self, start):
+        self._progress[1] = start
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -131,7 +152,9 @@ class CacheIterableDataset(IterableDataset, _Lazy):
         return _order.rank_count(len(self._cache), self.rank, self.world_size, self.start, self.padding)
 
     def __iter__(self):
-        idx = self.indices()
+        epoch, start = self._progress.tolist()  # once, when this worker's epoch starts
+        idx = self._cache.stream_indices(self.rank, self.world_size, epoch, self.seed, start, self.padding,
+                                         **self.order_args)
         info = get_worker_info()
         k, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         b = self.batch_size

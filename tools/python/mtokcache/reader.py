@@ -5,7 +5,10 @@ import builtins
 import json
 import os
 import re
+import stat
 import struct
+import threading
+import weakref
 
 import lmdb
 import numpy as np
@@ -40,101 +43,328 @@ def open(path, **kwargs):  # noqa: A001 - the package's entry point is mtokcache
     return Cache(path, **kwargs)
 
 
-class _Shard:
-    """One shard's LMDB environment, opened read-only without a lock file (FORMAT 3.3)."""
+def _integer(value):
+    """A JSON integer as an int, else None: json gives 600.0 as a float, and True is no number."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
 
-    def __init__(self, root, entry, records_per_chunk):
+
+_STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false", "an object", "an array", "any"
+# FORMAT.md 2 and manifest.schema.json: (field, type, required). The Swift reader decodes these
+# types and refuses a manifest that does not fit them; so does this one.
+_MANIFEST = (("created_by", _STR, True), ("complete", _BOOL, True), ("records_per_chunk", _INT, True),
+             ("compression", _OBJ, True), ("shard_cap_bytes", _INT, True), ("settings", _ANY, True),
+             ("classes", _LIST, False), ("part", _OBJ, False), ("shards", _LIST, True), ("totals", _OBJ, True),
+             ("content_digest", _STR, False), ("inputs_done", _INT, False))
+_COMPRESSION = (("codec", _STR, True), ("level", _INT, True), ("checksum", _BOOL, True), ("shuffle", _STR, True),
+                ("literals", _STR, False))
+_PART = (("rank", _INT, True), ("world_size", _INT, True))
+_SHARD_ENTRY = (("file", _STR, True), ("records", _INT, True), ("payload_bytes", _INT, True),
+                ("compressed_bytes", _INT, True), ("bytes", _INT, True), ("sealed", _BOOL, True),
+                ("sha256", _STR, False))
+_TOTALS = (("records", _INT, True), ("payload_bytes", _INT, True), ("compressed_bytes", _INT, True),
+           ("bytes_on_disk", _INT, True))
+_IS = {_STR: lambda v: isinstance(v, str), _BOOL: lambda v: type(v) is bool, _OBJ: lambda v: isinstance(v, dict),
+       _LIST: lambda v: isinstance(v, list), _ANY: lambda v: True}
+
+
+def _check_fields(obj, fields, where, mpath):
+    """Checks the types of `obj`'s fields (optional ones may be absent or null); stores integers
+    as ints."""
+    for name, kind, required in fields:
+        if name not in obj or (obj[name] is None and not required):
+            if required:
+                raise NotACacheError("%s lacks the field %s%s" % (mpath, where, name))
+            continue
+        value = obj[name]
+        if kind is _INT:
+            n = _integer(value)
+            if n is None:
+                raise NotACacheError("%s: %s%s must be %s, got %r" % (mpath, where, name, kind, value))
+            obj[name] = n
+        elif not _IS[kind](value):
+            raise NotACacheError("%s: %s%s must be %s, got %r" % (mpath, where, name, kind, value))
+
+
+def _check_manifest(m, mpath):
+    """Refuses a manifest whose fields do not have FORMAT.md 2's types and ranges, as the Swift
+    reader does, so that a damaged one is refused as such instead of failing later with an
+    unrelated error (or not at all)."""
+    _check_fields(m, _MANIFEST, "", mpath)
+    _check_fields(m["compression"], _COMPRESSION, "compression.", mpath)
+    if m.get("part") is not None:
+        _check_fields(m["part"], _PART, "part.", mpath)
+    if m.get("classes") is not None and not all(isinstance(c, str) for c in m["classes"]):
+        raise NotACacheError("%s: classes must be strings" % mpath)
+    _check_fields(m["totals"], _TOTALS, "totals.", mpath)
+    for i, s in enumerate(m["shards"]):
+        if not isinstance(s, dict):
+            raise NotACacheError("%s: shards[%d] must be an object, got %r" % (mpath, i, s))
+        _check_fields(s, _SHARD_ENTRY, "shards[%d]." % i, mpath)
+    c = m["compression"]
+    if c["codec"] != "zstd" or c["shuffle"] not in ("byte-planes", "none"):
+        raise UnknownVersionError("%s: compression %s/%s is not known to this build"
+                                  % (mpath, c["codec"], c["shuffle"]))
+    if not 1 <= m["records_per_chunk"] <= 65536:
+        raise NotACacheError("%s: records_per_chunk %r out of range (1 ... 65536)" % (mpath, m["records_per_chunk"]))
+    for s in m["shards"]:
+        f = s["file"]
+        if f.startswith("/") or ".." in f.split("/"):
+            raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
+        if s["records"] < 0:
+            raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
+
+
+class _Replaced(Exception):
+    """The file at a shard's path changed while it was being opened (a writer sealing it)."""
+
+
+class _Env:
+    """One shard file's LMDB environment, opened read-only without a lock file (FORMAT 3.3)."""
+
+    def __init__(self, path, file, map_size, key):
+        # Hold the file we mean and open that one, through /dev/fd: LMDB then maps exactly it even
+        # if a writer renames a compacted copy over the path meanwhile, and py-lmdb's guard against
+        # opening a file twice knows it by this file alone. Opened by its path, the guard also keys
+        # it by path + "-lock" when that exists (a writer's lock file); once the writer deletes it
+        # and creates the next shard's, often under the freed inode number, that next shard would
+        # be refused as "already open in this process" for as long as this environment lives.
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise _Replaced() from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != key:
+                raise _Replaced()
+            by_fd = os.path.isdir("/dev/fd")
+            kwargs = {} if map_size is None else {"map_size": map_size}
+            try:
+                env = lmdb.open("/dev/fd/%d" % fd if by_fd else path, subdir=False, readonly=True, lock=False,
+                                readahead=False, max_dbs=4, max_spare_txns=0, **kwargs)
+            except lmdb.Error as e:
+                raise ShardMismatchError("cannot open as LMDB: %s" % str(e).replace("/dev/fd/%d" % fd, path),
+                                         shard=file) from e
+            try:
+                if not by_fd:
+                    try:
+                        st = os.stat(path)
+                    except FileNotFoundError:
+                        raise _Replaced() from None
+                    if (st.st_dev, st.st_ino) != key:
+                        raise _Replaced()
+                # A truncated file opens, but touching its missing pages through the map raises
+                # SIGBUS. A writer writes a commit's pages before its meta page, so a shard being
+                # written passes too.
+                need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+                size = os.fstat(fd).st_size
+                if size < need:
+                    raise ShardMismatchError("file is truncated: %d bytes, its pages need %d" % (size, need),
+                                             shard=file)
+                self.records = env.open_db(b"records", create=False)
+                self.ids = env.open_db(b"ids", create=False)
+                self.digests = env.open_db(b"digests", create=False)
+                self.meta = env.open_db(b"meta", create=False)
+            except lmdb.Error as e:
+                env.close()
+                raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=file) from e
+            except BaseException:
+                env.close()
+                raise
+        finally:
+            os.close(fd)
+        self.env = env
+        self.key = key
+        self.users = 0
+
+
+class _Shard:
+    """One Cache's view of one shard: the process's environment of the file (_acquire) and a read
+    snapshot taken when the Cache first read it, checked against the Cache's manifest entry."""
+
+    def __init__(self, root, entry, records_per_chunk, map_size):
         self.file = entry["file"]
-        path = os.path.join(root, self.file)
-        self.path = path
-        if not os.path.isfile(path):
-            raise MissingShardError("%s does not exist" % path, shard=self.file)
+        self.path = os.path.join(root, self.file)
+        self.count = entry["records"]
+        self.sealed = entry["sealed"]
+        # A shard still being written can grow past its size now: map room for it, as its writer does.
+        self._env = _acquire(self.path, self.file, None if self.sealed else map_size)
+        self.txn = None
         try:
-            env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False, max_dbs=4,
-                            max_spare_txns=0)
-        except lmdb.Error as e:
-            raise ShardMismatchError("cannot open as LMDB: %s" % e, shard=self.file) from e
-        # A truncated file opens, but touching its missing pages through the map raises SIGBUS.
-        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        size = os.path.getsize(path)
-        if size < need:
-            env.close()
-            raise ShardMismatchError("file is truncated: %d bytes, its pages need %d" % (size, need), shard=self.file)
-        try:
-            self.records = env.open_db(b"records", create=False)
-            self.ids = env.open_db(b"ids", create=False)
-            self.digests = env.open_db(b"digests", create=False)
-            meta_db = env.open_db(b"meta", create=False)
-        except lmdb.Error as e:
-            env.close()
-            raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=self.file) from e
-        with env.begin(db=meta_db) as txn:
-            meta = {bytes(k).decode("ascii", "replace"): bytes(v).decode("ascii", "replace") for k, v in txn.cursor()}
+            self._check(records_per_chunk)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self, records_per_chunk):
+        e = self._env
+        self.env, self.records, self.ids, self.digests = e.env, e.records, e.ids, e.digests
+        # buffers=True avoids copying chunks.
+        txn = self.env.begin(buffers=True)
+        self.txn = txn
+        meta = {bytes(k).decode("ascii", "replace"): bytes(v).decode("ascii", "replace")
+                for k, v in txn.cursor(db=e.meta)}
         if meta.get("format") != SHARD_FORMAT:
-            env.close()
             raise UnknownVersionError("shard format %r, expected %r" % (meta.get("format"), SHARD_FORMAT),
                                       shard=self.file)
         if meta.get("records_per_chunk") != str(records_per_chunk):
-            env.close()
             raise ShardMismatchError("records_per_chunk %r differs from the manifest's %d"
                                      % (meta.get("records_per_chunk"), records_per_chunk), shard=self.file)
-        if meta.get("count") != str(entry["records"]):
-            env.close()
-            raise ShardMismatchError("holds %r records, manifest says %d" % (meta.get("count"), entry["records"]),
+        count = meta.get("count", "")
+        held = int(count) if count.isdigit() and count.isascii() else -1
+        # FORMAT 6.2: a writer commits a batch to the shard before it rewrites the manifest, so an
+        # unsealed shard may hold more records than the manifest lists; they are not yet part of
+        # the cache, and the manifest's count is what this Cache reads.
+        if (held != self.count) if self.sealed else (held < self.count):
+            raise ShardMismatchError("holds %r records, manifest says %d" % (meta.get("count"), self.count),
                                      shard=self.file)
-        self.env = env
-        # One long read transaction per shard and process: no writer may run (lock=False), so it
-        # pins nothing, and it saves a begin/abort per record. buffers=True avoids copying chunks.
-        self.txn = env.begin(buffers=True)
+        if not self.sealed:
+            # An unsealed shard may have a writer in another process. It cannot see this reader
+            # (lock=False), so it reuses the pages of our snapshot two commits later: read each
+            # record in a snapshot of its own (get), taken when it is read.
+            txn.abort()
+            self.txn = None
+        # A sealed shard keeps one long read transaction per Cache: no writer touches the file, so
+        # it pins nothing, and it saves a begin/abort per record.
+
+    def get(self, key, db):
+        """The value of `key` in `db` (a copy), read in a snapshot of the shard as it is now."""
+        try:
+            with self.env.begin() as txn:
+                return txn.get(key, db=db)
+        except lmdb.MapResizedError as e:
+            raise ShardMismatchError("grew past the %d bytes this process mapped for it; close its Caches and "
+                                     "open it again" % self.env.info()["map_size"], shard=self.file) from e
 
     def close(self):
-        self.txn.abort()
-        self.env.close()
+        if self.txn is not None:
+            try:
+                self.txn.abort()
+            except lmdb.Error:
+                pass
+            self.txn = None
+        if self._env is not None:
+            _release(self._env)
+            self._env = None
 
 
-# Shards open in this process, shared by every Cache of the same files: LMDB (and py-lmdb's
-# guard) forbid opening one environment twice in a process. Keyed by real path; value
-# [shard, users]. After a fork the child inherits the parent's entries: it closes them (safe for
-# read-only MDB_NOLOCK environments: that only unmaps and closes the child's copies) and opens
-# its own, as lmdb.h requires.
+# Shard environments open in this process, one per file, shared by every Cache that reads it:
+# py-lmdb refuses to open a file that is already open in the process (LMDB's lock-file rule,
+# applied to lock=False environments too). Keyed by the file's (st_dev, st_ino), so a cache
+# rebuilt at the same path has new files and gets new environments, while Caches that still hold
+# the old ones keep reading them; each Cache takes its own snapshot (_Shard), so one opened after
+# a shard grew sees what it holds then. Value: _Env, with `users` counting the _Shards on it.
+# After a fork the child inherits the parent's entries: it closes them (safe for read-only
+# MDB_NOLOCK environments: that only unmaps and closes the child's copies) and opens its own, as
+# lmdb.h requires.
 _REGISTRY = {}
 _REGISTRY_PID = os.getpid()
+_LOCK = threading.Lock()
+# Shards of Caches that the garbage collector took while another registry call was under way
+# (it may run in the middle of one, on the same thread): the next call releases them.
+_DEFERRED = []
 
 
-def _acquire(root, entry, records_per_chunk):
+def _renew_lock():
+    global _LOCK
+    _LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_renew_lock)
+
+
+def _forget_parent():
+    """Called with _LOCK held."""
     global _REGISTRY_PID
     if _REGISTRY_PID != os.getpid():
-        for shard, _ in _REGISTRY.values():
+        for e in _REGISTRY.values():
             try:
-                shard.env.close()
+                e.env.close()
             except lmdb.Error:
                 pass
         _REGISTRY.clear()
+        del _DEFERRED[:]
         _REGISTRY_PID = os.getpid()
-    key = os.path.realpath(os.path.join(root, entry["file"]))
-    slot = _REGISTRY.get(key)
-    if slot is None:
-        slot = _REGISTRY[key] = [_Shard(root, entry, records_per_chunk), 0]
-    slot[1] += 1
-    return slot[0]
-
-
-def _release(shard):
-    key = os.path.realpath(shard.path)
-    slot = _REGISTRY.get(key)
-    if slot is not None and slot[0] is shard:
-        slot[1] -= 1
-        if slot[1] == 0:
-            del _REGISTRY[key]
+    while _DEFERRED:
+        for shard in _DEFERRED.pop():
             shard.close()
 
 
+def _acquire(path, file, map_size):
+    """The process's environment of the file at `path` (called with _LOCK held)."""
+    _forget_parent()
+    for _ in range(3):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise MissingShardError("%s does not exist" % path, shard=file)
+        key = (st.st_dev, st.st_ino)
+        env = _REGISTRY.get(key)
+        if env is None:
+            try:
+                env = _REGISTRY[key] = _Env(path, file, map_size, key)
+            except _Replaced:
+                continue
+        env.users += 1
+        return env
+    raise ShardMismatchError("replaced again and again while it opened", shard=file)
+
+
+def _release(env):
+    """Called with _LOCK held."""
+    env.users -= 1
+    if env.users == 0:
+        if _REGISTRY.get(env.key) is env:
+            del _REGISTRY[env.key]
+        env.env.close()
+
+
+def _open_shards(root, entries, records_per_chunk, map_size):
+    shards = []
+    with _LOCK:
+        try:
+            for e in entries:
+                shards.append(_Shard(root, e, records_per_chunk, map_size))
+        except BaseException:
+            for s in shards:
+                s.close()
+            raise
+    return shards
+
+
+def _close_shards(shards, pid):
+    if pid == os.getpid():  # a forked child leaves its parent's shards alone
+        with _LOCK:
+            _forget_parent()
+            for s in shards:
+                s.close()
+
+
+def _collected(shards, pid):
+    """Finalizer of a Cache: releases its shards unless a registry call is under way."""
+    if pid != os.getpid():
+        return
+    _DEFERRED.append(shards)
+    if _LOCK.acquire(blocking=False):
+        try:
+            _forget_parent()
+        finally:
+            _LOCK.release()
+
+
 class Cache:
-    """A finished cache opened for reading.
+    """A cache opened for reading: a finished one, or one still being written, of which it reads
+    the records its manifest listed when it was opened (open it again to see more).
 
     LMDB environments are opened lazily, per process: after a fork (DataLoader workers) the child
-    opens its own on first use and never touches the parent's. Per-process memory is a few small
-    NumPy arrays (no per-record Python objects).
+    opens its own on first use and never touches the parent's. They are released by close(), or
+    when the Cache is garbage-collected. Per-process memory is a few small NumPy arrays (no
+    per-record Python objects).
 
     `latents` (and `logvar`) come back as float32 by default; `latent_format="raw"` keeps the
     stored dtype (bf16 as uint16 bit patterns).
@@ -157,26 +387,16 @@ class Cache:
             raise NotACacheError("%s is not JSON: %s" % (mpath, e)) from e
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise NotACacheError("%s does not name format %r" % (mpath, FORMAT))
-        if m.get("format_version") != FORMAT_VERSION:
+        if _integer(m.get("format_version")) != FORMAT_VERSION:
             raise UnknownVersionError("%s: format_version %r, this reader knows %d"
                                       % (mpath, m.get("format_version"), FORMAT_VERSION))
-        try:
-            self.records_per_chunk = int(m["records_per_chunk"])
-            self.shuffled = m["compression"]["shuffle"] == "byte-planes"
-            self.shard_entries = [dict(s) for s in m["shards"]]
-            counts = [int(s["records"]) for s in self.shard_entries]
-        except (KeyError, TypeError, ValueError) as e:
-            raise NotACacheError("%s lacks a field: %s" % (mpath, e)) from e
-        # The ranges FORMAT.md section 2 gives, checked here so a damaged manifest is refused as
-        # such instead of failing later with an unrelated error.
-        if isinstance(m["records_per_chunk"], bool) or not 1 <= self.records_per_chunk <= 65536:
-            raise NotACacheError("%s: records_per_chunk %r out of range (1 ... 65536)" % (mpath, m["records_per_chunk"]))
-        for s, n in zip(self.shard_entries, counts):
-            f = s.get("file")
-            if not isinstance(f, str) or f.startswith("/") or ".." in f.split("/"):
-                raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
-            if isinstance(s["records"], bool) or n < 0:
-                raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
+        _check_manifest(m, mpath)
+        self.records_per_chunk = m["records_per_chunk"]
+        self.shuffled = m["compression"]["shuffle"] == "byte-planes"
+        self.shard_entries = [dict(s) for s in m["shards"]]
+        counts = [s["records"] for s in self.shard_entries]
+        # What an unsealed shard's environment maps: room to grow, as its writer reserves.
+        self._map_size = 2 * max(m["shard_cap_bytes"], 0) + (256 << 20)
         self.manifest = m
         self.classes = m.get("classes")
         self.shard_records = np.asarray(counts, dtype=np.int64)
@@ -186,27 +406,36 @@ class Cache:
         self._pid = None
         self._shards = None
         self._dctx = None
+        self._finalizer = None
 
     # -- process-local state ------------------------------------------------------------------
 
     def _open(self):
         pid = os.getpid()
         if self._pid != pid:
-            self._shards = [_acquire(self.path, e, self.records_per_chunk) for e in self.shard_entries]
+            if self._finalizer is not None:
+                self._finalizer.detach()  # the parent's shards, after a fork: the parent releases them
+            shards = _open_shards(self.path, self.shard_entries, self.records_per_chunk, self._map_size)
+            # A Cache that is dropped without close() releases its shards too, so that a cache
+            # rebuilt or grown at this path is not held open (and its old files not kept) for good.
+            self._finalizer = weakref.finalize(self, _collected, shards, pid)
+            self._finalizer.atexit = False  # exiting unmaps them anyway
+            self._shards = shards
             self._dctx = zstandard.ZstdDecompressor()
             self._pid = pid
         return self._shards
 
     def close(self):
-        if self._shards is not None and self._pid == os.getpid():
-            for s in self._shards:
-                _release(s)
-        self._shards, self._pid = None, None
+        """Releases this Cache's shards; reading again reopens them."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            _close_shards(self._shards, self._pid)
+        self._shards, self._pid, self._finalizer = None, None, None
 
     def __getstate__(self):
         # Pickled into spawned workers: the handles stay behind and reopen lazily there.
         state = self.__dict__.copy()
-        state.update(_pid=None, _shards=None, _dctx=None)
+        state.update(_pid=None, _shards=None, _dctx=None, _finalizer=None)
         return state
 
     def __enter__(self):
@@ -224,7 +453,7 @@ class Cache:
         """(shard number, local record number) of a global index."""
         n = len(self)
         if not (0 <= index < n):
-            raise IndexError("index %d not in 0..%d" % (index, n - 1))
+            raise IndexError("index %d not in 0..%d" % (index, n - 1) if n else "index %d: the cache is empty" % index)
         s = bisect.bisect_right(self._starts, index) - 1
         return s, index - self._starts[s]
 
@@ -236,7 +465,11 @@ class Cache:
         R = self.records_per_chunk
         chunk_no, slot = divmod(local, R)
         loc = dict(shard=shard.file, chunk=chunk_no, index=index)
-        chunk = shard.txn.get(struct.pack(">Q", chunk_no), db=shard.records)
+        txn = shard.txn
+        if txn is not None:
+            chunk = txn.get(struct.pack(">Q", chunk_no), db=shard.records)
+        else:
+            chunk = shard.get(struct.pack(">Q", chunk_no), shard.records)
         if chunk is None:
             raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
         # FORMAT 3.2: u32 n, u32 offsets[n + 1], frames; check the offsets before slicing.
@@ -282,7 +515,11 @@ class Cache:
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             if index < 0:
-                index += len(self)
+                n = len(self)
+                if index < -n:
+                    raise IndexError("index %d not in -%d..%d" % (index, n, n - 1) if n else
+                                     "index %d: the cache is empty" % index)
+                index += n
             return self._decode(index)
         raise TypeError("index with an int; use batch() for many records")
 
@@ -340,11 +577,14 @@ class Cache:
             return None
         key = raw + b"\x00" + struct.pack(">H", view)
         for s, shard in enumerate(self._open()):
-            v = shard.txn.get(key, db=shard.ids)
+            v = shard.txn.get(key, db=shard.ids) if shard.txn is not None else shard.get(key, shard.ids)
             if v is not None:
                 if len(v) != 4:
                     raise CorruptRecordError("ids value of %d bytes" % len(v), shard=shard.file, id=id, view=view)
-                return int(self.bounds[s]) + struct.unpack("<I", v)[0]
+                local = struct.unpack("<I", v)[0]
+                if local >= shard.count:  # committed to an unsealed shard, not yet listed (_Shard)
+                    return None
+                return int(self.bounds[s]) + local
         return None
 
     def batch(self, indices):

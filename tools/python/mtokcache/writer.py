@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import struct
 
 import lmdb
@@ -72,6 +73,33 @@ def _chunk_frames(chunk):
     offsets = np.frombuffer(chunk, "<u4", count=n + 1, offset=4)
     base = 4 + 4 * (n + 1)
     return [bytes(chunk[base + offsets[i]:base + offsets[i + 1]]) for i in range(n)]
+
+
+# FORMAT 4.1's metadata as the readers check it: decimal integers (Swift reads them as Int, so at
+# most 2^63 - 1), view 0 ... 65535 (the ids key holds it in 2 bytes), label >= -1, source_size and
+# crop_box non-negative. Checked at append, so a bad value is refused before anything is written.
+_INT64_MAX = (1 << 63) - 1
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _meta_int(name, value, lo, hi):
+    # int() would truncate 1.5 and take True as 1 without a word.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError("%s must be an integer, got %r" % (name, value))
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError("%s must be %d ... %d, got %d" % (name, lo, hi, value))
+    return value
+
+
+def _meta_ints(name, values, count):
+    try:
+        items = None if isinstance(values, (str, bytes)) else tuple(values)
+    except TypeError:
+        items = None
+    if items is None or len(items) != count:
+        raise ValueError("%s must be %d integers, got %r" % (name, count, values))
+    return tuple(_meta_int(name, v, 0, _INT64_MAX) for v in items)
 
 
 class Writer:
@@ -263,16 +291,25 @@ class Writer:
     def append(self, id, latents, indices, groups, label=-1, view=0, logvar=None, source_size=(0, 0),
                crop_box=(0, 0, 0, 0), source_sha256=""):
         """Adds one record. `indices` must be uint16 or uint32, `groups` uint8 or uint16 (their
-        dtype is stored as given)."""
+        dtype is stored as given). Metadata the readers would refuse (FORMAT.md 4.1: view 0 ...
+        65535, label >= -1, non-negative integers in source_size and crop_box, source_sha256 hex or
+        empty) raises ValueError naming the field, and nothing is added."""
         if self._finished:
             raise RuntimeError("writer already finished")
-        raw_id = id.encode("utf-8")
-        if not (1 <= len(raw_id) <= 508) or b"\x00" in raw_id:
-            raise ValueError("id must be 1 ... 508 UTF-8 bytes without NUL: %r" % id[:80])
-        if not (0 <= view <= 65535):
-            raise ValueError("view must be 0 ... 65535")
-        if label < -1:
-            raise ValueError("label must be >= -1")
+        try:
+            raw_id = id.encode("utf-8") if isinstance(id, str) else None
+        except UnicodeEncodeError:  # a lone surrogate
+            raw_id = None
+        if raw_id is None or not (1 <= len(raw_id) <= 508) or b"\x00" in raw_id:
+            raise ValueError("id must be a str of 1 ... 508 UTF-8 bytes without NUL, got %r"
+                             % (id[:80] if isinstance(id, str) else id,))
+        view = _meta_int("view", view, 0, 65535)
+        label = _meta_int("label", label, -1, _INT64_MAX)
+        source_size = _meta_ints("source_size", source_size, 2)
+        crop_box = _meta_ints("crop_box", crop_box, 4)
+        if not isinstance(source_sha256, str) or not (source_sha256 == "" or _SHA256_HEX.match(source_sha256)):
+            raise ValueError("source_sha256 must be the source file's SHA-256 as 64 lower-case hex digits, or '' "
+                             "when unknown, got %r" % (source_sha256,))
         key = raw_id + b"\x00" + struct.pack(">H", view)
         if key in self._seen:
             raise ValueError("duplicate (id, view): (%r, %d)" % (id, view))
@@ -296,8 +333,8 @@ class Writer:
             tensors.append(("logvar", ldt, lv))
         tensors.append(("indices", _SAFETENSORS[indices.dtype.newbyteorder("<")], indices.astype(indices.dtype.newbyteorder("<"))))
         tensors.append(("groups", _SAFETENSORS[groups.dtype.newbyteorder("<")], groups.astype(groups.dtype.newbyteorder("<"))))
-        meta = {"mtok.format": RECORD_FORMAT, "id": id, "view": str(int(view)), "label": str(int(label)),
-                "source_size": "%d,%d" % tuple(source_size), "crop_box": "%d,%d,%d,%d" % tuple(crop_box),
+        meta = {"mtok.format": RECORD_FORMAT, "id": id, "view": str(view), "label": str(label),
+                "source_size": ",".join(map(str, source_size)), "crop_box": ",".join(map(str, crop_box)),
                 "source_sha256": source_sha256}
         payload, data_start = _payload(tensors, meta)
         stored = _shuffle(payload, data_start, tensors) if self.shuffle == "byte-planes" else payload
@@ -384,6 +421,10 @@ class Writer:
                              "compressed_bytes": self._compressed_bytes,
                              "bytes": os.path.getsize(self._shard_path), "sealed": True, "sha256": h.hexdigest()})
         self._count = 0  # its records now count through self._shards
+        # A partial chunk committed by flush() stays the sealed shard's last chunk: the next shard
+        # starts a chunk of its own.
+        self._pending = []
+        self._pending_committed = 0
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete):

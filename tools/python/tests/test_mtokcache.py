@@ -1,4 +1,5 @@
-"""Unit tests of mtokcache that need only numpy, lmdb and zstandard (no torch, no Swift).
+"""Unit tests of mtokcache that need only numpy, lmdb and zstandard (no Swift; the one test of
+the PyTorch dataset is skipped without torch).
 
 Run as a script (`python tools/python/tests/test_mtokcache.py`, exit status 0 when all pass), or
 with pytest. Tests/ReaderTests runs the script.
@@ -380,6 +381,352 @@ def test_reopens_after_fork():
         _, status = os.waitpid(pid, 0)
         assert os.WEXITSTATUS(status) == 0
         assert np.array_equal(c[3]["latents"], parent)
+
+
+def test_open_reads_a_cache_rebuilt_at_the_same_path():
+    """A cache deleted and written again at the same path is read anew by the next open(), while
+    a Cache opened before keeps reading the files it opened; dropped Caches release their shards."""
+    import gc
+    from mtokcache import reader
+    open_before = len(reader._REGISTRY)
+    with TempDir() as d:
+        old = list(make_records(8, seed=1))
+        write(d + "/c", old)
+        c1 = mtokcache.open(d + "/c")
+        assert c1[7]["id"] == old[7]["id"]
+        shutil.rmtree(d + "/c")
+        new = list(make_records(40, seed=2))
+        write(d + "/c", new, records_per_chunk=4)
+        c2 = mtokcache.open(d + "/c")
+        assert len(c2) == 40
+        for i in (0, 7, 39):
+            assert np.array_equal(c2[i]["indices"], new[i]["indices"]), i
+        assert np.array_equal(c1[7]["indices"], old[7]["indices"])  # still its own (deleted) files
+        assert np.array_equal(mtokcache.open(d + "/c")[39]["indices"], new[39]["indices"])
+        c1.close()
+        assert np.array_equal(c2[39]["indices"], new[39]["indices"])
+        del c2
+        gc.collect()
+        assert len(reader._REGISTRY) == open_before, "environments of dropped Caches are still open"
+
+
+# A writer that lists its open shard in the manifest, as the Swift writer does (mtokcache.Writer
+# lists shards once sealed), so that readers see an unsealed shard.
+_LISTING_WRITER = r"""
+import sys, os
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
+import mtokcache
+from test_mtokcache import make_records
+
+class Writer(mtokcache.Writer):
+    def _write_manifest(self, complete):
+        if self._env is None:
+            return super()._write_manifest(complete)
+        info = self._env.info()
+        self._shards.append({"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
+                             "compressed_bytes": self._compressed_bytes, "sealed": False,
+                             "bytes": (info["last_pgno"] + 1) * self._env.stat()["psize"]})
+        try:
+            super()._write_manifest(complete)
+        finally:
+            self._shards.pop()
+"""
+
+_STEPPED_WRITER = _LISTING_WRITER + r"""
+recs = list(make_records(16))
+w = Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4)
+for r in recs[:10]:
+    w.append(**r)
+w.flush()
+for r in recs[10:]:
+    w.append(**r)  # commits records 8 ... 15 to the shard; the manifest still lists 10
+print("committed", flush=True)
+sys.stdin.readline()
+w.flush()
+print("listed", flush=True)
+sys.stdin.readline()
+w.finish()
+print("finished", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_reads_a_cache_while_it_is_written():
+    """FORMAT 6.2: a writer commits to the shard before it rewrites the manifest, so an unsealed
+    shard may hold more records than the manifest lists. A reader reads the listed ones; a Cache
+    opened later reads what was listed by then, and the earlier Caches go on working."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    recs = list(make_records(16))
+    with TempDir() as d:
+        path = d + "/c"
+        child = subprocess.Popen([sys.executable, "-c", _STEPPED_WRITER, path, here], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            def step(want):
+                line = child.stdout.readline().strip()
+                assert line == want, (line, want)
+            step("committed")
+            c1 = mtokcache.open(path)
+            assert len(c1) == 10 and not c1.shard_entries[0]["sealed"]
+            assert np.array_equal(c1[9]["indices"], recs[9]["indices"])
+            assert c1.index_of(recs[9]["id"], recs[9]["view"]) == 9
+            assert c1.index_of(recs[12]["id"], recs[12]["view"]) is None  # committed, not listed
+            assert c1.batch([9, 0])["ids"] == [recs[9]["id"], recs[0]["id"]]
+            child.stdin.write("\n")
+            child.stdin.flush()
+            step("listed")
+            c2 = mtokcache.open(path)
+            assert len(c2) == 16 and np.array_equal(c2[15]["indices"], recs[15]["indices"])
+            assert c2.index_of(recs[12]["id"], recs[12]["view"]) == 12
+            assert np.array_equal(c1[9]["indices"], recs[9]["indices"]) and len(c1) == 10
+            child.stdin.write("\n")
+            child.stdin.flush()
+            step("finished")
+            c3 = mtokcache.open(path)
+            assert c3.manifest["complete"] and c3.shard_entries[0]["sealed"]
+            assert [c3[i]["id"] for i in range(16)] == [r["id"] for r in recs]
+            assert c2[15]["id"] == recs[15]["id"] and c1[9]["id"] == recs[9]["id"]
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.wait(30) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def test_shard_holding_fewer_records_than_listed_is_refused():
+    """An unsealed shard may hold more records than its manifest entry, never fewer; a sealed one
+    holds exactly as many."""
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4)
+        for r in make_records(10):
+            w.append(**r)
+        w.close()  # 10 records in shard-00000, unsealed (and not listed: see _LISTING_WRITER)
+        mpath = d + "/c/manifest.json"
+        good = json.load(open(mpath))
+        for sealed, records, ok in ((False, 9, True), (False, 10, True), (False, 11, False), (True, 9, False),
+                                    (True, 11, False)):
+            m = json.loads(json.dumps(good))
+            m["shards"] = [{"file": "shards/shard-00000.mdb", "records": records, "payload_bytes": 0,
+                            "compressed_bytes": 0, "bytes": 0, "sealed": sealed}]
+            json.dump(m, open(mpath, "w"))
+            c = mtokcache.open(d + "/c")
+            try:
+                got = c[records - 1]["id"]
+            except mtokcache.ShardMismatchError as e:
+                assert not ok, e
+                assert "holds '10' records, manifest says %d" % records in str(e), e
+            else:
+                assert ok and got == "img/%05d.jpg" % (records - 1), (sealed, records, got)
+                assert len(c) == records and c.index_of("img/00009.jpg", 0) == (9 if records == 10 else None)
+            c.close()
+
+
+def test_writers_lock_files_do_not_block_other_shards():
+    """A writer's lock file beside a shard (shard-NNNNN.mdb-lock) plays no part in reading. py-lmdb
+    refuses a second environment whose files it has open; a writer that deletes one shard's lock
+    file and creates the next one's often gets the freed inode number, so two lock files with the
+    same inode (a hard link here) must not keep the second shard from opening."""
+    with TempDir() as d:
+        recs = list(make_records(12))
+        write(d + "/c", recs, records_per_chunk=4, shard_cap_bytes=1)
+        shards = d + "/c/shards/"
+        assert sorted(os.listdir(shards))[:2] == ["shard-00000.mdb", "shard-00001.mdb"]
+        open(shards + "shard-00000.mdb-lock", "wb").close()
+        os.link(shards + "shard-00000.mdb-lock", shards + "shard-00001.mdb-lock")
+        c = mtokcache.open(d + "/c")
+        assert [c[i]["id"] for i in range(12)] == [r["id"] for r in recs]
+
+
+_BUSY_WRITER = _LISTING_WRITER + r"""
+w = Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4, shard_cap_bytes=60000)
+for i, r in enumerate(make_records(240)):
+    w.append(**r)
+    if i % 3 == 2:
+        w.flush()
+w.finish()
+"""
+
+
+def test_readers_during_a_busy_write():
+    """Caches opened over and over while a writer commits (and seals shards) read the last listed
+    record every time."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    recs = list(make_records(240))
+    with TempDir() as d:
+        path = d + "/c"
+        child = subprocess.Popen([sys.executable, "-c", _BUSY_WRITER, path, here])
+        try:
+            seen = set()
+            while child.poll() is None or not seen:
+                try:
+                    c = mtokcache.open(path)
+                except mtokcache.NotACacheError:
+                    continue  # not created yet
+                n = len(c)
+                if n:
+                    got = c[n - 1]
+                    assert got["id"] == recs[n - 1]["id"] and np.array_equal(got["indices"], recs[n - 1]["indices"])
+                    assert c.index_of(recs[n - 1]["id"], recs[n - 1]["view"]) == n - 1
+                    seen.add(n)
+                c.close()
+            assert child.wait() == 0
+            c = mtokcache.open(path)
+            assert len(c) == 240 and c.manifest["complete"] and len(c.shard_entries) > 2
+            assert c[239]["id"] == recs[239]["id"]
+            assert len(seen) > 3, seen
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def test_seal_after_a_flushed_partial_chunk():
+    """A flush() whose partial chunk takes the shard past its cap seals the shard with that chunk
+    last; the records after it go to the next shard, once each."""
+    import hashlib
+    with TempDir() as d:
+        recs = list(make_records(10))
+        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4, shard_cap_bytes=1)
+        for r in recs[:2]:
+            w.append(**r)
+        w.flush()  # 2 records, past the cap: sealed
+        for r in recs[2:]:
+            w.append(**r)
+        w.finish()
+        c = mtokcache.open(d + "/c")
+        assert [s["records"] for s in c.shard_entries] == [2, 4, 4], c.shard_entries
+        assert [c[i]["id"] for i in range(len(c))] == [r["id"] for r in recs]
+        h = hashlib.sha256()
+        for i in range(len(c)):
+            h.update(hashlib.sha256(c.payload(i)).digest())
+        assert c.manifest["content_digest"] == "sha256:" + h.hexdigest()
+
+
+def test_writer_refuses_bad_metadata():
+    """Metadata the readers would refuse (FORMAT 4.1) is refused at append, naming the field, and
+    leaves nothing behind."""
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/c", settings={"test": True})
+        good = next(make_records(1))
+        bad = [("source_size", (-1, 5)), ("source_size", (1,)), ("source_size", (1.5, 2)), ("source_size", "640,480"),
+               ("source_size", None), ("source_size", (2**63, 1)), ("crop_box", (-3, 0, 1, 1)),
+               ("crop_box", (0, 0, 1)), ("crop_box", (0, 0, 1, np.float32(2))), ("view", -1), ("view", 65536),
+               ("view", 1.5), ("view", True), ("view", "1"), ("label", -2), ("label", 0.5), ("label", "3"),
+               ("label", 2**63), ("id", ""), ("id", b"img"), ("id", "a\x00b"), ("id", "x" * 509), ("id", "\udc80"),
+               ("id", None), ("source_sha256", "AB" * 32), ("source_sha256", "ab"), ("source_sha256", None)]
+        for field, value in bad:
+            try:
+                w.append(**dict(good, **{field: value}))
+            except ValueError as e:
+                assert str(e).startswith(field + " must"), (field, value, e)
+            else:
+                raise AssertionError("append took %s=%r" % (field, value))
+        assert len(w) == 0
+        w.append(**dict(good, view=np.uint16(7), label=np.int64(-1), source_size=np.array([3, 4]),
+                        crop_box=[0, 1, 2, 2], source_sha256=""))
+        w.finish()
+        c = mtokcache.open(d + "/c")
+        assert len(c) == 1
+        r = c[0]
+        assert (r["view"], r["label"], r["source_size"], r["crop_box"]) == (7, -1, (3, 4), (0, 1, 2, 2))
+
+
+def test_manifest_types_and_compression_refused():
+    """Manifests the Swift reader refuses: JSON types other than FORMAT.md 2's (numbers as
+    strings, ...) are not a cache; an unknown codec or shuffle is an unknown version."""
+    with TempDir() as d:
+        write(d + "/c", make_records(3))
+        mpath = d + "/c/manifest.json"
+        good = json.load(open(mpath))
+        os.chmod(mpath, 0o644)
+        cases = [
+            (lambda m: m["compression"].update(codec="lz4"), mtokcache.UnknownVersionError,
+             "compression lz4/byte-planes is not known"),
+            (lambda m: m["compression"].update(shuffle="bit-planes"), mtokcache.UnknownVersionError,
+             "compression zstd/bit-planes is not known"),
+            (lambda m: m.update(format_version="1"), mtokcache.UnknownVersionError, "format_version '1'"),
+            (lambda m: m.update(format_version=True), mtokcache.UnknownVersionError, "format_version True"),
+            (lambda m: m["shards"][0].update(records="3"), mtokcache.NotACacheError,
+             "shards[0].records must be an integer"),
+            (lambda m: m["shards"][0].update(records=2.5), mtokcache.NotACacheError, "shards[0].records"),
+            (lambda m: m["totals"].update(records="3"), mtokcache.NotACacheError, "totals.records"),
+            (lambda m: m.update(records_per_chunk="16"), mtokcache.NotACacheError, "records_per_chunk"),
+            (lambda m: m["shards"][0].update(sealed="true"), mtokcache.NotACacheError, "shards[0].sealed"),
+            (lambda m: m["shards"][0].pop("sealed"), mtokcache.NotACacheError, "lacks the field shards[0].sealed"),
+            (lambda m: m["shards"][0].update(file=7), mtokcache.NotACacheError, "shards[0].file"),
+            (lambda m: m["shards"].append(5), mtokcache.NotACacheError, "shards[1]"),
+            (lambda m: m.update(shards={}), mtokcache.NotACacheError, "shards must be an array"),
+            (lambda m: m.update(compression="zstd"), mtokcache.NotACacheError, "compression must be an object"),
+            (lambda m: m["compression"].update(level="3"), mtokcache.NotACacheError, "compression.level"),
+            (lambda m: m.pop("totals"), mtokcache.NotACacheError, "lacks the field totals"),
+            (lambda m: m.update(complete=1), mtokcache.NotACacheError, "complete must be true or false"),
+            (lambda m: m.update(classes=["a", 1]), mtokcache.NotACacheError, "classes"),
+            (lambda m: m.update(part={"rank": "0", "world_size": 1}), mtokcache.NotACacheError, "part.rank"),
+        ]
+        for change, error, words in cases:
+            m = json.loads(json.dumps(good))
+            change(m)
+            json.dump(m, open(mpath, "w"))
+            try:
+                mtokcache.open(d + "/c")
+            except error as e:
+                assert words in str(e) and "manifest.json" in str(e), (words, e)
+            else:
+                raise AssertionError("opened a manifest with %s" % words)
+        # Integral JSON numbers written as 3.0, and optional fields left null, are still a cache.
+        m = json.loads(json.dumps(good))
+        m["shards"][0]["records"] = 3.0
+        m["format_version"] = 1.0
+        m.update(classes=None, part=None, inputs_done=None)
+        json.dump(m, open(mpath, "w"))
+        c = mtokcache.open(d + "/c")
+        assert len(c) == 3 and c[2]["id"] == "img/00002.jpg"
+
+
+def test_negative_index_out_of_range_names_the_callers_index():
+    with TempDir() as d:
+        write(d + "/c", make_records(6))
+        c = mtokcache.open(d + "/c")
+        assert c[-6]["id"] == c[0]["id"] and c[-1]["id"] == c[5]["id"]
+        for i in (-7, -600, 6):
+            try:
+                c[i]
+            except IndexError as e:
+                assert "index %d not in " % i in str(e), e
+            else:
+                raise AssertionError("c[%d] read something" % i)
+
+
+def test_iterable_dataset_epochs_reach_persistent_workers():
+    """set_epoch and set_start reach DataLoader workers that persist across epochs (fork and
+    spawn), and num_workers=0 follows them too: each epoch's samples are the rank's stream."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("       (torch not installed: skipped)")
+        return
+    from torch.utils.data import DataLoader
+    from mtokcache.datasets import CacheIterableDataset
+    with TempDir() as d:
+        write(d + "/c", make_records(45), records_per_chunk=4)
+        c = mtokcache.open(d + "/c")
+        for workers, context in ((2, "fork"), (2, "spawn"), (0, None)):
+            ds = CacheIterableDataset(d + "/c", seed=5, batch_size=4, rank=1, world_size=2)
+            extra = dict(persistent_workers=True, multiprocessing_context=context) if workers else {}
+            loader = DataLoader(ds, batch_size=4, num_workers=workers, **extra)
+            for epoch, start in ((0, 0), (1, 0), (2, 6)):
+                ds.set_epoch(epoch)
+                if start:
+                    ds.set_start(start)
+                got = [int(i) for batch in loader for i in batch["index"]]
+                want = c.stream_indices(1, 2, epoch, 5, start=start).tolist()
+                assert got == want, (workers, context, epoch, got, want)
+                assert len(ds) == len(want)
+            del loader
 
 
 def main():
