@@ -94,6 +94,16 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         return (info.me_last_pgno + 1) * Int(st.ms_psize)
     }
 
+    /// Size in bytes of the file this environment has open (not of whatever the path names now:
+    /// a sealing writer may have renamed a compacted copy over it), or nil if unknown.
+    public var openFileSize: Int? {
+        var fd: mdb_filehandle_t = -1
+        guard mdb_env_get_fd(env, &fd) == 0, fd >= 0 else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        return Int(st.st_size)
+    }
+
     /// Drops this process's mappings of the file's pages (`madvise(MADV_DONTNEED)` over the map):
     /// the pages stay in the page cache and map back in on the next touch. LMDB maps the file
     /// read-only and shared here (no `MDB_WRITEMAP`), so nothing can be lost; a writer that reads

@@ -32,9 +32,10 @@ package final class Shard: Sendable {
             // A truncated file still opens (its meta pages come first), but touching a mapped page
             // past its end would kill the process with SIGBUS: refuse it here instead. The pages
             // needed are read before the size: a writer extends the file before it commits the
-            // meta page naming the new pages, so a live shard never looks truncated.
+            // meta page naming the new pages, so a live shard never looks truncated. The size is
+            // the open file's: the path may already name a compacted copy renamed over it.
             let needed = env.usedBytes
-            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            let size = env.openFileSize ?? 0
             guard size >= needed else {
                 throw CacheError(.shardMismatch, "file is truncated: \(size) bytes, its pages need \(needed)",
                                  at: CacheLocation(shard: entry.file))
