@@ -188,7 +188,9 @@ class Writer:
     def _resume(self):
         m = Cache(self.path).manifest  # refuses what is not a cache or of an unknown version
         if m.get("settings", {}) != self.settings:
-            raise SettingsMismatchError("%s was written with other settings: %s" % (self.path, json.dumps(m.get("settings"))))
+            where, there, here = _first_difference(m.get("settings", {}), self.settings)
+            raise SettingsMismatchError("%s was written with other settings: %s is %s there, %s now"
+                                        % (self.path, where or "settings", _show(there), _show(here)))
         part = m.get("part")
         want = None if self.part is None else {"rank": self.part[0], "world_size": self.part[1]}
         if part != want:
@@ -505,3 +507,37 @@ class Writer:
                 self._env.close()
                 self._env = None
             self._unlock()
+
+
+_ABSENT = object()
+
+
+def _first_difference(a, b, path=""):
+    """(path, value in a, value in b) where two JSON values first differ, in a's key order
+    (_ABSENT for a key one side lacks); None when they are equal. Paths read `a.b[2]`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key, value in a.items():
+            here = "%s.%s" % (path, key) if path else key
+            if key not in b:
+                return here, value, _ABSENT
+            d = _first_difference(value, b[key], here)
+            if d:
+                return d
+        for key, value in b.items():
+            if key not in a:
+                return ("%s.%s" % (path, key) if path else key), _ABSENT, value
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, "%s[%d]" % (path, i))
+            if d:
+                return d
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _show(value):
+    if value is _ABSENT:
+        return "absent"
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= 80 else text[:77] + "..."

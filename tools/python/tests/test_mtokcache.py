@@ -345,8 +345,9 @@ def test_resume_after_sigkill_loses_nothing_committed():
         try:
             mtokcache.Writer(path, settings={"other": 1}, resume=True)
             raise AssertionError("resumed with other settings")
-        except mtokcache.SettingsMismatchError:
-            pass
+        except mtokcache.SettingsMismatchError as e:
+            # The message names the first difference, so the caller knows what to restore.
+            assert "test is true there, absent now" in str(e), e
 
 
 def test_resume_refuses_a_damaged_partial_chunk():
