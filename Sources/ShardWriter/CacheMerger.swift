@@ -30,6 +30,10 @@ public enum CacheMerger {
     @discardableResult
     public static func merge(root: String) throws -> Manifest {
         let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard fm.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw CacheError(.notACache, "\(root) is not a directory")
+        }
         // Several ranks may try to merge as they finish; one merges, the others are told so.
         let lockFD = open(root + "/.merge.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard lockFD >= 0 else { throw CacheError(.io, "\(root)/.merge.lock: \(String(cString: strerror(errno)))") }

@@ -127,7 +127,12 @@ public final class CacheWriter {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return }
         guard isDirectory.boolValue else { throw CacheError(.notACache, "\(path) exists and is not a directory") }
         if FileManager.default.fileExists(atPath: path + "/" + Manifest.fileName) { return }
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        var entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        // A writer's own shards folder holds only shard files and their LMDB and compaction leftovers.
+        let shardNames = (try? FileManager.default.contentsOfDirectory(atPath: path + "/shards")) ?? []
+        entries += shardNames.filter { name in
+            !(name.hasPrefix("shard-") && (name.hasSuffix(".mdb") || name.hasSuffix(".mdb-lock") || name.hasSuffix(".mdb.compact")))
+        }.map { "shards/" + $0 }
         if let other = entries.sorted().first(where: { !ownNames.contains($0) && !alsoAllowed.contains($0) }) {
             let hint = other == CacheMerger.partsDirectory
                 ? " (the parts of a scaled-out run: give the same --world-size, or join them with `mtok merge`)"

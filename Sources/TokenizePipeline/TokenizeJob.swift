@@ -85,6 +85,7 @@ public final class TokenizeJob {
             throw SetupError(message: "rank \(options.rank) is not in 0..<\(options.worldSize)")
         }
         guard !options.views.isEmpty, options.batchSize >= 1 else { throw SetupError(message: "need at least one view and a positive batch size") }
+        try Self.checkOutputOutsideInput(input: input, output: output)
         var scanned: DatasetInputs
         do { scanned = try DatasetInputs.scan(input) } catch { throw SetupError(message: "input \(error)") }
         if let limit = options.limit { scanned.items.truncate(to: limit) }
@@ -112,6 +113,10 @@ public final class TokenizeJob {
                                          indexDType: indexDType, groupDType: groupDType)
         if options.worldSize > 1 {
             outputPath = CacheMerger.partPath(root: output, rank: options.rank)
+            if FileManager.default.fileExists(atPath: output + "/" + Manifest.fileName) {
+                throw SetupError(message: "output \(output) is already one cache (its parts were merged): nothing to do for rank \(options.rank)")
+            }
+            try Self.checkPartsAgree(root: output, worldSize: options.worldSize)
             do {
                 try CacheWriter.checkOutputDirectory(output, alsoAllowed: [CacheMerger.partsDirectory])
                 try FileManager.default.createDirectory(atPath: outputPath, withIntermediateDirectories: true)
@@ -127,6 +132,44 @@ public final class TokenizeJob {
                                      options: options.writer)
         } catch {
             throw SetupError(message: "output \(outputPath): \(error)")
+        }
+    }
+
+    /// Every part already under `root` must belong to a run of the same world size: parts of
+    /// another split could never be merged with this one.
+    static func checkPartsAgree(root: String, worldSize: Int) throws {
+        let parts = root + "/" + CacheMerger.partsDirectory
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: parts)) ?? []).sorted() where name.hasPrefix("rank-") {
+            guard let m = try? Manifest.read(fromCache: parts + "/" + name), let part = m.part else { continue }
+            if part.worldSize != worldSize {
+                throw SetupError(message: "output \(root) holds parts of a run split \(part.worldSize) ways (\(CacheMerger.partsDirectory)/\(name)); this one is split \(worldSize) ways: use the same world size, or another output")
+            }
+        }
+    }
+
+    /// A cache inside a folder input would be listed with the inputs the next time (a class
+    /// folder, or files the flat folder does not take), so the same command could never resume.
+    static func checkOutputOutsideInput(input: String, output: String) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: input, isDirectory: &isDirectory), isDirectory.boolValue else { return }
+        // Real paths of the input and of the output's nearest existing ancestor (it may not exist yet).
+        func real(_ path: String) -> String? {
+            guard let r = realpath(path, nil) else { return nil }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        guard let inputReal = real(input) else { return }
+        var probe = (output as NSString).standardizingPath
+        var tail: [String] = []
+        while real(probe) == nil, !probe.isEmpty, probe != "/" {
+            tail.insert((probe as NSString).lastPathComponent, at: 0)
+            probe = (probe as NSString).deletingLastPathComponent
+            if probe.isEmpty { probe = "." }
+        }
+        guard let base = real(probe) else { return }
+        let outputReal = ([base] + tail).joined(separator: "/")
+        if outputReal == inputReal || outputReal.hasPrefix(inputReal.hasSuffix("/") ? inputReal : inputReal + "/") {
+            throw SetupError(message: "output \(output) is inside the input folder \(input): the next run would list the cache among the inputs; write it elsewhere")
         }
     }
 

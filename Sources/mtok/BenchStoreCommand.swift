@@ -24,9 +24,15 @@ struct BenchStoreCommand: ParsableCommand {
     var write: Int?
     @Option(name: .customLong("compression-level"), help: "zstd level for --write.") var compressionLevel = 3
 
+    func validate() throws {
+        guard repeats >= 1, reads >= 1 else { throw ValidationError("--repeats and --reads must be at least 1") }
+        if let write, write < 1 { throw ValidationError("--write must be at least 1") }
+    }
+
     func run() throws {
         if let write { return try timeWriter(count: write) }
         let c = try openCache(cache)
+        guard c.count > 0 else { throw fail("\(cache) holds no records to read") }
         var rng = SplitMix64(seed: seed)
         let indices = (0..<reads).map { _ in Int(rng.next() % UInt64(c.count)) }
         var randomRates: [Double] = []

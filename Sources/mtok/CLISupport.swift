@@ -18,6 +18,29 @@ func openCache(_ path: String) throws -> TokenCache {
     }
 }
 
+/// An id as it is, or, when it holds a backslash or a character that moves the cursor or
+/// breaks a line (C0 and C1 controls, DEL, U+2028, U+2029), as the inside of a JSON string
+/// literal: ids are any UTF-8 text, and one sample or field must stay on one line.
+func printableId(_ id: String) -> String {
+    func escaped(_ u: Unicode.Scalar) -> Bool {
+        u.value < 0x20 || (0x7F...0x9F).contains(u.value) || u.value == 0x2028 || u.value == 0x2029 || u == "\\"
+    }
+    guard id.unicodeScalars.contains(where: escaped) else { return id }
+    var out = ""
+    for u in id.unicodeScalars {
+        switch u {
+        case "\\": out += "\\\\"
+        case "\"": out += "\\\""
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where escaped(u): out += String(format: "\\u%04x", u.value)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out
+}
+
 /// Writes a command's output file, or exits with a one-line reason ("No such file or directory"),
 /// never Foundation's error dump.
 func writeOutput(_ bytes: some Sequence<UInt8>, to path: String) throws {

@@ -57,7 +57,7 @@ struct GetCommand: ParsableCommand {
                 bytes = Array(try Self.jsonData(r, index: i))
             }
             try writeOutput(bytes, to: out)
-            print("wrote record \(i) (\(r.id), view \(r.view)) to \(out)")
+            print("wrote record \(i) (\(printableId(r.id)), view \(r.view)) to \(out)")
             return
         }
         if json {
@@ -72,7 +72,7 @@ struct GetCommand: ParsableCommand {
         let mean = lat.reduce(0, +) / Float(max(1, lat.count))
         let std = (lat.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Float(max(1, lat.count))).squareRoot()
         print("index      \(i)")
-        print("id         \(r.id)  view \(r.view)  label \(r.label)")
+        print("id         \(printableId(r.id))  view \(r.view)  label \(r.label)")
         print("source     \(r.sourceWidth)×\(r.sourceHeight), crop x=\(r.cropBox.x) y=\(r.cropBox.y) \(r.cropBox.width)×\(r.cropBox.height), sha256 \(r.sourceSHA256.isEmpty ? "-" : r.sourceSHA256)")
         print("latents    \(r.latents.dtype.rawValue) \(r.latents.shape)  mean \(String(format: "%.4f", mean)) std \(String(format: "%.4f", std))")
         if let lv = r.logvar { print("logvar     \(lv.dtype.rawValue) \(lv.shape)") }

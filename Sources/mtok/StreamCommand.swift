@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import ShardReader
-import TensorFiles
 
 struct StreamCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -84,7 +83,7 @@ struct StreamCommand: ParsableCommand {
                 payload += batch.payloadBytes
                 if ids {
                     var out = ""
-                    for (id, view) in zip(batch.ids, batch.views) { out += "\(Self.printable(id)) \(view)\n" }
+                    for (id, view) in zip(batch.ids, batch.views) { out += "\(printableId(id)) \(view)\n" }
                     FileHandle.standardOutput.write(Data(out.utf8))
                 }
             }
@@ -93,13 +92,6 @@ struct StreamCommand: ParsableCommand {
         }
         if ids { return }
         report(samples: samples, payload: payload, seconds: Date().timeIntervalSince(began), threads: options.threads)
-    }
-
-    /// `id` as it is, or with JSON string escapes when it holds a backslash or a control
-    /// character (ids are any UTF-8 text; a newline in one would split its line in two).
-    static func printable(_ id: String) -> String {
-        guard id.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\\") }) else { return id }
-        return String(JSONValue.quoted(id).dropFirst().dropLast())
     }
 
     func report(samples: Int, payload: Int, seconds: Double, threads: Int) {

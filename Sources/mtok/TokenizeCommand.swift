@@ -42,6 +42,9 @@ struct TokenizeCommand: ParsableCommand {
                                      ("--resolution", resolution ?? 1, 1)] where value < least {
             throw ValidationError("\(name) must be at least \(least)")
         }
+        // The shard's map reserves twice its cap of address space: past a tebibyte that fails
+        // (after the output was created), and no real shard wants it.
+        guard shardSizeMB <= 1 << 20 else { throw ValidationError("--shard-size-mb must be at most 1048576 (1 TiB)") }
     }
 
     /// (rank, world size): the options, else the scheduler's variables (Slurm array, Kubernetes
@@ -82,9 +85,10 @@ struct TokenizeCommand: ParsableCommand {
                 switch part {
                 case "center": vs.append(.identity)
                 case "hflip": vs.append(.horizontalFlip)
-                default: throw fail("--views must be center, hflip, center,hflip or ten-crop")
+                default: throw fail("--views must be ten-crop or a comma-separated list of center and hflip, got \"\(views)\"")
                 }
             }
+            guard !vs.isEmpty else { throw fail("--views must name at least one view") }
             guard Set(vs.map(\.number)).count == vs.count else { throw fail("--views names a view twice: \(views)") }
             options.views = vs
         }

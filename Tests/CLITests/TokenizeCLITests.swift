@@ -310,6 +310,26 @@ struct TokenizeCLITests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/w/manifest.json"))
     }
 
+    /// A rank of another split, or a rank rerun (a requeued Slurm task) after its parts were
+    /// merged, is refused before it encodes anything.
+    @Test func ranksOfAnotherSplitOrAfterTheMergeAreRefused() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        let out = dir + "/split"
+        for rank in 0..<2 {
+            let r = try tokenize(data, model, out, ["--rank", "\(rank)", "--world-size", "2", "--limit", "4"])
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        let other = try tokenize(data, model, out, ["--rank", "0", "--world-size", "3", "--limit", "4"])
+        #expect(other.status == 1 && other.stderr.contains("split 2 ways"), "\(other.stderr)")
+        #expect(try TestSupport.mtok(["merge", out]).status == 0)
+        let again = try tokenize(data, model, out, ["--rank", "1", "--world-size", "2", "--limit", "4"])
+        #expect(again.status == 1 && again.stderr.contains("already one cache"), "\(again.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: out + "/parts"))
+        #expect(try TestSupport.mtok(["verify", out, "--deep"]).status == 0)
+    }
+
     /// Mistakes that would leave a half-made output, mix a cache into other files, or write a
     /// whole cache where a part was meant are refused before anything is written.
     @Test func mistakenOutputsAndFlagsAreRefusedUpFront() throws {
@@ -322,8 +342,22 @@ struct TokenizeCLITests {
         #expect(!fm.fileExists(atPath: dir + "/a"))
         // The dataset folder itself, or any directory holding other files.
         let intoData = try tokenize(data, model, data)
-        #expect(intoData.status == 1 && intoData.stderr.contains("holds no cache"), "\(intoData.stderr)")
+        #expect(intoData.status == 1 && intoData.stderr.contains("inside the input folder"), "\(intoData.stderr)")
         #expect(!fm.fileExists(atPath: data + "/shards") && !fm.fileExists(atPath: data + "/manifest.json"))
+        try fm.createDirectory(atPath: dir + "/notes", withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/notes/todo.txt"))
+        let intoOther = try tokenize(data, model, dir + "/notes")
+        #expect(intoOther.status == 1 && intoOther.stderr.contains("holds no cache (it has todo.txt)"), "\(intoOther.stderr)")
+        #expect(!fm.fileExists(atPath: dir + "/notes/shards"))
+        // Inside the input folder the next run would list the cache among the inputs.
+        let inside = try tokenize(data, model, data + "/cache")
+        #expect(inside.status == 1 && inside.stderr.contains("inside the input folder"), "\(inside.stderr)")
+        #expect(!fm.fileExists(atPath: data + "/cache"))
+        // A shards folder holding other files is not a writer's leftover.
+        try fm.createDirectory(atPath: dir + "/odd/shards", withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/odd/shards/notes.txt"))
+        let odd = try tokenize(data, model, dir + "/odd")
+        #expect(odd.status == 1 && odd.stderr.contains("shards/notes.txt"), "\(odd.stderr)")
         try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/file"))
         let intoFile = try tokenize(data, model, dir + "/file")
         #expect(intoFile.status == 1 && intoFile.stderr.contains("not a directory"))
@@ -331,9 +365,10 @@ struct TokenizeCLITests {
         let rankOnly = try tokenize(data, model, dir + "/b", ["--rank", "1"])
         #expect(rankOnly.status == 64 && rankOnly.stderr.contains("no world size"))
         #expect(!fm.fileExists(atPath: dir + "/b"))
-        for flags in [["--limit", "0"], ["--batch-size", "0"], ["--threads", "0"], ["--shard-size-mb", "0"]] {
+        for flags in [["--limit", "0"], ["--batch-size", "0"], ["--threads", "0"], ["--shard-size-mb", "0"],
+                      ["--shard-size-mb", "99999999999"]] {
             let r = try tokenize(data, model, dir + "/c", flags)
-            #expect(r.status == 64 && r.stderr.contains("\(flags[0]) must be at least"), "\(flags): \(r.stderr)")
+            #expect(r.status == 64 && r.stderr.contains("\(flags[0]) must be at"), "\(flags): \(r.stderr)")
         }
         #expect(!fm.fileExists(atPath: dir + "/c"))
         // Without --resolution the model's side is used; a different one is refused.

@@ -371,7 +371,7 @@ struct CrossLanguageTests {
         gen.tokens = 4
         gen.patches = 6
         gen.channels = 2
-        let names = ["two\nlines", #"back\slash "quoted""#, "tab\there", #"plain "name""#, "bell\u{7}"]
+        let names = ["two\nlines", #"back\slash "quoted""#, "tab\there", #"plain "name""#, "bell\u{7}", "del\u{7F}nel\u{85}ls\u{2028}"]
         let records = names.enumerated().map { i, name in
             var r = gen.record(i)
             r.id = name
@@ -388,6 +388,7 @@ struct CrossLanguageTests {
             tab\there 0
             plain "name" 0
             bell\u0007 0
+            del\u007fnel\u0085ls\u2028 0
 
             """#)
     }
