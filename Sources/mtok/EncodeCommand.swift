@@ -37,7 +37,7 @@ struct EncodeCommand: ParsableCommand {
         let weights = try EncoderWeights.load(path: model)
         let config = weights.config
         if let resolution, resolution != config.resolution {
-            throw ValidationError("--resolution \(resolution) differs from the model's \(config.resolution)")
+            throw fail("--resolution \(resolution) differs from the model's \(config.resolution)", code: 64)
         }
         let preprocessor = Preprocessor(resolution: config.resolution, crop: CropMode(rawValue: crop)!)
         let images: [[Float]]
@@ -48,6 +48,8 @@ struct EncodeCommand: ParsableCommand {
             }
         } catch let e as ImageDecodingError {
             throw fail("\(e)")
+        } catch let e as ValidationError {
+            throw fail(e.message)  // a bad input file, not a bad command line: no usage text
         }
         let encoder = MergeTokEncoder(weights: weights)
         let results = try encoder.encode(batch: images)
