@@ -161,7 +161,7 @@ public enum CacheVerifier {
                 shardFaults[i].append(CacheError(.shardMismatch, "file is \(size) bytes, manifest says \(entry.bytes)", at: loc))
             }
             do {
-                opened.append((first, try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk)))
+                opened.append((first, try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk, shuffle: manifest.compression.shuffle)))
             } catch {
                 shardFaults[i].append(error)
             }

@@ -15,7 +15,10 @@ package final class Shard: Sendable {
     let recordsPerChunk: Int
     package let count: Int
 
-    package init(root: String, entry: Manifest.Shard, recordsPerChunk: Int) throws(CacheError) {
+    /// - Parameter shuffle: the manifest's `compression.shuffle`; a shard that records its own
+    ///   (`meta.shuffle`, written since it was added) must agree, so an edited manifest cannot
+    ///   make every record decode to other values.
+    package init(root: String, entry: Manifest.Shard, recordsPerChunk: Int, shuffle: String? = nil) throws(CacheError) {
         file = entry.file
         let path = root + "/" + entry.file
         guard FileManager.default.fileExists(atPath: path) else {
@@ -54,6 +57,10 @@ package final class Shard: Sendable {
             }
             guard meta["format"] == ShardLayout.shardFormat else {
                 throw CacheError(.unknownVersion, "shard format \(meta["format"] ?? "none"), expected \(ShardLayout.shardFormat)",
+                                 at: CacheLocation(shard: entry.file))
+            }
+            if let own = meta["shuffle"], let shuffle, own != shuffle {
+                throw CacheError(.shardMismatch, "written with shuffle \(own), the manifest says \(shuffle)",
                                  at: CacheLocation(shard: entry.file))
             }
             guard let rpc = meta["records_per_chunk"].flatMap(Int.init), rpc == recordsPerChunk else {

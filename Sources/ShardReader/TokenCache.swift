@@ -40,7 +40,7 @@ public final class TokenCache: Sendable {
         }
         var opened: [Shard] = []
         for entry in manifest.shards {
-            opened.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk))
+            opened.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk, shuffle: manifest.compression.shuffle))
         }
         shards = opened
         bounds = manifest.firstIndices + [manifest.shards.reduce(0) { $0 + $1.records }]

@@ -124,7 +124,7 @@ public enum CacheMerger {
         for (rank, m) in manifests.enumerated() {
             let partRoot = partsDirectory + "/" + partNames[rank]
             for entry in m.shards {
-                let shard = try Shard(root: root + "/" + partRoot, entry: entry, recordsPerChunk: m.recordsPerChunk)
+                let shard = try Shard(root: root + "/" + partRoot, entry: entry, recordsPerChunk: m.recordsPerChunk, shuffle: m.compression.shuffle)
                 try shard.forEachDigest { hasher.update(bufferPointer: $0) }
                 try shard.forEachIdKey { key in
                     guard seen.insert(Array(SHA256.hash(data: key).prefix(16))).inserted else {

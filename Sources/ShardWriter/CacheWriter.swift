@@ -168,13 +168,14 @@ public final class CacheWriter {
         }
         for (i, entry) in manifest.shards.enumerated() {
             if entry.sealed {
-                sealed.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk))
+                sealed.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk, shuffle: manifest.compression.shuffle))
                 continue
             }
             guard i == manifest.shards.count - 1 else {
                 throw CacheError(.shardMismatch, "only the last shard may be unsealed", at: CacheLocation(shard: entry.file))
             }
             let shard = try WritableShard(root: root, file: entry.file, recordsPerChunk: manifest.recordsPerChunk,
+                                          shuffle: manifest.compression.shuffle,
                                           mapSize: mapSize(forBatchBytes: 0))
             current = shard
             manifest.shards[i] = shard.entry
@@ -311,6 +312,7 @@ public final class CacheWriter {
     func openNewShard(batchBytes: Int) throws {
         let file = Self.shardFile(manifest.shards.count)
         let shard = try WritableShard(root: root, file: file, recordsPerChunk: options.recordsPerChunk,
+                                      shuffle: manifest.compression.shuffle,
                                       mapSize: mapSize(forBatchBytes: batchBytes))
         current = shard
         manifest.shards.append(shard.entry)
@@ -365,7 +367,7 @@ public final class CacheWriter {
         manifest.updateTotals()
         try manifest.write(toCache: root)
         chmod(path, 0o444)
-        sealed.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk))
+        sealed.append(try Shard(root: root, entry: entry, recordsPerChunk: manifest.recordsPerChunk, shuffle: manifest.compression.shuffle))
     }
 
     /// Seals every shard, computes the content digest, and marks the cache complete.

@@ -27,7 +27,9 @@ final class WritableShard {
     private var pendingFrames: [[UInt8]] = []
     private var pendingDigests: [UInt8] = []
 
-    init(root: String, file: String, recordsPerChunk: Int, mapSize: Int) throws {
+    /// - Parameter shuffle: the cache's `compression.shuffle`, recorded in a new shard's `meta`
+    ///   so readers can tell when a manifest says otherwise.
+    init(root: String, file: String, recordsPerChunk: Int, shuffle: String, mapSize: Int) throws {
         self.file = file
         self.recordsPerChunk = recordsPerChunk
         let loc = CacheLocation(shard: file)
@@ -50,7 +52,7 @@ final class WritableShard {
             }
             if values.isEmpty {
                 values = ["format": ShardLayout.shardFormat, "records_per_chunk": String(recordsPerChunk),
-                          "count": "0", "payload_bytes": "0", "compressed_bytes": "0"]
+                          "count": "0", "payload_bytes": "0", "compressed_bytes": "0", "shuffle": shuffle]
                 for (k, v) in values { try txn.put(m, key: Array(k.utf8), value: Array(v.utf8)) }
             }
             return (r, i, d, m, values)
@@ -59,6 +61,9 @@ final class WritableShard {
         let values = state.4
         guard values["format"] == ShardLayout.shardFormat else {
             throw CacheError(.unknownVersion, "shard format \(values["format"] ?? "none")", at: loc)
+        }
+        if let own = values["shuffle"], own != shuffle {
+            throw CacheError(.shardMismatch, "shard was written with shuffle \(own), the manifest says \(shuffle)", at: loc)
         }
         guard values["records_per_chunk"] == String(recordsPerChunk),
               let n = values["count"].flatMap(Int.init), let p = values["payload_bytes"].flatMap(Int.init),

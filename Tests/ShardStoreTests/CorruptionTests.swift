@@ -138,6 +138,18 @@ struct CorruptionTests {
         #expect(CacheVerifier.verify(path: dir, deep: false).faults.contains { $0.shard == "shards/shard-09999.mdb" })
     }
 
+    /// A manifest edited to say the records are not byte-shuffled would make every value decode
+    /// wrong while every checksum still holds: each shard records its own setting.
+    @Test func manifestWithAnotherShuffleIsRefused() throws {
+        let (dir, m) = try freshCache()
+        var edited = m
+        edited.compression.shuffle = "none"
+        try edited.write(toCache: dir)
+        let report = CacheVerifier.verify(path: dir, deep: true)
+        #expect(report.faults.contains { $0.kind == .shardMismatch && $0.message.contains("shuffle") })
+        do { _ = try TokenCache(path: dir); Issue.record("opened") } catch { #expect(error.kind == .shardMismatch) }
+    }
+
     @Test func duplicateIdAcrossShardsIsFound() throws {
         // Two caches holding ids 0..<20 and 10..<30, spliced into one: what a bad merge would do.
         let a = try TestSupport.temporaryDirectory(), b = try TestSupport.temporaryDirectory()
