@@ -27,6 +27,14 @@ class SettingsMismatchError(CacheError):
     kind = "settings differ"
 
 
+class InUseError(CacheError, RuntimeError):
+    """A shard file that this process holds open in a way that rules out the use asked for: a
+    Writer resuming a cache while a Cache of it, open in the same process, reads the shard the
+    Writer would write."""
+
+    kind = "in use"
+
+
 class MissingShardError(CacheError):
     kind = "missing shard"
 

@@ -15,8 +15,8 @@ import numpy as np
 import zstandard
 
 from . import order as _order
-from .errors import (BadRecordError, CorruptRecordError, MissingShardError, NotACacheError, ShapeMismatchError,
-                     ShardMismatchError, UnknownVersionError)
+from .errors import (BadRecordError, CorruptRecordError, InUseError, MissingShardError, NotACacheError,
+                     ShapeMismatchError, ShardMismatchError, UnknownVersionError)
 
 FORMAT = "mtok.cache"
 FORMAT_VERSION = 1
@@ -125,6 +125,8 @@ class _Replaced(Exception):
 class _Env:
     """One shard file's LMDB environment, opened read-only without a lock file (FORMAT 3.3)."""
 
+    borrowed = False
+
     def __init__(self, path, file, map_size, key):
         # Hold the file we mean and open that one, through /dev/fd: LMDB then maps exactly it even
         # if a writer renames a compacted copy over the path meanwhile, and py-lmdb's guard against
@@ -181,6 +183,25 @@ class _Env:
         self.users = 0
 
 
+class _Borrowed:
+    """The environment of a shard that a Writer of this process is writing, lent to this process's
+    readers: py-lmdb refuses to open the file a second time, and reading through the writer's own
+    environment is safe, as its read transactions sit in the lock file's reader table (the writer
+    keeps their pages). The writer takes it back (_take_back) before it closes it, when it seals
+    or closes the shard; a _Shard that holds it then opens the file anew (_Shard.get). `lock` is
+    held around each read, so that the writer waits for the reads under way before it closes."""
+
+    borrowed = True
+
+    def __init__(self, env, dbs, key):
+        self.env = env
+        self.records, self.ids, self.digests, self.meta = (dbs[n] for n in ("records", "ids", "digests", "meta"))
+        self.key = key
+        self.users = 0
+        self.lock = threading.Lock()
+        self.returned = False
+
+
 class _Shard:
     """One Cache's view of one shard: the process's environment of the file (_acquire) and a read
     snapshot taken when the Cache first read it, checked against the Cache's manifest entry."""
@@ -191,7 +212,9 @@ class _Shard:
         self.count = entry["records"]
         self.sealed = entry["sealed"]
         # A shard still being written can grow past its size now: map room for it, as its writer does.
-        self._env = _acquire(self.path, self.file, None if self.sealed else map_size)
+        self._map_size = None if self.sealed else map_size
+        self._records_per_chunk = records_per_chunk
+        self._env = _acquire(self.path, self.file, self._map_size)
         self.txn = None
         try:
             self._check(records_per_chunk)
@@ -232,12 +255,33 @@ class _Shard:
 
     def get(self, key, db):
         """The value of `key` in `db` (a copy), read in a snapshot of the shard as it is now."""
+        e = self._env
+        if e.borrowed:
+            with e.lock:
+                if not e.returned:
+                    with self.env.begin() as txn:
+                        return txn.get(key, db=db)
+            # Its writer sealed the shard (a compacted copy now has the path, with the records
+            # this Cache lists) or closed it: read the file as it is now, as another process
+            # would. `db` is a handle of the writer's environment; take the same database here.
+            name = next(n for n in ("records", "ids", "digests", "meta") if getattr(e, n) is db)
+            self._reopen(e)
+            db = getattr(self._env, name)
         try:
             with self.env.begin() as txn:
                 return txn.get(key, db=db)
         except lmdb.MapResizedError as e:
             raise ShardMismatchError("grew past the %d bytes this process mapped for it; close its Caches and "
                                      "open it again" % self.env.info()["map_size"], shard=self.file) from e
+
+    def _reopen(self, old):
+        with _LOCK:
+            _forget_parent()
+            if self._env is old:  # not done already by another thread
+                self._env = _acquire(self.path, self.file, self._map_size)
+                _release(old)
+                # Its manifest entry here is unsealed, so _check keeps no transaction open.
+                self._check(self._records_per_chunk)
 
     def close(self):
         if self.txn is not None:
@@ -259,8 +303,11 @@ class _Shard:
 # a shard grew sees what it holds then. Value: _Env, with `users` counting the _Shards on it.
 # After a fork the child inherits the parent's entries: it closes them (safe for read-only
 # MDB_NOLOCK environments: that only unmaps and closes the child's copies) and opens its own, as
-# lmdb.h requires.
+# lmdb.h requires. A shard that a Writer of this process is writing is lent by it (_WRITING, key ->
+# (environment, databases)) and read through its environment (_Borrowed).
 _REGISTRY = {}
+_WRITING = {}
+_DROPPED = []  # (key, environment) of Writers dropped without close() (_writer_dropped)
 _REGISTRY_PID = os.getpid()
 _LOCK = threading.Lock()
 # Shards of Caches that the garbage collector took while another registry call was under way
@@ -281,16 +328,23 @@ def _forget_parent():
     global _REGISTRY_PID
     if _REGISTRY_PID != os.getpid():
         for e in _REGISTRY.values():
+            if e.borrowed:
+                continue  # a writer's environment: the parent's to close
             try:
                 e.env.close()
             except lmdb.Error:
                 pass
         _REGISTRY.clear()
+        _WRITING.clear()
         del _DEFERRED[:]
+        del _DROPPED[:]
         _REGISTRY_PID = os.getpid()
     while _DEFERRED:
         for shard in _DEFERRED.pop():
             shard.close()
+    for item in list(_DROPPED):
+        if _give_back(*item, wait=False):
+            _DROPPED.remove(item)
 
 
 def _acquire(path, file, map_size):
@@ -305,7 +359,9 @@ def _acquire(path, file, map_size):
             raise MissingShardError("%s does not exist" % path, shard=file)
         key = (st.st_dev, st.st_ino)
         env = _REGISTRY.get(key)
-        if env is None:
+        if env is None and key in _WRITING:
+            env = _REGISTRY[key] = _Borrowed(*_WRITING[key], key)
+        elif env is None:
             try:
                 env = _REGISTRY[key] = _Env(path, file, map_size, key)
             except _Replaced:
@@ -321,7 +377,74 @@ def _release(env):
     if env.users == 0:
         if _REGISTRY.get(env.key) is env:
             del _REGISTRY[env.key]
-        env.env.close()
+        if not env.borrowed:
+            env.env.close()
+
+
+def _file_key(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _lend(path, env, dbs):
+    """Called, with _LOCK held, by a Writer that has opened the shard file at `path` for writing:
+    this process's readers read it through `env` from now on. Returns the key to give back
+    (_take_back)."""
+    key = _file_key(path)
+    _WRITING[key] = (env, dbs)
+    return key
+
+
+def _give_back(key, env, wait):
+    """Closes the environment `env` a Writer lent (called with _LOCK held): readers that hold it
+    finish their reads under way, and from then on open the file themselves. Returns False,
+    without waiting, when `wait` is false and a read holds it."""
+    lent = _REGISTRY.get(key)
+    if lent is not None and lent.borrowed:
+        if not lent.lock.acquire(blocking=wait):
+            return False
+        try:
+            lent.returned = True  # a reader that takes the lock now reopens (_Shard.get), under _LOCK
+        finally:
+            lent.lock.release()
+        del _REGISTRY[key]  # a Cache opened from now on opens the file itself
+    _WRITING.pop(key, None)
+    env.close()
+    return True
+
+
+def _take_back(key, env):
+    """Called by a Writer to close the environment it lent. All under _LOCK, so that no reader
+    opens the file while py-lmdb still counts it open. (_Shard.get takes no _LOCK while it holds
+    a lent environment's lock.)"""
+    with _LOCK:
+        _forget_parent()
+        _give_back(key, env, True)
+
+
+def _writer_dropped(key, env):
+    """Finalizer of a Writer dropped without close(). The garbage collector may run it in the
+    middle of a registry call, or of a read through `env`, on this thread: it takes note, and a
+    registry call gives the environment back once no read holds it (_forget_parent)."""
+    _DROPPED.append((key, env))
+    if _LOCK.acquire(blocking=False):
+        try:
+            _forget_parent()
+        finally:
+            _LOCK.release()
+
+
+def _check_unread(path, file):
+    """Refuses to let a Writer open the shard file at `path` while a Cache of this process has it
+    open (py-lmdb would refuse with "already open in this process"). Called with _LOCK held."""
+    _forget_parent()
+    try:
+        key = _file_key(path)
+    except FileNotFoundError:
+        return
+    if key in _REGISTRY:
+        raise InUseError("a Cache open in this process reads %s: close it (c.close()) before resuming the cache"
+                         % path, shard=file)
 
 
 def _open_shards(root, entries, records_per_chunk, map_size):

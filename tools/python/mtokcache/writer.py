@@ -15,16 +15,19 @@ import json
 import os
 import re
 import struct
+import weakref
 
 import lmdb
 import numpy as np
 import zstandard
 
-from .errors import SettingsMismatchError, ShardMismatchError
-from .reader import FORMAT, FORMAT_VERSION, RECORD_FORMAT, SHARD_FORMAT, Cache
+from . import reader as _reader
+from .errors import InUseError, SettingsMismatchError, ShardMismatchError
+from .reader import FORMAT, FORMAT_VERSION, MAX_PAYLOAD, RECORD_FORMAT, SHARD_FORMAT, Cache
 
 _SAFETENSORS = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<u4"): "U32", np.dtype("<u2"): "U16",
                 np.dtype("u1"): "U8"}
+_LATENT_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}  # latent_dtype -> the records' dtype
 
 
 def float32_to_bf16(values):
@@ -112,9 +115,18 @@ class Writer:
     - part: (rank, world_size) when this cache is one rank's part of a scaled-out run, written to
       CACHE/parts/rank-NNNNN; `mtok merge CACHE` joins the parts (FORMAT 6.3).
     - resume: continue the cache at `path` if it has a manifest (a new one otherwise). Its settings
-      and part must equal the given ones; its layout (records_per_chunk, compression, shard cap)
-      wins over the arguments. Append from record `w.committed` on. A manifest's `inputs_done`
-      (the Swift pipeline's resume point) is dropped: this writer does not track inputs.
+      and part must equal the given ones, and latent_dtype that of its records (the manifest does
+      not store it: the first record of each shard tells; the readers batch records of one dtype
+      only); its layout (records_per_chunk, compression, shard cap) wins over the arguments, as
+      in the Swift writer. Append from record `w.committed` on. A manifest's `inputs_done` (the
+      Swift pipeline's resume point) is dropped: this writer does not track inputs. A Cache of
+      the cache open in this process must not hold its unsealed last shard (InUseError: close it).
+
+    Every commit (a full chunk, flush(), close()) is listed in the manifest, the open shard with
+    `sealed: false` (FORMAT 2, 6.2), so readers see the records as they are committed. A Cache
+    opened in this process while this writer is open reads the open shard through the writer's
+    own LMDB environment (py-lmdb opens a file once per process); once the writer seals or closes
+    that shard, the Cache opens the file itself.
     """
 
     def __init__(self, path, settings=None, latent_dtype="bf16", records_per_chunk=16, compression_level=3,
@@ -159,6 +171,7 @@ class Writer:
         self._digest = hashlib.sha256()
         self._shards = []  # manifest entries of finished shards
         self._env = None
+        self._lent = None  # takes the open shard's environment back from readers and closes it
         self._count = 0  # records committed to the open shard
         self._pending = []  # (frame, sha256, id key, payload size) of the chunk being filled
         self._pending_committed = 0  # how many of them are already in the shard (a resumed partial chunk)
@@ -169,8 +182,7 @@ class Writer:
             self._cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=True, write_content_size=True)
             self._write_manifest(complete=False)
         except BaseException:
-            if self._env is not None:
-                self._env.close()
+            self._close_env()
             self._unlock()
             raise
 
@@ -217,12 +229,16 @@ class Writer:
             entries.append({"file": nxt, "records": 0, "sealed": False})
         for i, e in enumerate(entries):
             if e.get("sealed"):
-                env = lmdb.open(os.path.join(self.path, e["file"]), subdir=False, readonly=True, lock=False,
-                                max_dbs=4)
+                # Through the readers' registry: a Cache of this process may have the file open,
+                # and py-lmdb opens a file once per process.
+                with _reader._LOCK:
+                    _reader._forget_parent()
+                    held = _reader._acquire(os.path.join(self.path, e["file"]), e["file"], None)
                 try:
-                    self._adopt(env, e["file"])
+                    self._adopt(held.env, e["file"], held)
                 finally:
-                    env.close()
+                    with _reader._LOCK:
+                        _reader._release(held)
                 self._shards.append(e)
             elif i != len(entries) - 1:
                 raise ShardMismatchError("only the last shard may be unsealed", shard=e["file"])
@@ -236,13 +252,17 @@ class Writer:
                 self._payload_bytes = int(meta.get("payload_bytes", "0"))
                 self._compressed_bytes = int(meta.get("compressed_bytes", "0"))
 
-    def _adopt(self, env, file):
+    def _adopt(self, env, file, held=None):
         """Feeds a shard's ids into the duplicate check and its digests into the content digest;
-        reloads a partial last chunk as pending. Returns the shard's meta."""
-        try:
-            dbs = {name: env.open_db(name.encode(), create=False) for name in ("records", "digests", "ids", "meta")}
-        except lmdb.Error as e:
-            raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=file) from e
+        reloads a partial last chunk as pending; refuses a latent dtype other than its records'.
+        Returns the shard's meta. `held`: the databases, when the reader's registry opened them."""
+        if held is not None:
+            dbs = {name: getattr(held, name) for name in ("records", "digests", "ids", "meta")}
+        else:
+            try:
+                dbs = {name: env.open_db(name.encode(), create=False) for name in ("records", "digests", "ids", "meta")}
+            except lmdb.Error as e:
+                raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=file) from e
         with env.begin() as txn:
             meta = {bytes(k).decode("ascii"): bytes(v).decode("ascii") for k, v in txn.cursor(dbs["meta"])}
             count = int(meta.get("count", "0"))
@@ -262,6 +282,8 @@ class Writer:
                                          % (sum(len(d) for d in digests) // 32, count), shard=file)
             for d in digests:
                 self._digest.update(d)
+            if count:
+                self._check_latent_dtype(txn.get(struct.pack(">Q", 0), db=dbs["records"]), file)
             if count % self.R and env is self._env:
                 chunk = txn.get(struct.pack(">Q", count // self.R), db=dbs["records"])
                 try:
@@ -277,6 +299,25 @@ class Writer:
                                   zstandard.frame_content_size(f)) for i, f in enumerate(frames)]
                 self._pending_committed = len(frames)
         return meta
+
+    def _check_latent_dtype(self, chunk, file):
+        """The manifest does not store the latents' dtype; the records do. A resumed writer with
+        another one would mix dtypes in one cache, which `mtok verify` accepts but the readers'
+        batches (and so the PyTorch datasets) refuse: compare with the shard's first record."""
+        try:
+            frame = _chunk_frames(chunk)[0]
+            size = zstandard.frame_content_size(frame)
+            if not 0 <= size <= MAX_PAYLOAD:
+                raise ValueError("frame declares %d bytes" % size)
+            stored = zstandard.ZstdDecompressor().decompress(frame)
+            header, _ = _reader._parse_header(stored, {"shard": file, "chunk": 0})
+        except (TypeError, ValueError, IndexError, struct.error, zstandard.ZstdError) as e:
+            raise ShardMismatchError("its first record cannot be read: %s" % e, shard=file) from e
+        there = header["tensors"]["latents"][0]
+        if there != _LATENT_DTYPES[self.latent_dtype]:
+            name = {v: k for k, v in _LATENT_DTYPES.items()}[there]
+            raise SettingsMismatchError("%s was written with other settings: latent_dtype is %s there, %s now"
+                                        % (self.path, _show(name), _show(self.latent_dtype)))
 
     # -- records ------------------------------------------------------------------------------
 
@@ -358,11 +399,43 @@ class Writer:
         self._compressed_bytes = 0
 
     def _open_env(self):
-        # The map is a reservation of address space, not disk: the cap plus room for one chunk
-        # and LMDB's copy-on-write pages.
-        self._env = lmdb.open(self._shard_path, subdir=False, map_size=2 * self.cap + (256 << 20), max_dbs=4,
-                              sync=True, metasync=True)
-        self._db = {name: self._env.open_db(name.encode()) for name in ("records", "digests", "ids", "meta")}
+        # Under the readers' lock: no Cache of this process may open the file meanwhile (py-lmdb
+        # opens a file once per process); from now on they read it through this environment.
+        with _reader._LOCK:
+            _reader._check_unread(self._shard_path, self._file)
+            try:
+                # The map is a reservation of address space, not disk: the cap plus room for one
+                # chunk and LMDB's copy-on-write pages.
+                self._env = lmdb.open(self._shard_path, subdir=False, map_size=2 * self.cap + (256 << 20),
+                                      max_dbs=4, sync=True, metasync=True)
+            except lmdb.Error as e:
+                if "already open" not in str(e):
+                    raise
+                raise InUseError("%s is already open in this process: close the Caches and Writers of the "
+                                 "cache first" % self._shard_path, shard=self._file) from e
+            self._db = {name: self._env.open_db(name.encode()) for name in ("records", "digests", "ids", "meta")}
+            key = _reader._lend(self._shard_path, self._env, self._db)
+        # A writer dropped without close() gives it back too, so that the file can be opened again
+        # in this process (a resume after an exception, say). Exiting unmaps it anyway.
+        self._lent = weakref.finalize(self, _reader._writer_dropped, key, self._env)
+        self._lent.atexit = False
+
+    def _close_env(self):
+        if self._lent is not None:
+            _, _, (key, env), _ = self._lent.detach()
+            self._lent = None
+            _reader._take_back(key, env)  # closes self._env
+        elif self._env is not None:
+            self._env.close()
+        self._env = None
+
+    def _entry(self):
+        """The open shard's manifest entry, as the Swift writer lists it: `bytes` is the size of
+        its pages so far."""
+        info = self._env.info()
+        return {"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
+                "compressed_bytes": self._compressed_bytes,
+                "bytes": (info["last_pgno"] + 1) * self._env.stat()["psize"], "sealed": False}
 
     def _flush_chunk(self):
         # A partial chunk already committed (resumed, or flushed) is rewritten whole; only its
@@ -401,15 +474,16 @@ class Writer:
             self._pending_committed = len(self._pending)
         info = self._env.info()
         if (info["last_pgno"] + 1) * self._env.stat()["psize"] >= self.cap:
-            self._seal()
+            self._seal()  # lists it sealed
+        else:
+            self._write_manifest(complete=False)  # lists the commit (FORMAT 6.2)
 
     def _seal(self):
         """FORMAT 6: compact into shard.compact, rename over the shard, drop the lock file, hash it,
         make it read-only."""
         compact = self._shard_path + ".compact"
         self._env.copy(compact, compact=True)
-        self._env.close()
-        self._env = None
+        self._close_env()
         os.replace(compact, self._shard_path)
         lock = self._shard_path + "-lock"
         if os.path.exists(lock):
@@ -430,7 +504,7 @@ class Writer:
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete):
-        shards = self._shards
+        shards = self._shards + ([self._entry()] if self._env is not None else [])
         m = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_by": self.created_by, "complete": complete,
              "records_per_chunk": self.R,
              "compression": {"codec": "zstd", "level": self.level, "checksum": True, "shuffle": self.shuffle},
@@ -461,11 +535,11 @@ class Writer:
             os.close(fd)
 
     def flush(self):
-        """Commits every record appended so far (a partial chunk too): they survive a crash."""
+        """Commits every record appended so far (a partial chunk too): they survive a crash, and
+        the manifest lists them."""
         if self._finished:
             raise RuntimeError("writer already finished")
         self._flush_chunk()
-        self._write_manifest(complete=False)
 
     def close(self):
         """Commits what was appended and releases the cache without finishing it: the last shard
@@ -473,9 +547,7 @@ class Writer:
         if self._finished:
             return
         self.flush()
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        self._close_env()
         self._finished = True
         self._unlock()
 
@@ -503,9 +575,7 @@ class Writer:
         if exc_type is None:
             self.finish()
         else:
-            if self._env is not None:
-                self._env.close()
-                self._env = None
+            self._close_env()
             self._unlock()
 
 

@@ -411,39 +411,37 @@ def test_open_reads_a_cache_rebuilt_at_the_same_path():
         assert len(reader._REGISTRY) == open_before, "environments of dropped Caches are still open"
 
 
-# A writer that lists its open shard in the manifest, as the Swift writer does (mtokcache.Writer
-# lists shards once sealed), so that readers see an unsealed shard.
-_LISTING_WRITER = r"""
+_CHILD = r"""
 import sys, os
 sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
 import mtokcache
 from test_mtokcache import make_records
-
-class Writer(mtokcache.Writer):
-    def _write_manifest(self, complete):
-        if self._env is None:
-            return super()._write_manifest(complete)
-        info = self._env.info()
-        self._shards.append({"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
-                             "compressed_bytes": self._compressed_bytes, "sealed": False,
-                             "bytes": (info["last_pgno"] + 1) * self._env.stat()["psize"]})
-        try:
-            super()._write_manifest(complete)
-        finally:
-            self._shards.pop()
 """
 
-_STEPPED_WRITER = _LISTING_WRITER + r"""
+# A writer that can hold back its manifest writes: a commit then stays unlisted, as it does for a
+# moment between a writer's commit and its manifest write (FORMAT 6.2).
+_HOLDING_WRITER = _CHILD + r"""
+class Writer(mtokcache.Writer):
+    hold = False
+
+    def _write_manifest(self, complete):
+        if not self.hold:
+            super()._write_manifest(complete)
+"""
+
+_STEPPED_WRITER = _HOLDING_WRITER + r"""
 recs = list(make_records(16))
 w = Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4)
 for r in recs[:10]:
     w.append(**r)
 w.flush()
+w.hold = True
 for r in recs[10:]:
     w.append(**r)  # commits records 8 ... 15 to the shard; the manifest still lists 10
 print("committed", flush=True)
 sys.stdin.readline()
-w.flush()
+w.hold = False
+w._write_manifest(complete=False)
 print("listed", flush=True)
 sys.stdin.readline()
 w.finish()
@@ -504,7 +502,7 @@ def test_shard_holding_fewer_records_than_listed_is_refused():
         w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4)
         for r in make_records(10):
             w.append(**r)
-        w.close()  # 10 records in shard-00000, unsealed (and not listed: see _LISTING_WRITER)
+        w.close()  # 10 records in shard-00000, unsealed
         mpath = d + "/c/manifest.json"
         good = json.load(open(mpath))
         for sealed, records, ok in ((False, 9, True), (False, 10, True), (False, 11, False), (True, 9, False),
@@ -541,8 +539,8 @@ def test_writers_lock_files_do_not_block_other_shards():
         assert [c[i]["id"] for i in range(12)] == [r["id"] for r in recs]
 
 
-_BUSY_WRITER = _LISTING_WRITER + r"""
-w = Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4, shard_cap_bytes=60000)
+_BUSY_WRITER = _CHILD + r"""
+w = mtokcache.Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4, shard_cap_bytes=60000)
 for i, r in enumerate(make_records(240)):
     w.append(**r)
     if i % 3 == 2:
@@ -605,6 +603,194 @@ def test_seal_after_a_flushed_partial_chunk():
         for i in range(len(c)):
             h.update(hashlib.sha256(c.payload(i)).digest())
         assert c.manifest["content_digest"] == "sha256:" + h.hexdigest()
+
+
+def test_resume_refuses_another_latent_dtype_and_keeps_the_layout():
+    """The manifest does not store the latents' dtype: a resumed writer compares it with the
+    records', since a cache of mixed dtypes passes `mtok verify` but its batches fail. Its layout
+    (records_per_chunk, compression, shard cap) wins over the arguments, as in the Swift writer."""
+    recs = list(make_records(30))
+    with TempDir() as d:
+        for finished in (False, True):
+            path = "%s/c%d" % (d, finished)
+            w = mtokcache.Writer(path, settings={"test": True}, latent_dtype="bf16", records_per_chunk=4,
+                                 shard_cap_bytes=6000)
+            for r in recs[:10]:
+                w.append(**r)
+            w.finish() if finished else w.close()
+            for other in ("f32", "f16"):
+                try:
+                    mtokcache.Writer(path, settings={"test": True}, latent_dtype=other, resume=True)
+                    raise AssertionError("resumed a bf16 cache with latent_dtype %s" % other)
+                except mtokcache.SettingsMismatchError as e:
+                    assert 'latent_dtype is "bf16" there, "%s" now' % other in str(e), e
+            w = mtokcache.Writer(path, settings={"test": True}, latent_dtype="bf16", records_per_chunk=8,
+                                 compression_level=9, shuffle="none", shard_cap_bytes=1 << 20, resume=True)
+            assert (w.R, w.level, w.shuffle, w.cap) == (4, 3, "byte-planes", 6000), (w.R, w.level, w.shuffle, w.cap)
+            for r in recs[10:]:
+                w.append(**r)
+            w.finish()
+            c = mtokcache.open(path)
+            b = c.batch(range(len(c)))
+            assert len(c) == 30 and b["ids"] == [r["id"] for r in recs] and b["latents"].shape == (30, 16, 4)
+            assert c.manifest["records_per_chunk"] == 4 and c.manifest["compression"]["shuffle"] == "byte-planes"
+        # A cache without records has no dtype yet: any goes.
+        mtokcache.Writer(d + "/e", settings={"test": True}, latent_dtype="bf16").close()
+        write(d + "/e", recs[:3], latent_dtype="f32", resume=True)
+        assert mtokcache.open(d + "/e")[2]["dtypes"]["latents"] == "F32"
+
+
+_COUNTING_READER = _CHILD + r"""
+c = mtokcache.open(sys.argv[1])
+print(len(c), c[len(c) - 1]["id"] if len(c) else "-", c.batch(range(len(c)))["ids"] == [c[i]["id"] for i in range(len(c))])
+"""
+
+
+def test_manifest_lists_the_open_shard():
+    """Every commit is listed, the shard being written with `sealed: false` (FORMAT 2, 6.2), as
+    the Swift writer lists it: readers in other processes see the records as they are committed,
+    and an unfinished cache is one `mtok verify` calls incomplete, not one with an unlisted shard."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    recs = list(make_records(12))
+    with TempDir() as d:
+        path = d + "/c"
+
+        def other_process():
+            out = subprocess.run([sys.executable, "-c", _COUNTING_READER, path, here], stdout=subprocess.PIPE,
+                                 text=True, check=True).stdout.split()
+            return int(out[0]), out[1], out[2]
+
+        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4)
+        assert json.load(open(path + "/manifest.json"))["shards"] == []
+        for r in recs[:6]:
+            w.append(**r)  # records 0 ... 3: one chunk, committed
+        m = json.load(open(path + "/manifest.json"))
+        assert len(m["shards"]) == 1 and m["totals"]["records"] == 4, m["shards"]
+        e = m["shards"][0]
+        assert e["file"] == "shards/shard-00000.mdb" and not e["sealed"] and "sha256" not in e, e
+        assert e["bytes"] == m["totals"]["bytes_on_disk"] and 0 < e["bytes"] <= os.path.getsize(path + "/" + e["file"])
+        assert e["payload_bytes"] > e["compressed_bytes"] > 0
+        assert other_process() == (4, recs[3]["id"], "True")
+        w.flush()
+        assert other_process() == (6, recs[5]["id"], "True")
+        for r in recs[6:9]:
+            w.append(**r)
+        w.close()  # commits the partial chunk: 9 records, unfinished
+        m = json.load(open(path + "/manifest.json"))
+        assert [(s["records"], s["sealed"]) for s in m["shards"]] == [(9, False)] and not m["complete"]
+        assert other_process() == (9, recs[8]["id"], "True")
+        with mtokcache.Writer(path, settings={"test": True}, resume=True) as w:
+            assert w.committed == 9
+            for r in recs[9:]:
+                w.append(**r)
+        m = json.load(open(path + "/manifest.json"))
+        assert m["complete"] and [(s["records"], s["sealed"]) for s in m["shards"]] == [(12, True)]
+        assert other_process() == (12, recs[11]["id"], "True")
+
+
+def test_a_cache_in_the_writers_process_reads_the_open_shard():
+    """py-lmdb opens a file once per process: a Cache opened beside a Writer reads the shard being
+    written through the writer's environment, and opens the file itself once the writer seals or
+    closes it."""
+    from mtokcache import reader
+    open_before = len(reader._REGISTRY)
+    recs = list(make_records(40))
+    with TempDir() as d:
+        path = d + "/c"
+        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, shard_cap_bytes=60000)
+        for r in recs[:6]:
+            w.append(**r)
+        c1 = mtokcache.open(path)
+        assert len(c1) == 4 and c1[3]["id"] == recs[3]["id"]
+        assert c1._shards[0]._env.borrowed and c1._shards[0].env is w._env
+        assert c1.index_of(recs[5]["id"], recs[5]["view"]) is None  # committed later
+        w.flush()
+        c2 = mtokcache.open(path)
+        assert len(c2) == 6 and c2.batch([5, 0])["ids"] == [recs[5]["id"], recs[0]["id"]]
+        assert c2.index_of(recs[5]["id"], recs[5]["view"]) == 5
+        for r in recs[6:37]:
+            w.append(**r)
+        assert len(w._shards) >= 2 and w._env is not None, "wanted shards sealed, one open"
+        c3 = mtokcache.open(path)
+        n = len(c3)
+        assert n > w._shards[0]["records"] and c3[n - 1]["id"] == recs[n - 1]["id"]
+        assert c3._shards[-1]._env.borrowed
+        # Shard 0, which c1 and c2 list unsealed, was sealed meanwhile: they read the sealed file.
+        assert c1[3]["id"] == recs[3]["id"] and c2[5]["id"] == recs[5]["id"]
+        assert not c1._shards[0]._env.borrowed and c2.index_of(recs[5]["id"], recs[5]["view"]) == 5
+        w.close()
+        assert c3[n - 1]["id"] == recs[n - 1]["id"] and c3.index_of(recs[n - 1]["id"], recs[n - 1]["view"]) == n - 1
+        assert not c3._shards[-1]._env.borrowed and not reader._WRITING
+        for c in (c1, c2, c3):
+            c.close()
+        with mtokcache.Writer(path, settings={"test": True}, resume=True) as w:
+            assert w.committed == 37
+            for r in recs[37:]:
+                w.append(**r)
+            w.flush()
+            c4 = mtokcache.open(path)
+            assert [c4[i]["id"] for i in range(40)] == [r["id"] for r in recs]
+        assert [c4[i]["id"] for i in range(40)] == [r["id"] for r in recs]
+        c4.close()
+        assert not reader._WRITING and len(reader._REGISTRY) == open_before
+
+
+def test_resume_while_a_cache_of_it_is_open():
+    """Resuming reads the sealed shards through the readers' environments; the unsealed last
+    shard, which the writer opens for writing, must not be open in a Cache of this process: a
+    clear error says to close it."""
+    recs = list(make_records(30))
+    with TempDir() as d:
+        path = d + "/c"
+        write(path, recs[:20], records_per_chunk=4, shard_cap_bytes=60000)  # finished: every shard sealed
+        c = mtokcache.open(path)
+        assert c[19]["id"] == recs[19]["id"] and len(c.shard_entries) > 1
+        w = mtokcache.Writer(path, settings={"test": True}, resume=True)
+        for r in recs[20:23]:
+            w.append(**r)
+        w.close()  # unfinished: its last shard unsealed
+        assert c[19]["id"] == recs[19]["id"] and len(c) == 20
+        c2 = mtokcache.open(path)
+        assert c2[22]["id"] == recs[22]["id"] and not c2.shard_entries[-1]["sealed"]
+        try:
+            mtokcache.Writer(path, settings={"test": True}, resume=True)
+            raise AssertionError("resumed a shard that a Cache of this process has open")
+        except mtokcache.InUseError as e:
+            assert "close it" in str(e) and c2.shard_entries[-1]["file"] in str(e), e
+        assert c2[22]["id"] == recs[22]["id"]  # the refused writer left it as it was
+        c2.close()
+        with mtokcache.Writer(path, settings={"test": True}, resume=True) as w:
+            assert w.committed == 23
+            for r in recs[23:]:
+                w.append(**r)
+        got = mtokcache.open(path)
+        assert [got[i]["id"] for i in range(30)] == [r["id"] for r in recs] and got.manifest["complete"]
+        assert c[19]["id"] == recs[19]["id"]
+
+
+def test_resume_in_the_process_of_a_dropped_writer():
+    """A Writer dropped without close() (an exception in a loop, say) releases its open shard: the
+    same process can resume the cache, and read it."""
+    import gc
+    from mtokcache import reader
+    recs = list(make_records(10))
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4)
+        for r in recs[:6]:
+            w.append(**r)
+        c = mtokcache.open(d + "/c")
+        assert c[3]["id"] == recs[3]["id"]  # through the writer's environment
+        del w
+        gc.collect()
+        assert not reader._WRITING
+        assert c[3]["id"] == recs[3]["id"]  # the file itself now
+        c.close()
+        with mtokcache.Writer(d + "/c", settings={"test": True}, resume=True) as w:
+            assert w.committed == 4
+            for r in recs[4:]:
+                w.append(**r)
+        assert [mtokcache.open(d + "/c")[i]["id"] for i in range(10)] == [r["id"] for r in recs]
 
 
 def test_writer_refuses_bad_metadata():
