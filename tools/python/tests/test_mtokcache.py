@@ -662,6 +662,7 @@ def test_manifest_lists_the_open_shard():
             return int(out[0]), out[1], out[2]
 
         w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4)
+        w.MANIFEST_INTERVAL_S = 0  # list every commit (see test_manifest_lags_commits_until_flush)
         assert json.load(open(path + "/manifest.json"))["shards"] == []
         for r in recs[:6]:
             w.append(**r)  # records 0 ... 3: one chunk, committed
@@ -689,6 +690,30 @@ def test_manifest_lists_the_open_shard():
         assert other_process() == (12, recs[11]["id"], "True")
 
 
+def test_manifest_lags_commits_until_flush():
+    """Chunk commits rewrite the manifest at most once a MANIFEST_INTERVAL_S (each rewrite costs
+    two fsyncs); readers see the lagging count, flush() lists everything, and a writer resumed
+    after a crash takes the shard's own count."""
+    recs = list(make_records(12))
+    with TempDir() as d:
+        path = d + "/c"
+        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4)
+        w.MANIFEST_INTERVAL_S = 3600
+        for r in recs[:9]:
+            w.append(**r)  # two chunks committed, neither listed yet
+        assert json.load(open(path + "/manifest.json"))["totals"]["records"] == 0
+        assert len(mtokcache.open(path)) == 0
+        w.flush()
+        assert json.load(open(path + "/manifest.json"))["totals"]["records"] == 9
+        for r in recs[9:]:
+            w.append(**r)
+        w._close_env()  # dropped without close(): as after a crash
+        w._unlock()
+        w._finished = True
+        with mtokcache.Writer(path, settings={"test": True}, resume=True) as r:
+            assert r.committed == 12
+
+
 def test_a_cache_in_the_writers_process_reads_the_open_shard():
     """py-lmdb opens a file once per process: a Cache opened beside a Writer reads the shard being
     written through the writer's environment, and opens the file itself once the writer seals or
@@ -699,6 +724,7 @@ def test_a_cache_in_the_writers_process_reads_the_open_shard():
     with TempDir() as d:
         path = d + "/c"
         w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, shard_cap_bytes=60000)
+        w.MANIFEST_INTERVAL_S = 0
         for r in recs[:6]:
             w.append(**r)
         c1 = mtokcache.open(path)
@@ -777,6 +803,7 @@ def test_resume_in_the_process_of_a_dropped_writer():
     recs = list(make_records(10))
     with TempDir() as d:
         w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4)
+        w.MANIFEST_INTERVAL_S = 0
         for r in recs[:6]:
             w.append(**r)
         c = mtokcache.open(d + "/c")
