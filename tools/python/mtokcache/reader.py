@@ -206,8 +206,9 @@ class _Shard:
     """One Cache's view of one shard: the process's environment of the file (_acquire) and a read
     snapshot taken when the Cache first read it, checked against the Cache's manifest entry."""
 
-    def __init__(self, root, entry, records_per_chunk, map_size):
+    def __init__(self, root, entry, records_per_chunk, map_size, shuffle=None):
         self.file = entry["file"]
+        self._shuffle = shuffle
         self.path = os.path.join(root, self.file)
         self.count = entry["records"]
         self.sealed = entry["sealed"]
@@ -233,6 +234,11 @@ class _Shard:
         if meta.get("format") != SHARD_FORMAT:
             raise UnknownVersionError("shard format %r, expected %r" % (meta.get("format"), SHARD_FORMAT),
                                       shard=self.file)
+        # A shard written since meta.shuffle exists records its byte-shuffle setting: a manifest
+        # that says otherwise would make every value decode wrong with every checksum intact.
+        if self._shuffle is not None and "shuffle" in meta and meta["shuffle"] != self._shuffle:
+            raise ShardMismatchError("written with shuffle %s, the manifest says %s" % (meta["shuffle"], self._shuffle),
+                                     shard=self.file)
         if meta.get("records_per_chunk") != str(records_per_chunk):
             raise ShardMismatchError("records_per_chunk %r differs from the manifest's %d"
                                      % (meta.get("records_per_chunk"), records_per_chunk), shard=self.file)
@@ -447,12 +453,12 @@ def _check_unread(path, file):
                          % path, shard=file)
 
 
-def _open_shards(root, entries, records_per_chunk, map_size):
+def _open_shards(root, entries, records_per_chunk, map_size, shuffle=None):
     shards = []
     with _LOCK:
         try:
             for e in entries:
-                shards.append(_Shard(root, e, records_per_chunk, map_size))
+                shards.append(_Shard(root, e, records_per_chunk, map_size, shuffle))
         except BaseException:
             for s in shards:
                 s.close()
@@ -538,7 +544,8 @@ class Cache:
         if self._pid != pid:
             if self._finalizer is not None:
                 self._finalizer.detach()  # the parent's shards, after a fork: the parent releases them
-            shards = _open_shards(self.path, self.shard_entries, self.records_per_chunk, self._map_size)
+            shards = _open_shards(self.path, self.shard_entries, self.records_per_chunk, self._map_size,
+                                  self.manifest["compression"]["shuffle"])
             # A Cache that is dropped without close() releases its shards too, so that a cache
             # rebuilt or grown at this path is not held open (and its old files not kept) for good.
             self._finalizer = weakref.finalize(self, _collected, shards, pid)

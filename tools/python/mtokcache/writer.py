@@ -471,7 +471,7 @@ class Writer:
             self._compressed_bytes += sum(len(p[0]) for p in new)
             for k, v in (("format", SHARD_FORMAT), ("records_per_chunk", str(self.R)), ("count", str(self._count)),
                          ("payload_bytes", str(self._payload_bytes)),
-                         ("compressed_bytes", str(self._compressed_bytes))):
+                         ("compressed_bytes", str(self._compressed_bytes)), ("shuffle", self.shuffle)):
                 txn.put(k.encode(), v.encode(), db=self._db["meta"])
         for p in new:
             self._digest.update(p[1])

@@ -151,6 +151,25 @@ def test_damaged_manifest_values_refused():
                 raise AssertionError("opened a manifest with %s = %r" % (field, value))
 
 
+def test_manifest_with_another_shuffle_refused():
+    """Shards record their byte-shuffle setting: a manifest edited to say otherwise would make
+    every value decode wrong with every checksum intact, so the shard is refused."""
+    with TempDir() as d:
+        write(d + "/c", make_records(6))
+        mpath = d + "/c/manifest.json"
+        m = json.load(open(mpath))
+        assert m["compression"]["shuffle"] == "byte-planes"
+        m["compression"]["shuffle"] = "none"
+        os.chmod(mpath, 0o644)
+        json.dump(m, open(mpath, "w"))
+        try:
+            mtokcache.open(d + "/c")[0]
+        except mtokcache.ShardMismatchError as e:
+            assert "shuffle" in str(e), e
+        else:
+            raise AssertionError("read a shard under another shuffle setting")
+
+
 def test_corrupt_record_names_its_location():
     with TempDir() as d:
         write(d + "/c", make_records(40), records_per_chunk=8)
