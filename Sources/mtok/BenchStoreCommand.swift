@@ -23,10 +23,12 @@ struct BenchStoreCommand: ParsableCommand {
     @Option(help: "Instead of reading CACHE, write this many ImageNet-256-shaped records into it and time the writer alone.")
     var write: Int?
     @Option(name: .customLong("compression-level"), help: "zstd level for --write.") var compressionLevel = 3
+    @Option(help: "Writer threads for --write (default: the cores); comparing counts shows how the writer scales.") var threads: Int?
 
     func validate() throws {
         guard repeats >= 1, reads >= 1 else { throw ValidationError("--repeats and --reads must be at least 1") }
         if let write, write < 1 { throw ValidationError("--write must be at least 1") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func run() throws {
@@ -72,6 +74,7 @@ extension BenchStoreCommand {
         let pool = (0..<1024).map(gen.record)
         var options = CacheWriter.Options()
         options.compressionLevel = compressionLevel
+        if let threads { options.threads = threads }
         let writer = try CacheWriter(path: cache, settings: gen.settings, options: options)
         let batch = 2048
         var batches: [[ShardFormat.TokenRecord]] = []
