@@ -127,13 +127,8 @@ public struct Preprocessor: Sendable, Equatable {
             // onto the scaled grid, which stays closer to the box-halving chain than flooring.
             let sw = (w + denom - 1) / denom, sh = (h + denom - 1) / denom
             guard usesRegionDecode else { return .init(scaleDenominator: denom) }
-            let plan = makePlan(width: sw, height: sh, view: view)
-            let (xs, ys) = plan.sourceSpan()
-            // A margin keeps libjpeg's crop edges (upsampling context) out of the pixels we use.
-            let margin = 16
-            let x0 = max(0, xs.lowerBound - margin), x1 = min(sw, xs.upperBound + margin)
-            let y0 = max(0, ys.lowerBound - margin), y1 = min(sh, ys.upperBound + margin)
-            return .init(scaleDenominator: denom, x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
+            let (xs, ys) = makePlan(width: sw, height: sh, view: view).sourceSpan()
+            return Self.region(xs: xs, ys: ys, width: sw, height: sh, scaleDenominator: denom)
         }
         let (fw, fh) = (decoded.fullWidth, decoded.fullHeight)
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
@@ -157,16 +152,9 @@ public struct Preprocessor: Sendable, Equatable {
         }
         let decoded = try ImageDecoder.decodeRegion(bytes: bytes, path: path, options: decodeOptions) { w, h in
             guard usesRegionDecode else { return .init() }
-            // The union of what every view reads, with the margin of preprocessDetailed.
-            var x0 = w, x1 = 0, y0 = h, y1 = 0
-            for view in views {
-                let (xs, ys) = makePlan(width: w, height: h, view: view).sourceSpan()
-                (x0, x1) = (min(x0, xs.lowerBound), max(x1, xs.upperBound))
-                (y0, y1) = (min(y0, ys.lowerBound), max(y1, ys.upperBound))
-            }
-            let margin = 16
-            (x0, x1, y0, y1) = (max(0, x0 - margin), min(w, x1 + margin), max(0, y0 - margin), min(h, y1 + margin))
-            return .init(x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
+            // What every view reads.
+            let spans = views.map { makePlan(width: w, height: h, view: $0).sourceSpan() }
+            return Self.region(xs: Self.hull(spans.map(\.0)), ys: Self.hull(spans.map(\.1)), width: w, height: h)
         }
         let (fw, fh) = (decoded.fullWidth, decoded.fullHeight)
         let tile = PillowResampler.Tile(image: decoded.image, originX: decoded.originX, originY: decoded.originY,
@@ -178,8 +166,7 @@ public struct Preprocessor: Sendable, Equatable {
             if !resized.contains(where: { $0.steps == plan.steps }) {
                 // One run over the rectangle covering the crops of every view with these steps.
                 let group = plans.filter { $0.steps == plan.steps }
-                let xs = group.map(\.keepX).reduce(plan.keepX) { min($0.lowerBound, $1.lowerBound)..<max($0.upperBound, $1.upperBound) }
-                let ys = group.map(\.keepY).reduce(plan.keepY) { min($0.lowerBound, $1.lowerBound)..<max($0.upperBound, $1.upperBound) }
+                let xs = Self.hull(group.map(\.keepX)), ys = Self.hull(group.map(\.keepY))
                 let cover = Plan(steps: plan.steps, keepX: xs, keepY: ys, flips: false)
                 let (lastW, lastH) = plan.steps.last.map { ($0.outWidth, $0.outHeight) } ?? (fw, fh)
                 resized.append((plan.steps, PillowResampler.Tile(image: cover.run(tile), originX: xs.lowerBound,
@@ -190,6 +177,22 @@ public struct Preprocessor: Sendable, Equatable {
             out.append(described(plan.flips ? kept.flippedHorizontally() : kept, plan: plan, decoded: decoded))
         }
         return out
+    }
+
+    /// The smallest range covering all of `ranges` (not empty).
+    static func hull(_ ranges: [Range<Int>]) -> Range<Int> {
+        ranges.dropFirst().reduce(ranges[0]) { min($0.lowerBound, $1.lowerBound)..<max($0.upperBound, $1.upperBound) }
+    }
+
+    /// The part of a `width` × `height` (scaled) JPEG to decode for pixels `xs` × `ys`: a margin
+    /// keeps libjpeg's crop edges (upsampling context) out of the pixels used.
+    static func region(xs: Range<Int>, ys: Range<Int>, width: Int, height: Int, scaleDenominator: Int = 1)
+        -> ImageDecoder.RegionRequest
+    {
+        let margin = 16
+        let x0 = max(0, xs.lowerBound - margin), x1 = min(width, xs.upperBound + margin)
+        let y0 = max(0, ys.lowerBound - margin), y1 = min(height, ys.upperBound + margin)
+        return .init(scaleDenominator: scaleDenominator, x0: x0, width: x1 - x0, y0: y0, height: y1 - y0)
     }
 
     /// The result with its provenance: the source's size and the crop box in source pixels.
