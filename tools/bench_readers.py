@@ -18,6 +18,11 @@ Makes the cache with `mtok synth-cache CACHE --records 100000 --u32-indices --gr
   CacheDataset with the same indices as its sampler; and batches with compact=True (latents as
   stored, int32 indices and groups: half the bytes through the workers' shared memory).
 
+With --cold (root only: it empties the page cache through /proc/sys/vm/drop_caches before every
+run) it measures instead the Swift stream reading a cache from storage, with and without its
+read-ahead (`--no-read-ahead`), over the first --cold-records samples: wall-clock records/s,
+as storage, not the CPU, bounds them.
+
 Python figures use the first --py-records samples of the same order (default all 100,000: with
 fewer, the start-up of DataLoader worker processes is a large share of the run and understates
 them, as it would not in an epoch). Each figure is the median of --repeat runs. Wall-clock figures are
@@ -128,6 +133,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     ap.add_argument("--swift-only", action="store_true", help="skip the Python readers")
+    ap.add_argument("--cold", action="store_true", help="only the Swift stream from a cold page cache (root)")
+    ap.add_argument("--cold-records", type=int, default=20000)
     a = ap.parse_args()
 
     if not os.path.exists(os.path.join(a.cache, "manifest.json")):
@@ -143,6 +150,9 @@ def main():
              m["compression"]["level"], m["compression"]["shuffle"]))
     res = {}
 
+    if a.cold:
+        cold(a)
+        return
     # Warm the page cache, then interleave the Swift runs (raw, stream, ...) so drifts in machine
     # load hit every configuration alike; medians per configuration.
     for sh in m["shards"]:
@@ -238,6 +248,30 @@ def main():
         res[name] = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
 
     report(res, a, paired)
+
+
+def cold(a):
+    """The stream from storage: the page cache is emptied before each run, configurations
+    interleaved round by round."""
+    configs = {}
+    for label, extra in (("1 thread", ["--threads", "1"]), ("2 threads", ["--threads", "2"]),
+                         ("rank 0 of 4, 1 thread", ["--threads", "1", "--world-size", "4"])):
+        configs[label + ", page by page (--no-read-ahead)"] = extra + ["--no-read-ahead"]
+        configs[label + ", read-ahead (default)"] = extra
+    runs = {name: [] for name in configs}
+    for _ in range(a.repeat):
+        for name, extra in configs.items():
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("1\n")
+            out = subprocess.run([a.mtok, "stream", a.cache, "--json", "--limit", str(a.cold_records)] + extra,
+                                 check=True, capture_output=True, text=True)
+            runs[name].append(json.loads(out.stdout)["records_per_s"])
+    width = max(map(len, configs))
+    print("\ncold page cache, first %d samples of rank 0's order, median of %d (records/s, wall-clock)"
+          % (a.cold_records, a.repeat))
+    for name, rs in runs.items():
+        print("%-*s  %10.0f   (%s)" % (width, name, statistics.median(rs), ", ".join("%.0f" % r for r in rs)))
 
 
 def report(res, a, paired):

@@ -27,6 +27,8 @@ extension TokenCache {
     public func batch(_ indices: [Int]) throws -> RecordBatch {
         var out = RecordBatch(count: indices.count, tokens: 0, channels: 0, patches: 0, latents: [], logvar: [],
                               indices: [], groups: [], labels: [], ids: [], views: [])
+        // All the batch's chunks are asked for first, so a cold cache reads them side by side.
+        if indices.count > 1 { ChunkReadAhead(cache: self).ask(indices[...]) }
         for (b, i) in indices.enumerated() {
             let r = try record(at: i)
             if b == 0 {

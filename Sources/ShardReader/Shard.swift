@@ -113,6 +113,15 @@ package final class Shard: Sendable {
         return result
     }
 
+    /// Asks the kernel to read chunk `chunk` ahead (`LMDBEnvironment.willNeed`). Looking the
+    /// chunk up touches only B-tree pages: LMDB finds a large value's address from its leaf node
+    /// without reading the value's own pages.
+    func willNeed(chunk: Int) {
+        _ = try? withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
+            try txn.get(records, key: key) { value in env.willNeed(value) }
+        } }
+    }
+
     /// Local record number of (id, view), or nil.
     /// Unmaps the pages lookups have touched (`LMDBEnvironment.releaseMappedPages`): a writer
     /// checks every new id against each sealed shard, and over a long run those pages would

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A rank's view of one epoch of a cache: batches in the order of Schemas/STREAM.md, read and
 /// decompressed ahead of the consumer by a pool of threads.
@@ -28,6 +29,10 @@ public final class TokenStream: Sendable {
         public var latentFormat: LatentFormat = .float32
         /// Stop after this many samples of this rank (nil: the rest of the epoch).
         public var limit: Int?
+        /// Ask the kernel for each chunk a batch needs, whole, when a thread starts the batch
+        /// before it (`ChunkReadAhead`): a cold cache is then read in parallel requests instead
+        /// of one page fault at a time. Costs a lookup per chunk when the cache is in memory.
+        public var readAhead = true
 
         public init() {}
     }
@@ -93,6 +98,7 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
     private var delivered = 0
     private var ready: [Int: Result<StreamBatch, any Error>] = [:]
     private var stopped = false
+    private let readAhead: ChunkReadAhead?
     /// Largest number of batches claimed but not yet taken, ever (≤ depth; checked by tests).
     private var peak = 0
 
@@ -103,6 +109,7 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
         depth = max(1, options.prefetch ?? 2 * options.threads)
         self.batchCount = batchCount
         format = options.latentFormat
+        readAhead = options.readAhead ? ChunkReadAhead(cache: cache) : nil
     }
 
     /// A decoding thread: claims the next batch number while fewer than `depth` are outstanding.
@@ -120,6 +127,13 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
             peak = max(peak, claimed - delivered)
             condition.unlock()
 
+            // The next batch's chunks, so the kernel reads them while this batch decodes (and
+            // this batch's own when it is the first).
+            if let readAhead {
+                for b in (k == 0 ? 0 : k + 1)...(k + 1) where b < batchCount {
+                    readAhead.ask(records[(b * batchSize)..<min((b + 1) * batchSize, records.count)])
+                }
+            }
             let lo = k * batchSize
             let slice = Array(records[lo..<min(lo + batchSize, records.count)])
             let result = Result { try decoder.batch(slice, firstSample: lo) }
@@ -153,5 +167,32 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
         stopped = true
         condition.broadcast()
         condition.unlock()
+    }
+}
+
+/// Asks the kernel for the chunks of upcoming records (`Shard.willNeed`), each once while it is
+/// likely still in memory. The shuffle (STREAM.md) spreads a chunk's records over the batches of
+/// one window, so remembering the last few windows' chunks keeps the lookups to about one per
+/// chunk per epoch.
+final class ChunkReadAhead: Sendable {
+    let cache: TokenCache
+    /// Chunks asked for: shard number << 40 | chunk number.
+    private let asked = Mutex<Set<Int>>([])
+    /// Forget them all past this many (a few windows' worth of chunks, about 1 GB of them).
+    static let memory = 8 * StreamOrder.Shuffle.defaultWindowBlocks
+
+    init(cache: TokenCache) { self.cache = cache }
+
+    func ask(_ indices: ArraySlice<Int>) {
+        var fresh: [(shard: Int, chunk: Int)] = []
+        asked.withLock { asked in
+            if asked.count > Self.memory { asked.removeAll(keepingCapacity: true) }
+            for index in indices {
+                guard let (s, local) = try? cache.locate(index) else { continue }
+                let chunk = local / cache.shards[s].recordsPerChunk
+                if asked.insert(s << 40 | chunk).inserted { fresh.append((s, chunk)) }
+            }
+        }
+        for f in fresh { cache.shards[f.shard].willNeed(chunk: f.chunk) }
     }
 }

@@ -29,6 +29,7 @@ struct StreamCommand: ParsableCommand {
     @Option(name: .customLong("window-blocks"), help: "Blocks per shuffle window.") var windowBlocks = StreamOrder.Shuffle.defaultWindowBlocks
     @Flag(name: .customLong("no-shuffle"), help: "Index order instead of the shuffle.") var noShuffle = false
     @Option(name: .customLong("latent-dtype"), help: "f32, f16 or bf16: the type latents are delivered in.") var latentDType = "f32"
+    @Flag(name: .customLong("no-read-ahead"), help: "Do not ask the kernel for each chunk before it is decoded (a cold cache is then read a page fault at a time).") var noReadAhead = false
     @Flag(help: "Print the throughput as JSON.") var json = false
     @Flag(name: .customLong("decompress-only"),
           help: "Only decompress the frames, on one thread (the raw zstd rate, a benchmark's limit).") var decompressOnly = false
@@ -53,6 +54,7 @@ struct StreamCommand: ParsableCommand {
         options.shuffle = StreamOrder.Shuffle(blockRecords: blockRecords, windowBlocks: windowBlocks, enabled: !noShuffle)
         options.latentFormat = LatentFormat(rawValue: latentDType)!
         options.limit = limit
+        options.readAhead = !noReadAhead
         if indices {
             let order = StreamOrder(cache: c, seed: seed, epoch: epoch, shuffle: options.shuffle)
             var mine = order.rankIndices(rank: rank, worldSize: worldSize, start: start, padding: options.padding)
