@@ -189,6 +189,17 @@ extension Manifest {
         for s in m.shards where s.records < 0 || s.file.contains("..") || s.file.hasPrefix("/") {
             throw FormatError(.badValue, "shard entry \(s.file) is invalid")
         }
+        var files = Set<String>()
+        for s in m.shards where !files.insert(s.file).inserted {
+            throw FormatError(.badValue, "shard \(s.file) is listed twice")
+        }
+        // FORMAT.md 2: a complete cache has every shard sealed and its content digest set.
+        if m.complete {
+            if m.contentDigest == nil { throw FormatError(.badValue, "complete, but no content_digest") }
+            if let open = m.shards.first(where: { !$0.sealed || $0.sha256 == nil }) {
+                throw FormatError(.badValue, "complete, but shard \(open.file) is not sealed")
+            }
+        }
         return m
     }
 

@@ -65,17 +65,24 @@ public struct MetadataScan {
         if pos < end, p[pos] == UInt8(ascii: "}") {
             pos += 1
         } else {
+            // Only the keys writers emit, each once: a repeated key (which the strict parser
+            // refuses) or any other key leaves the record to the strict path.
+            var seen: UInt8 = 0
             while true {
                 guard let key = string(), pos < end, p[pos] == UInt8(ascii: ":") else { return nil }
                 pos += 1
                 guard let value = string(), pos < end else { return nil }
-                // The last of repeated keys wins, as in the parsed dictionary.
-                if equals(key, "mtok.format") { format = value }
-                else if equals(key, "id") { id = value }
-                else if equals(key, "view") { view = value }
-                else if equals(key, "label") { label = value }
-                else if equals(key, "source_size") { size = value }
-                else if equals(key, "crop_box") { box = value }
+                let bit: UInt8
+                if equals(key, "mtok.format") { format = value; bit = 1 }
+                else if equals(key, "id") { id = value; bit = 2 }
+                else if equals(key, "view") { view = value; bit = 4 }
+                else if equals(key, "label") { label = value; bit = 8 }
+                else if equals(key, "source_size") { size = value; bit = 16 }
+                else if equals(key, "crop_box") { box = value; bit = 32 }
+                else if equals(key, "source_sha256") { bit = 64 }
+                else { return nil }
+                guard seen & bit == 0 else { return nil }
+                seen |= bit
                 let b = p[pos]
                 pos += 1
                 if b == UInt8(ascii: ",") { continue }
@@ -89,7 +96,8 @@ public struct MetadataScan {
     /// (id, view, label) when the record names this format version and has a plain id, view ≥ 0
     /// and label ≥ -1: what a stream needs. Nil to let the strict path decide.
     public func identity() -> (id: String, view: Int, label: Int)? {
-        guard let format, let id, let view = digits(view), let label = label.flatMap({ isMinusOne($0) ? -1 : digits($0) }),
+        guard let format, let id, let view = digits(view), RecordCodec.viewRange.contains(view),
+              let label = label.flatMap({ isMinusOne($0) ? -1 : digits($0) }), RecordCodec.labelRange.contains(label),
               format.count == RecordCodec.formatVersion.utf8.count,
               zip(bytes[format], RecordCodec.formatVersion.utf8).allSatisfy({ $0 == $1 }) else { return nil }
         return (String(decoding: UnsafeRawBufferPointer(rebasing: bytes[id]), as: UTF8.self), view, label)
@@ -97,10 +105,9 @@ public struct MetadataScan {
 
     /// (id, view) when every field `RecordCodec.checkMetadata` looks at passes in its plain form;
     /// nil to let the full check decide.
-    public func checked() -> (id: String, view: Int)? {
-        guard let size, let box, commaSeparatedDigits(size) == 2, commaSeparatedDigits(box) == 4,
-              let identity = identity() else { return nil }
-        return (identity.id, identity.view)
+    public func checked() -> (id: String, view: Int, label: Int)? {
+        guard let size, let box, commaSeparatedDigits(size) == 2, commaSeparatedDigits(box) == 4 else { return nil }
+        return identity()
     }
 
     private func digits(_ r: Range<Int>?) -> Int? {

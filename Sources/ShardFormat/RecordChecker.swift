@@ -37,7 +37,7 @@ public final class RecordChecker {
            let result = scan.checked() {
             let groups = UnsafeRawBufferPointer(rebasing: stored[layout.groups])
             try RecordCodec.checkGroups(groups, dtype: layout.groupsDType, planar: shuffled, k: layout.k)
-            return result
+            return (result.id, result.view)
         }
         let result = try RecordCodec.check(stored: stored, shuffled: shuffled)
         remember(stored)

@@ -191,14 +191,24 @@ public enum RecordCodec {
         }
     }
 
-    static func checkMetadata(_ m: [String: String]) throws(FormatError) -> (id: String, view: Int, label: Int, size: [Int], box: [Int]) {
+    /// Labels a record may carry: -1 (none) or a class number that fits a batch's int32.
+    public static let labelRange = -1...Int(Int32.max)
+    /// Views a record may have (the `ids` key stores them in 16 bits).
+    public static let viewRange = 0...Int(UInt16.max)
+
+    /// The required metadata, checked as FORMAT.md 4.1 says.
+    public static func checkMetadata(_ m: [String: String]) throws(FormatError) -> (id: String, view: Int, label: Int, size: [Int], box: [Int]) {
         guard let version = m[Key.format] else { throw FormatError(.unknownVersion, "no \(Key.format) in metadata") }
         guard version == formatVersion else {
             throw FormatError(.unknownVersion, "record format \(version), this reader knows \(formatVersion)")
         }
         guard let id = m[Key.id] else { throw FormatError(.badMetadata, "no id") }
-        guard let view = m[Key.view].flatMap({ Int($0) }), view >= 0 else { throw FormatError(.badMetadata, "bad view") }
-        guard let label = m[Key.label].flatMap({ Int($0) }), label >= -1 else { throw FormatError(.badMetadata, "bad label") }
+        guard let view = m[Key.view].flatMap({ Int($0) }), viewRange.contains(view) else {
+            throw FormatError(.badMetadata, "view \(JSONValue.quoted(String((m[Key.view] ?? "none").prefix(40)))) is not a number in 0...65535")
+        }
+        guard let label = m[Key.label].flatMap({ Int($0) }), labelRange.contains(label) else {
+            throw FormatError(.badMetadata, "label \(JSONValue.quoted(String((m[Key.label] ?? "none").prefix(40)))) is not a number in -1...2147483647")
+        }
         let size = try ints(m[Key.sourceSize], count: 2, name: Key.sourceSize)
         let box = try ints(m[Key.cropBox], count: 4, name: Key.cropBox)
         return (id, view, label, size, box)

@@ -93,11 +93,18 @@ public enum Chunk {
         let n = try count(chunk)
         guard slot >= 0, slot < n else { throw FormatError(.badContainer, "slot \(slot) not in a chunk of \(n)") }
         let base = 4 * (n + 2)
-        let start = Int(UInt32(littleEndian: chunk.loadUnaligned(fromByteOffset: 4 * (1 + slot), as: UInt32.self)))
-        let end = Int(UInt32(littleEndian: chunk.loadUnaligned(fromByteOffset: 4 * (2 + slot), as: UInt32.self)))
-        guard start <= end, base + end <= chunk.count else {
-            throw FormatError(.badContainer, "frame \(slot) offsets \(start)..<\(end) outside a \(chunk.count)-byte chunk")
+        func offset(_ i: Int) -> Int { Int(UInt32(littleEndian: chunk.loadUnaligned(fromByteOffset: 4 * (1 + i), as: UInt32.self))) }
+        // The whole table, as FORMAT.md 3.2 states it (as the Python reader checks it): every
+        // record of a chunk whose table is damaged is refused, not only some.
+        var previous = offset(0)
+        guard previous == 0, offset(n) == chunk.count - base else {
+            throw FormatError(.badContainer, "chunk offsets \(offset(0))...\(offset(n)) do not span its \(chunk.count - base) frame bytes")
         }
-        return UnsafeRawBufferPointer(rebasing: chunk[(base + start)..<(base + end)])
+        for i in 1...n {
+            let next = offset(i)
+            guard next >= previous else { throw FormatError(.badContainer, "chunk offsets decrease at frame \(i)") }
+            previous = next
+        }
+        return UnsafeRawBufferPointer(rebasing: chunk[(base + offset(slot))..<(base + offset(slot + 1))])
     }
 }

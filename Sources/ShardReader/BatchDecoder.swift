@@ -78,7 +78,7 @@ final class BatchDecoder {
         if let fast, let cached = layouts.first(where: { entry in
             entry.payloadCount == bytes.count && entry.tail.count == fast.tail.count
                 && entry.tail.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress! + fast.tail.lowerBound, $0.count) } == 0
-        }), let (id, view, label) = fast.identity() {
+        }), let (id, view, label) = fast.checked() {
             location.id = id
             location.view = view
             return Stored(payloadCount: bytes.count, dataOffset: cached.dataOffset, layout: cached.layout, location: location,
@@ -121,9 +121,12 @@ final class BatchDecoder {
         guard [.u8, .u16].contains(groups.dtype), groups.shape.count == 1, groups.shape[0] >= k else {
             throw bad("groups must be U8 or U16 [N] with N ≥ K = \(k), got \(groups.dtype.rawValue) \(groups.shape)")
         }
-        guard let id = m["id"], let view = m["view"].flatMap({ Int($0) }), view >= 0,
-              let label = m["label"].flatMap({ Int($0) }), label >= -1
-        else { throw bad("metadata needs id, view ≥ 0 and label ≥ -1") }
+        let id: String, view: Int, label: Int
+        do {
+            (id, view, label, _, _) = try RecordCodec.checkMetadata(m)
+        } catch {
+            throw bad(error.description)
+        }
         location.id = id
         location.view = view
         let layout = Layout(latents: latents, logvar: logvar, indices: indices, groups: groups)

@@ -130,10 +130,10 @@ public enum CacheVerifier {
         // threads for a fast check, on about a third of them beside a deep one (hashing a file
         // costs about a third of decoding and checking its records). Faults are still listed in
         // shard order.
-        let sizes: [Int?] = manifest.shards.map { entry in
-            (try? FileManager.default.attributesOfItem(atPath: root + "/" + entry.file))?[.size] as? Int
+        let sizes: [Result<Int, CacheError>] = manifest.shards.map { entry in
+            Result { () throws(CacheError) in try Shard.fileSize(root + "/" + entry.file, at: CacheLocation(shard: entry.file)) }
         }
-        let toHash = manifest.shards.indices.filter { manifest.shards[$0].sealed && sizes[$0] == manifest.shards[$0].bytes }
+        let toHash = manifest.shards.indices.filter { manifest.shards[$0].sealed && (try? sizes[$0].get()) == manifest.shards[$0].bytes }
         let hashes = FileHashes(count: manifest.shards.count)
         let hashing = DispatchGroup()
         let hashThreads = min(toHash.count, max(1, deep ? (threads + 1) / 3 : threads))
@@ -149,10 +149,12 @@ public enum CacheVerifier {
         var first = 0
         for (i, entry) in manifest.shards.enumerated() {
             defer { first += entry.records }
-            let path = root + "/" + entry.file
             let loc = CacheLocation(shard: entry.file)
-            guard let size = sizes[i] else {
-                shardFaults[i].append(CacheError(.missingShard, "\(path) does not exist", at: loc))
+            let size: Int
+            switch sizes[i] {
+            case let .success(s): size = s
+            case let .failure(fault):
+                shardFaults[i].append(fault)
                 continue
             }
             // A sealed shard that changed is reported, and still deep-checked when it opens, so
@@ -203,7 +205,7 @@ public enum CacheVerifier {
                 deepFaults.append(CacheError(.checksumMismatch, "content digest of the records is \(digest), manifest says \(manifest.contentDigest ?? "none")"))
             }
         } else if deep {
-            deepFaults.append(CacheError(.missingShard, "deep checks skipped: not every shard opens"))
+            deepFaults.append(CacheError(.shardMismatch, "records not checked: every shard must open for the deep checks (see the faults above)"))
         }
         collectShardFaults()
         faults += deepFaults
@@ -338,19 +340,19 @@ public enum CacheVerifier {
                     for slot in 0..<n {
                         let local = chunk * rpc + slot
                         let loc = CacheLocation(shard: shard.file, chunk: chunk, index: firstIndex + local)
+                        // The content digest is made of the stored digests (FORMAT.md 5), so a
+                        // record that cannot be read is reported once, as itself, and does not
+                        // also make the digest look wrong.
+                        storedDigests.withUnsafeBytes { part.digests.set(local, UnsafeRawBufferPointer(rebasing: $0[(slot * 32)..<(slot * 32 + 32)])) }
                         do {
                             let frame = try Chunk.frame(value, slot: slot)
                             let (id, view, size) = try decompressor.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { stored in
-                                let storedDigest = storedDigests[(slot * 32)..<(slot * 32 + 32)]
                                 if rehash {
                                     let payload = shuffled ? try ByteShuffle.unshuffle(stored) : Array(stored)
                                     let digest = SHA256.hash(data: payload)
-                                    digest.withUnsafeBytes { part.digests.set(local, $0) }
-                                    guard digest.elementsEqual(storedDigest) else {
+                                    guard digest.elementsEqual(storedDigests[(slot * 32)..<(slot * 32 + 32)]) else {
                                         throw CacheError(.checksumMismatch, "payload SHA-256 differs from the stored digest", at: loc)
                                     }
-                                } else {
-                                    storedDigests.withUnsafeBytes { part.digests.set(local, UnsafeRawBufferPointer(rebasing: $0[(slot * 32)..<(slot * 32 + 32)])) }
                                 }
                                 let (id, view) = try checker.check(stored: stored, shuffled: shuffled)
                                 return (id, view, stored.count)

@@ -21,12 +21,9 @@ package final class Shard: Sendable {
     package init(root: String, entry: Manifest.Shard, recordsPerChunk: Int, shuffle: String? = nil) throws(CacheError) {
         file = entry.file
         let path = root + "/" + entry.file
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw CacheError(.missingShard, "\(path) does not exist", at: CacheLocation(shard: entry.file))
-        }
+        let fileSize = try Self.fileSize(path, at: CacheLocation(shard: entry.file))
         // LMDB's own error for a file too short to hold its two meta pages is "Bad file
         // descriptor"; say what is wrong instead.
-        let fileSize = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         guard fileSize >= 2 * 4096 else {
             throw CacheError(.shardMismatch, "file is truncated: \(fileSize) bytes, too short for an LMDB file", at: CacheLocation(shard: entry.file))
         }
@@ -84,6 +81,30 @@ package final class Shard: Sendable {
         } catch {
             throw CacheError(.shardMismatch, "cannot open as LMDB: \(error)", at: CacheLocation(shard: entry.file))
         }
+    }
+
+    /// The size of the shard file at `path`, following symbolic links (shards may be links to
+    /// files on other disks); a missing, unreadable or non-regular file is refused, saying which.
+    package static func fileSize(_ path: String, at location: CacheLocation) throws(CacheError) -> Int {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            let reason = errno
+            if reason == ENOENT {
+                var link = stat()
+                let dangling = lstat(path, &link) == 0
+                throw CacheError(.missingShard, dangling ? "\(path) is a symbolic link to a file that does not exist" : "\(path) does not exist",
+                                 at: location)
+            }
+            throw CacheError(.io, "cannot read \(path): \(String(cString: strerror(reason)))", at: location)
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw CacheError(.shardMismatch, "\(path) is \(st.st_mode & S_IFMT == S_IFDIR ? "a directory" : "not a regular file"), not a shard file",
+                             at: location)
+        }
+        guard access(path, R_OK) == 0 else {
+            throw CacheError(.io, "cannot read \(path): \(String(cString: strerror(errno)))", at: location)
+        }
+        return Int(st.st_size)
     }
 
     /// Passes the compressed frame of local record `local` to `body`, inside the read transaction.

@@ -112,6 +112,7 @@ public struct StreamOrder: Sendable, Equatable {
         precondition(start >= 0, "start must be ≥ 0")
         guard count > 0 else { return [] }
         let t = epochPositions(worldSize: worldSize, padding: padding)
+        guard start < t else { return [] }  // (also keeps the arithmetic below from overflowing)
         // First position ≥ start congruent to rank.
         let steps = start > rank ? (start - rank + worldSize - 1) / worldSize : 0
         let first = rank + steps * worldSize

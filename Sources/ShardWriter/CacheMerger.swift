@@ -112,7 +112,17 @@ public enum CacheMerger {
             }
             guard m.settings == first.settings, m.recordsPerChunk == first.recordsPerChunk, m.compression == first.compression,
                   m.classes == first.classes else {
-                throw CacheError(.settingsMismatch, "\(partNames[rank]) was made with other settings than \(partNames[0])")
+                let what: String
+                if let d = first.settings.firstDifference(from: m.settings) {
+                    what = "settings.\(d.path) is \(d.mine?.jsonText ?? "absent") there, \(d.theirs?.jsonText ?? "absent") here"
+                } else if m.recordsPerChunk != first.recordsPerChunk {
+                    what = "records_per_chunk is \(first.recordsPerChunk) there, \(m.recordsPerChunk) here"
+                } else if m.compression != first.compression {
+                    what = "the compression settings differ"
+                } else {
+                    what = "the class lists differ"
+                }
+                throw CacheError(.settingsMismatch, "\(partNames[rank]) was made with other settings than \(partNames[0]): \(what)")
             }
         }
         var merged = Manifest(createdBy: first.createdBy, recordsPerChunk: first.recordsPerChunk,

@@ -63,6 +63,9 @@ public final class CacheWriter {
                 options: Options = Options()) throws {
         root = path
         let fm = FileManager.default
+        guard (1...65536).contains(options.recordsPerChunk) else {
+            throw CacheError(.settingsMismatch, "records per chunk must be 1...65536, got \(options.recordsPerChunk)")
+        }
         try Self.checkOutputDirectory(path)
         do {
             try fm.createDirectory(atPath: path + "/shards", withIntermediateDirectories: true)
@@ -225,9 +228,12 @@ public final class CacheWriter {
         for r in records {
             let loc = CacheLocation(id: r.id, view: r.view)
             let key: [UInt8]
-            do {
+            do throws(FormatError) {
                 try RecordCodec.validate(latents: r.latents, logvar: r.logvar, indices: r.indices, groups: r.groups)
                 key = try ShardLayout.idKey(id: r.id, view: r.view)
+                guard RecordCodec.labelRange.contains(r.label) else {
+                    throw FormatError(.badMetadata, "label \(r.label) is not in -1...2147483647")
+                }
             } catch {
                 throw CacheError(error, at: loc)
             }

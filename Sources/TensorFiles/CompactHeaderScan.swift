@@ -80,7 +80,8 @@ struct CompactHeaderScan {
                     if !take(UInt8(ascii: "}")) {
                         repeat {
                             guard let k = string(), take(UInt8(ascii: ":")), let v = string() else { return nil }
-                            metadata[k] = v
+                            // A key given twice is the JSON parser's to refuse.
+                            guard metadata.updateValue(v, forKey: k) == nil else { return nil }
                         } while take(UInt8(ascii: ","))
                         guard take(UInt8(ascii: "}")) else { return nil }
                     }
@@ -98,6 +99,7 @@ struct CompactHeaderScan {
                 }
                 guard take(#","data_offsets":["#), let b = integer(), take(UInt8(ascii: ",")), let e = integer(),
                       take("]}") else { return nil }
+                guard !members.contains(where: { $0.name == name }) else { return nil }
                 members.append(Member(name: name, dtype: dtype, shape: shape, begin: b, end: e))
             } while take(UInt8(ascii: ","))
             guard take(UInt8(ascii: "}")) else { return nil }

@@ -100,12 +100,22 @@ extension JSONValue {
             case UInt8(ascii: "{"):
                 pos += 1
                 var members: [(String, JSONValue)] = []
+                // Keys seen, once an object is past a few members (a linear search before that).
+                var keys = Set<String>()
                 skipWhitespace()
                 if pos < bytes.count, bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
                 while true {
                     skipWhitespace()
                     guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail("expected a key") }
                     let key = try string()
+                    // Parsers differ on a repeated key (first or last wins), so a file that has
+                    // one would read differently in another language: refuse it.
+                    if members.count < 8 {
+                        if members.contains(where: { $0.0 == key }) { throw fail("key \(JSONValue.quoted(key)) appears twice") }
+                    } else {
+                        if keys.isEmpty { keys = Set(members.map(\.0)) }
+                        guard keys.insert(key).inserted else { throw fail("key \(JSONValue.quoted(key)) appears twice") }
+                    }
                     skipWhitespace()
                     try expect(":")
                     members.append((key, try value(depth: depth + 1)))

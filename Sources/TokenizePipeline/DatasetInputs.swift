@@ -276,7 +276,7 @@ public struct DatasetInputs: Sendable {
         }
     }
 
-    /// A label: an integer ≥ -1; absent, null or blank: -1 (no label); anything else: `nil`.
+    /// A label: an integer in -1...Int32.max (batches carry labels as int32); absent, null or blank: -1 (no label); anything else: `nil`.
     static func listLabel(_ value: JSONValue?) -> Int? {
         switch value {
         case nil, .null?: return -1
@@ -293,7 +293,7 @@ public struct DatasetInputs: Sendable {
     }
 
     /// JSON Lines: one object per line with `path` and optional `id` (string or integer) and
-    /// `label` (integer ≥ -1); blank lines are skipped.
+    /// `label` (integer in -1...2147483647); blank lines are skipped.
     static func readJSONL(_ file: String) throws -> DatasetInputs {
         var items = InputList(prefix: nil)
         for (n, line) in lines(try readText(file)).enumerated() {
@@ -305,7 +305,7 @@ public struct DatasetInputs: Sendable {
             guard case .object = obj, let path = obj["path"]?.stringValue, !path.isEmpty else {
                 throw bad("expected an object with a \"path\" string")
             }
-            guard let label = listLabel(obj["label"]) else { throw bad("\"label\" must be an integer ≥ -1") }
+            guard let label = listLabel(obj["label"]) else { throw bad("\"label\" must be an integer in -1...2147483647") }
             guard let id = listId(obj["id"]) else { throw bad("\"id\" must be a string or an integer") }
             items.append(id: id ?? path, path: resolve(path, relativeTo: file), label: label)
         }
@@ -328,7 +328,7 @@ public struct DatasetInputs: Sendable {
             }
             func bad(_ why: String) -> ScanError { ScanError(path: file, reason: "line \(line): \(why)") }
             guard cols.count == columns.count else { throw bad("\(cols.count) columns, header has \(columns.count)") }
-            guard let label = listLabel(labelCol.map { .string(cols[$0]) }) else { throw bad("bad label \(cols[labelCol!])") }
+            guard let label = listLabel(labelCol.map { .string(cols[$0]) }) else { throw bad("label \(JSONValue.quoted(cols[labelCol!])) is not an integer in -1...2147483647") }
             let path = cols[pathCol]
             guard !path.isEmpty else { throw bad("empty path") }
             let id = idCol.map { cols[$0] }.flatMap { $0.isEmpty ? nil : $0 } ?? path

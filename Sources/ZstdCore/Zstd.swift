@@ -105,6 +105,7 @@ public final class ZstdDecompressor {
         guard size <= maxSize else {
             throw ZstdError(kind: .tooLarge, function: "ZSTD_getFrameContentSize", message: "frame declares \(size) bytes, limit is \(maxSize)")
         }
+        try Self.checkSingleFrame(frame)
         if size > scratchSize {
             scratch?.deallocate()
             scratchSize = max(size, 2 * scratchSize)
@@ -115,6 +116,16 @@ public final class ZstdDecompressor {
             throw ZstdError(kind: .corrupt, function: "ZSTD_decompressDCtx", message: "frame produced \(n) bytes, declared \(size)")
         }
         return try body(UnsafeRawBufferPointer(start: scratch, count: size))
+    }
+
+    /// A record's bytes must be one frame and nothing else: zstd would also decode frames (or
+    /// skip skippable ones) concatenated after it, which another reader may refuse.
+    static func checkSingleFrame(_ frame: UnsafeRawBufferPointer) throws(ZstdError) {
+        let n = ZSTD_findFrameCompressedSize(frame.baseAddress, frame.count)
+        guard ZSTD_isError(n) == 0, n == frame.count else {
+            throw ZstdError(kind: .corrupt, function: "ZSTD_findFrameCompressedSize",
+                            message: ZSTD_isError(n) != 0 ? String(cString: ZSTD_getErrorName(n)) : "\(frame.count - n) bytes follow the frame")
+        }
     }
 
     /// The decompressed size a frame declares, or nil if it declares none or is not a frame.
@@ -134,6 +145,7 @@ public final class ZstdDecompressor {
         guard size <= maxSize else {
             throw ZstdError(kind: .tooLarge, function: "ZSTD_getFrameContentSize", message: "frame declares \(size) bytes, limit is \(maxSize)")
         }
+        try Self.checkSingleFrame(frame)
         var n = 0
         let out = [UInt8](unsafeUninitializedCapacity: size) { buf, count in
             n = ZSTD_decompressDCtx(dctx, buf.baseAddress, size, frame.baseAddress, frame.count)

@@ -31,6 +31,8 @@ struct SynthCacheCommand: ParsableCommand {
         guard records >= 0, tokens > 0, channels > 0, batchSize > 0, shardSizeMB > 0, recordsPerChunk > 0 else {
             throw ValidationError("counts and sizes must be positive")
         }
+        guard recordsPerChunk <= 65536 else { throw ValidationError("--records-per-chunk must be 1...65536 (FORMAT.md 2)") }
+        guard (1...(1 << 32)).contains(codebookSize) else { throw ValidationError("--codebook-size must be 1...4294967296") }
         guard (groupsFrom ?? tokens) >= tokens else { throw ValidationError("--groups-from must be ≥ --tokens") }
         if let g = groupDType {
             guard let d = TensorDType(userName: g), d == .u8 || d == .u16, d == .u16 || tokens <= 256 else {
@@ -67,6 +69,9 @@ struct SynthCacheCommand: ParsableCommand {
         }
         var i = writer.count
         let first = i
+        guard first <= records else {
+            throw fail("\(out) already holds \(first) records, more than --records \(records): nothing to do")
+        }
         let m: Manifest
         var writing = 0.0  // seconds inside the writer, generation excluded
         do {

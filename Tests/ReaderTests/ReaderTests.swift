@@ -403,6 +403,8 @@ struct CrossLanguageTests {
         #expect((0..<5).map { o.rankIndices(rank: $0, worldSize: 5) } == [[0, 6, 9], [7, 2, 10], [5, 3, 0], [1, 4, 7], [8, 11, 5]])
         #expect((0..<5).map { o.rankIndices(rank: $0, worldSize: 5, padding: .drop) } == [[0, 6], [7, 2], [5, 3], [1, 4], [8, 11]])
         #expect(o.rankIndices(rank: 1, worldSize: 5, start: 5) == [2, 10])
+        // A start at or past the epoch's end gives nothing (and no arithmetic overflow).
+        for start in [15, 16, Int.max - 1, Int.max] { #expect(o.rankIndices(rank: 4, worldSize: 5, start: start).isEmpty) }
     }
 
     @Test(arguments: 1...7)

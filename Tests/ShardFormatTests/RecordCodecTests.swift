@@ -117,6 +117,33 @@ struct RecordCodecTests {
         do { _ = try RecordCodec.decode(bad); Issue.record("accepted group id K") } catch { #expect(error.kind == .badValue) }
     }
 
+    /// A view past 16 bits or a label past int32 (a batch's label type) is refused by the strict
+    /// decoder, by the checker's fast path and by the metadata scan the stream relies on, and by
+    /// the writer; the edges of both ranges are accepted.
+    @Test(arguments: [(70000, 3), (65536, 3), (0, 2_147_483_648), (0, -2), (0, 99_999_999_999_999_999)])
+    func viewsAndLabelsOutOfRangeAreRefused(view: Int, label: Int) throws {
+        var r = makeRecord()
+        r.view = view
+        r.label = label
+        let payload = RecordCodec.encode(r)
+        do { _ = try RecordCodec.decode(payload); Issue.record("decoded view \(view) label \(label)") } catch {
+            #expect(error.kind == .badMetadata)
+        }
+        let checker = RecordChecker()
+        for _ in 0..<2 {  // the second time through the checker's cached layout
+            do {
+                _ = try payload.withUnsafeBytes { try checker.check(stored: $0, shuffled: false) }
+                Issue.record("checker accepted view \(view) label \(label)")
+            } catch let error as FormatError { #expect(error.kind == .badMetadata) }
+        }
+        #expect(payload.withUnsafeBytes { MetadataScan(payload: $0)?.checked() } == nil)
+        for (v, l) in [(65535, 2_147_483_647), (0, -1)] {
+            r.view = v
+            r.label = l
+            #expect(try RecordCodec.decode(RecordCodec.encode(r)) == r)
+        }
+    }
+
     @Test func truncatedAndGarbagePayloadsThrowInsteadOfCrashing() throws {
         let payload = RecordCodec.encode(makeRecord())
         for cut in [0, 3, 8, 20, payload.count / 2, payload.count - 1] {

@@ -171,6 +171,75 @@ struct CorruptionTests {
         #expect(dups.allSatisfy { $0.shard == "shards/shard-00001.mdb" })
     }
 
+    /// Shard files may be symbolic links (to spread a cache over disks); a dangling link, a
+    /// directory in a shard's place and an unreadable shard are each named for what they are.
+    @Test func shardsBehindSymbolicLinksReadAndBadLinksAreNamed() throws {
+        let (dir, m) = try freshCache()
+        let elsewhere = try TestSupport.temporaryDirectory()
+        for s in m.shards {
+            let name = URL(fileURLWithPath: s.file).lastPathComponent
+            try FileManager.default.moveItem(atPath: dir + "/" + s.file, toPath: elsewhere + "/" + name)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + s.file, withDestinationPath: elsewhere + "/" + name)
+        }
+        #expect(CacheVerifier.verify(path: dir, deep: true).isClean)
+        #expect(try TokenCache(path: dir).record(at: m.totals.records - 1) == gen.record(m.totals.records - 1))
+
+        let first = m.shards[0].file
+        try FileManager.default.removeItem(atPath: elsewhere + "/" + URL(fileURLWithPath: first).lastPathComponent)
+        let dangling = CacheVerifier.verify(path: dir, deep: true).faults
+        #expect(dangling.contains { $0.kind == .missingShard && $0.shard == first && $0.message.contains("symbolic link") })
+        #expect(!dangling.contains { $0.kind == .missingShard && $0.shard == nil }, "a fault that names no shard: \(dangling)")
+
+        try FileManager.default.removeItem(atPath: dir + "/" + first)
+        try FileManager.default.createDirectory(atPath: dir + "/" + first, withIntermediateDirectories: false)
+        #expect(CacheVerifier.verify(path: dir, deep: false).faults.contains { $0.shard == first && $0.message.contains("is a directory") })
+        do { _ = try TokenCache(path: dir); Issue.record("opened") } catch { #expect(error.message.contains("is a directory")) }
+    }
+
+    /// One unreadable record is one fault: the content digest comes from the stored digests,
+    /// which are intact, so it is not reported as well.
+    @Test func anUnreadableRecordDoesNotAlsoFaultTheContentDigest() throws {
+        let (dir, m) = try freshCache()
+        try patch(dir + "/" + m.shards[0].file) { data in
+            let magic: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD]
+            let at = (0..<(data.count - 4)).first { Array(data[$0..<($0 + 4)]) == magic }!
+            data[at] ^= 0xFF  // no longer a zstd frame
+        }
+        let faults = CacheVerifier.verify(path: dir, deep: true).faults
+        #expect(faults.contains { $0.index != nil && $0.shard == m.shards[0].file })
+        #expect(!faults.contains { $0.message.contains("content digest") }, "\(faults)")
+    }
+
+    /// Manifests that contradict themselves are refused by every reader and by a fast verify:
+    /// a shard listed twice (every record of it would be served twice), a complete cache
+    /// without its digest or with an unsealed shard, a key given twice (JSON parsers disagree on
+    /// which one counts).
+    @Test func selfContradictoryManifestsAreRefused() throws {
+        let (dir, m) = try freshCache()
+        var twice = m
+        twice.shards.append(m.shards[0])
+        twice.updateTotals()
+        var noDigest = m
+        noDigest.contentDigest = nil
+        var unsealed = m
+        unsealed.shards[1].sealed = false
+        for (edited, expected) in [(twice, "listed twice"), (noDigest, "no content_digest"), (unsealed, "not sealed")] {
+            try edited.write(toCache: dir)
+            do { _ = try TokenCache(path: dir); Issue.record("opened: \(expected)") } catch {
+                #expect(error.kind == .notACache && error.message.contains(expected), "\(error)")
+            }
+            #expect(CacheVerifier.verify(path: dir, deep: false).faults.contains { $0.message.contains(expected) })
+        }
+        try m.write(toCache: dir)
+        let path = dir + "/manifest.json"
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        text = String(text[..<text.lastIndex(of: "}")!]) + ", \"format_version\" : 1}"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        do { _ = try TokenCache(path: dir); Issue.record("opened a manifest with a key twice") } catch {
+            #expect(error.message.contains("appears twice"), "\(error)")
+        }
+    }
+
     @Test func unknownCacheVersionIsRefused() throws {
         let (dir, _) = try freshCache(count: 5)
         let path = dir + "/manifest.json"

@@ -236,6 +236,18 @@ struct WriterRulesTests {
         } catch let e as CacheError {
             #expect(e.kind == .badRecord && e.location.id == r.id)
         }
+        // Labels travel as int32 in batches: one past it is refused, the largest is written.
+        r = synthetic().record(0)
+        r.label = Int(Int32.max) + 1
+        do {
+            try w.append([r])
+            Issue.record("label 2^31 accepted")
+        } catch let e as CacheError {
+            #expect(e.kind == .badRecord && e.message.contains("label") && e.location.id == r.id)
+        }
+        r.label = Int(Int32.max)
+        try w.append([r])
+        #expect(try TokenCache(path: dir).record(at: 0).label == Int(Int32.max))
     }
 
     /// A writer commits a batch to its open shard before it replaces the manifest, so a reader
