@@ -107,12 +107,12 @@ def rank_indices(perm, rank, world_size, start=0, padding="pad"):
     if not (0 <= rank < world_size):
         raise ValueError("need 0 <= rank < world_size")
     if start < 0:
-        raise ValueError("start must be >= 0")
+        raise ValueError("start is a global position in the epoch, 0 or more; got %s" % (start,))
     n = len(perm)
-    if n == 0:
-        return np.zeros(0, np.int64)
     t = epoch_positions(n, world_size, padding)
     first = rank + world_size * max(0, -(-(start - rank) // world_size))
+    if first >= t:  # past the epoch (or an empty cache): np.arange cannot take a start past int64
+        return np.zeros(0, np.int64)
     g = np.arange(first, t, world_size, dtype=np.int64)
     return perm[g % n]
 

@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 SHARD_FORMAT = "mtok.shard/1"
 RECORD_FORMAT = "1"
 MAX_PAYLOAD = 64 << 20  # FORMAT 4.2: refuse larger declared sizes before allocating
+LABEL_MAX = 2147483647  # FORMAT 4.1: batches carry labels as int32
 
 # safetensors dtype name -> (NumPy dtype of the stored elements, element size)
 DTYPES = {
@@ -50,6 +51,20 @@ def _integer(value):
     if type(value) is float and value.is_integer():
         return int(value)
     return None
+
+
+def _unique_keys(mpath):
+    """A json object_pairs_hook that refuses an object naming a key twice: Python's json keeps the
+    last value and other readers (Swift's) the first, so such a manifest means one cache to one
+    reader and another to the other."""
+    def hook(pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise NotACacheError("%s names the key %s twice in one object" % (mpath, json.dumps(key)))
+        return obj
+    return hook
 
 
 _STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false", "an object", "an array", "any"
@@ -511,7 +526,7 @@ class Cache:
         except OSError as e:
             raise NotACacheError("%s has no readable manifest.json (%s)" % (self.path, e.strerror)) from e
         try:
-            m = json.loads(raw.decode("utf-8"))
+            m = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys(mpath))
         except (UnicodeDecodeError, ValueError) as e:
             raise NotACacheError("%s is not JSON: %s" % (mpath, e)) from e
         if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -602,25 +617,26 @@ class Cache:
             chunk = shard.get(struct.pack(">Q", chunk_no), shard.records)
         if chunk is None:
             raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
-        # FORMAT 3.2: u32 n, u32 offsets[n + 1], frames; check the offsets before slicing.
-        size = len(chunk)
-        if size < 8:
-            raise CorruptRecordError("chunk of %d bytes is too short" % size, **loc)
-        (n,) = struct.unpack_from("<I", chunk, 0)
-        if not (1 <= n <= R) or 4 * (n + 2) > size or slot >= n:
-            raise CorruptRecordError("chunk claims %d records in %d bytes (slot %d)" % (n, size, slot), **loc)
-        start, end = struct.unpack_from("<II", chunk, 4 * (1 + slot))
-        base = 4 * (n + 2)
-        if start > end or base + end > size:
-            raise CorruptRecordError("frame %d offsets %d..%d outside a %d-byte chunk" % (slot, start, end, size), **loc)
-        frame = chunk[base + start:base + end]
-        declared = zstandard.frame_content_size(frame) if len(frame) >= 4 else -1
+        try:
+            offsets = _chunk_offsets(chunk, R)
+        except ValueError as e:
+            raise CorruptRecordError(str(e), **loc) from None
+        if slot >= len(offsets) - 1:
+            raise CorruptRecordError("slot %d not in a chunk of %d" % (slot, len(offsets) - 1), **loc)
+        base = 4 * (len(offsets) + 1)
+        frame = chunk[base + int(offsets[slot]):base + int(offsets[slot + 1])]
+        try:
+            declared = zstandard.frame_content_size(frame)
+        except zstandard.ZstdError:  # no frame header: a damaged magic number, or too few bytes
+            declared = -1
         if declared < 0:
             raise CorruptRecordError("not a zstd frame with a declared content size", **loc)
         if declared > MAX_PAYLOAD:
             raise CorruptRecordError("frame declares %d bytes, limit is %d" % (declared, MAX_PAYLOAD), **loc)
         try:
-            stored = self._dctx.decompress(frame)  # verifies the XXH64 content checksum
+            # Verifies the XXH64 content checksum. A record is one frame (FORMAT 4.2): bytes after
+            # it in its slot (a second frame, or garbage) are refused, as Swift's reader refuses them.
+            stored = self._dctx.decompress(frame, allow_extra_data=False)
         except zstandard.ZstdError as e:
             raise CorruptRecordError("zstd: %s" % e, **loc) from e
         if len(stored) != declared:
@@ -977,6 +993,41 @@ def _ints(text, count, name, loc):
     return tuple(map(int, text.split(",")))
 
 
+_OFFSET_TABLES = {}  # n -> struct.Struct of a chunk's n + 1 offsets
+
+
+def _chunk_offsets(chunk, records_per_chunk):
+    """The n + 1 frame offsets of a chunk (FORMAT 3.2: u32 n, u32 offsets[n + 1], frames), checked
+    as the format states them: n in 1 ... R, offsets[0] = 0, non-decreasing, offsets[n] = the
+    bytes after the table. Then every frame lies inside the chunk and no two overlap. Raises
+    ValueError."""
+    size = len(chunk)
+    if size < 8:
+        raise ValueError("chunk of %d bytes is too short" % size)
+    (n,) = struct.unpack_from("<I", chunk, 0)
+    if not (1 <= n <= records_per_chunk) or 4 * (n + 2) > size:
+        raise ValueError("chunk claims %d records in %d bytes" % (n, size))
+    # Every read checks the whole table: a tuple is fastest for the usual few records per chunk,
+    # NumPy for thousands.
+    if n <= 64:
+        table = _OFFSET_TABLES.get(n) or _OFFSET_TABLES.setdefault(n, struct.Struct("<%dI" % (n + 1)))
+        offsets = table.unpack_from(chunk, 4)
+        ordered = list(offsets) == sorted(offsets)
+    else:
+        offsets = np.frombuffer(chunk, "<u4", n + 1, 4)
+        ordered = not (offsets[1:] < offsets[:-1]).any()
+    if offsets[0] != 0:
+        raise ValueError("frame offsets[0] = %d, not 0" % offsets[0])
+    if not ordered:
+        i = next(i for i in range(n) if offsets[i + 1] < offsets[i])
+        raise ValueError("frame offsets decrease: offsets[%d] = %d, offsets[%d] = %d"
+                         % (i, offsets[i], i + 1, offsets[i + 1]))
+    if offsets[n] != size - 4 * (n + 2):
+        raise ValueError("frame offsets end at %d, but %d bytes of frames follow them"
+                         % (offsets[n], size - 4 * (n + 2)))
+    return offsets
+
+
 def _shapes(tensors):
     return {name: (v[0], tuple(v[1])) for name, v in tensors.items()}
 
@@ -987,8 +1038,10 @@ def _metadata(meta, loc):
         rid = meta["id"]
     except (KeyError, ValueError) as e:
         raise BadRecordError("metadata needs id, view and label (%s)" % e, **loc) from e
-    if view < 0 or label < -1:
-        raise BadRecordError("view %d / label %d out of range" % (view, label), **loc)
+    if not 0 <= view <= 65535:
+        raise BadRecordError("view %d outside 0 ... 65535" % view, **loc)
+    if not -1 <= label <= LABEL_MAX:
+        raise BadRecordError("label %d outside -1 ... %d" % (label, LABEL_MAX), **loc)
     return {"id": rid, "view": view, "label": label,
             "source_size": _ints(meta.get("source_size"), 2, "source_size", loc),
             "crop_box": _ints(meta.get("crop_box"), 4, "crop_box", loc),

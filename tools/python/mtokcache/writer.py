@@ -24,7 +24,7 @@ import zstandard
 
 from . import reader as _reader
 from .errors import InUseError, SettingsMismatchError, ShardMismatchError
-from .reader import FORMAT, FORMAT_VERSION, MAX_PAYLOAD, RECORD_FORMAT, SHARD_FORMAT, Cache
+from .reader import FORMAT, FORMAT_VERSION, LABEL_MAX, MAX_PAYLOAD, RECORD_FORMAT, SHARD_FORMAT, Cache
 
 _SAFETENSORS = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<u4"): "U32", np.dtype("<u2"): "U16",
                 np.dtype("u1"): "U8"}
@@ -71,17 +71,18 @@ def _shuffle(payload, data_start, tensors):
     return bytes(out)
 
 
-def _chunk_frames(chunk):
-    """The zstd frames of one stored chunk (FORMAT 3.1: u32 n, n+1 u32 offsets, frames)."""
-    n = struct.unpack_from("<I", chunk)[0]
-    offsets = np.frombuffer(chunk, "<u4", count=n + 1, offset=4)
-    base = 4 + 4 * (n + 1)
-    return [bytes(chunk[base + offsets[i]:base + offsets[i + 1]]) for i in range(n)]
+def _chunk_frames(chunk, records_per_chunk):
+    """The zstd frames of one stored chunk (FORMAT 3.2), its offsets checked as the readers check
+    them (ValueError)."""
+    offsets = _reader._chunk_offsets(chunk, records_per_chunk)
+    base = 4 * (len(offsets) + 1)
+    return [bytes(chunk[base + int(a):base + int(b)]) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 # FORMAT 4.1's metadata as the readers check it: decimal integers (Swift reads them as Int, so at
-# most 2^63 - 1), view 0 ... 65535 (the ids key holds it in 2 bytes), label >= -1, source_size and
-# crop_box non-negative. Checked at append, so a bad value is refused before anything is written.
+# most 2^63 - 1), view 0 ... 65535 (the ids key holds it in 2 bytes), label -1 ... 2^31 - 1
+# (batches carry labels as int32), source_size and crop_box non-negative. Checked at append, so a
+# bad value is refused before anything is written.
 _INT64_MAX = (1 << 63) - 1
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -113,8 +114,11 @@ class Writer:
     - latent_dtype: "bf16", "f16" or "f32"; float inputs are converted (bf16 rounds to nearest
       even), uint16 inputs with latent_dtype "bf16" are taken as bf16 bit patterns.
     - records_per_chunk: R of FORMAT 3.1; shard_cap_bytes: seal a shard past this size.
-    - part: (rank, world_size) when this cache is one rank's part of a scaled-out run, written to
-      CACHE/parts/rank-NNNNN; `mtok merge CACHE` joins the parts (FORMAT 6.3).
+    - part: (rank, world_size) when this cache is one rank's part of a scaled-out run; `part` is
+      recorded in the manifest, and the cache is written at `path` as always. `mtok merge CACHE`
+      joins the parts it finds at CACHE/parts/rank-NNNNN (FORMAT 6.3, where `mtok tokenize
+      --rank` puts them), so pass that path:
+      `Writer("%s/parts/rank-%05d" % (cache, rank), part=(rank, world_size), ...)`.
     - resume: continue the cache at `path` if it has a manifest (a new one otherwise). Its settings
       and part must equal the given ones, and latent_dtype that of its records (the manifest does
       not store it: the first record of each shard tells; the readers batch records of one dtype
@@ -288,16 +292,17 @@ class Writer:
             if count % self.R and env is self._env:
                 chunk = txn.get(struct.pack(">Q", count // self.R), db=dbs["records"])
                 try:
-                    frames = _chunk_frames(chunk)
-                except (TypeError, ValueError, struct.error):  # absent or malformed
-                    frames = []
+                    frames = _chunk_frames(chunk, self.R)
+                    sizes = [zstandard.frame_content_size(f) for f in frames]
+                except (TypeError, ValueError, struct.error, zstandard.ZstdError):  # absent or malformed
+                    frames, sizes = [], []
                 missing = [i for i in range(tail_start, count) if i not in tail_keys]
-                if len(frames) != count - tail_start or missing:
+                if len(frames) != count - tail_start or missing or min(sizes, default=0) < 0:
                     raise ShardMismatchError("the partial last chunk does not hold records %d..%d with their ids"
                                              % (tail_start, count - 1), shard=file)
                 last = digests[-1]
-                self._pending = [(f, last[32 * i:32 * i + 32], tail_keys[tail_start + i],
-                                  zstandard.frame_content_size(f)) for i, f in enumerate(frames)]
+                self._pending = [(f, last[32 * i:32 * i + 32], tail_keys[tail_start + i], size)
+                                 for i, (f, size) in enumerate(zip(frames, sizes))]
                 self._pending_committed = len(frames)
         return meta
 
@@ -306,7 +311,7 @@ class Writer:
         another one would mix dtypes in one cache, which `mtok verify` accepts but the readers'
         batches (and so the PyTorch datasets) refuse: compare with the shard's first record."""
         try:
-            frame = _chunk_frames(chunk)[0]
+            frame = _chunk_frames(chunk, self.R)[0]
             size = zstandard.frame_content_size(frame)
             if not 0 <= size <= MAX_PAYLOAD:
                 raise ValueError("frame declares %d bytes" % size)
@@ -336,8 +341,8 @@ class Writer:
                crop_box=(0, 0, 0, 0), source_sha256=""):
         """Adds one record. `indices` must be uint16 or uint32, `groups` uint8 or uint16 (their
         dtype is stored as given). Metadata the readers would refuse (FORMAT.md 4.1: view 0 ...
-        65535, label >= -1, non-negative integers in source_size and crop_box, source_sha256 hex or
-        empty) raises ValueError naming the field, and nothing is added."""
+        65535, label -1 ... 2147483647, non-negative integers in source_size and crop_box,
+        source_sha256 hex or empty) raises ValueError naming the field, and nothing is added."""
         if self._finished:
             raise RuntimeError("writer already finished")
         try:
@@ -348,7 +353,7 @@ class Writer:
             raise ValueError("id must be a str of 1 ... 508 UTF-8 bytes without NUL, got %r"
                              % (id[:80] if isinstance(id, str) else id,))
         view = _meta_int("view", view, 0, 65535)
-        label = _meta_int("label", label, -1, _INT64_MAX)
+        label = _meta_int("label", label, -1, LABEL_MAX)
         source_size = _meta_ints("source_size", source_size, 2)
         crop_box = _meta_ints("crop_box", crop_box, 4)
         if not isinstance(source_sha256, str) or not (source_sha256 == "" or _SHA256_HEX.match(source_sha256)):

@@ -50,6 +50,68 @@ class TempDir:
         shutil.rmtree(self.path)
 
 
+def rewrite_chunk(path, chunk_no, change, shard=0):
+    """Replaces chunk `chunk_no` of a shard of the cache at `path` by change(its bytes), as a
+    damaged or hand-made shard would hold it. No Cache of it may be open in this process."""
+    import lmdb
+    f = "%s/shards/shard-%05d.mdb" % (path, shard)
+    os.chmod(f, 0o644)
+    env = lmdb.open(f, subdir=False, lock=False, max_dbs=4)
+    try:
+        with env.begin(write=True) as txn:
+            db = env.open_db(b"records", txn=txn, create=False)
+            key = struct.pack(">Q", chunk_no)
+            txn.put(key, change(bytes(txn.get(key, db=db))), db=db)
+    finally:
+        env.close()
+
+
+def chunk_frames(chunk):
+    n = struct.unpack_from("<I", chunk)[0]
+    offsets = struct.unpack_from("<%dI" % (n + 1), chunk, 4)
+    return [chunk[4 * (n + 2) + a:4 * (n + 2) + b] for a, b in zip(offsets, offsets[1:])]
+
+
+def pack_chunk(frames, offsets=None):
+    """A chunk of `frames` (FORMAT 3.2), with the given offset table instead of the true one."""
+    if offsets is None:
+        offsets = [0]
+        for f in frames:
+            offsets.append(offsets[-1] + len(f))
+    return struct.pack("<I%dI" % len(offsets), len(frames), *offsets) + b"".join(frames)
+
+
+def rewrite_metadata(path, index, records_per_chunk, **meta):
+    """Sets metadata values of the stored record `index` (of a one-shard cache), the frame
+    compressed again as a writer would, so that only the metadata is wrong."""
+    import zstandard
+    chunk_no, slot = divmod(index, records_per_chunk)
+
+    def change(chunk):
+        frames = chunk_frames(chunk)
+        stored = zstandard.ZstdDecompressor().decompress(frames[slot])
+        hlen = struct.unpack_from("<Q", stored)[0]
+        header = json.loads(stored[8:8 + hlen])
+        header["__metadata__"].update(meta)
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        cctx = zstandard.ZstdCompressor(write_checksum=True, write_content_size=True)
+        frames[slot] = cctx.compress(struct.pack("<Q", len(text)) + text + stored[8 + hlen:])
+        return pack_chunk(frames)
+    rewrite_chunk(path, chunk_no, change)
+
+
+def refused(error, read, words=()):
+    """Runs read(); it must raise `error` (exactly that class or a subclass) with `words` in its
+    message. Returns the error."""
+    try:
+        got = read()
+    except error as e:
+        assert all(w in str(e) for w in words), (words, e)
+        return e
+    raise AssertionError("read without %s: %r" % (error.__name__, str(got)[:200]))
+
+
 def test_round_trip_every_dtype_and_shuffle():
     for latent_dtype in ("bf16", "f16", "f32"):
         for shuffle in ("byte-planes", "none"):
@@ -387,6 +449,15 @@ def test_resume_refuses_a_damaged_partial_chunk():
             raise AssertionError("resumed a shard whose last record has no id")
         except mtokcache.ShardMismatchError as e:
             assert "shard-00000.mdb" in str(e), e
+        # A frame of the partial chunk whose zstd magic number is damaged: the writer would take it
+        # as pending, declaring no size (zstandard's frame_content_size raises on it).
+        w = mtokcache.Writer(d + "/c2", settings={"test": True}, records_per_chunk=4)
+        for r in make_records(6):
+            w.append(**r)
+        w.close()
+        rewrite_chunk(d + "/c2", 1, lambda chunk: pack_chunk([b"\0" + f[1:] for f in chunk_frames(chunk)]))
+        refused(mtokcache.ShardMismatchError, lambda: mtokcache.Writer(d + "/c2", settings={"test": True}, resume=True),
+                ["shard-00000.mdb", "partial last chunk"])
 
 
 def test_reopens_after_fork():
@@ -960,6 +1031,176 @@ def test_iterable_dataset_epochs_reach_persistent_workers():
                 assert got == want, (workers, context, epoch, got, want)
                 assert len(ds) == len(want)
             del loader
+
+
+def test_damaged_frame_header_is_a_located_corrupt_record():
+    """A frame whose zstd magic number is damaged, or too short for a frame header (zstandard's
+    frame_content_size raises on both), is a CorruptRecordError naming shard, chunk and index
+    in every read path."""
+    with TempDir() as d:
+        recs = list(make_records(12))
+        write(d + "/c", recs, records_per_chunk=4)
+
+        def damage(chunk):
+            frames = chunk_frames(chunk)
+            frames[1] = bytes([frames[1][0] ^ 0xFF]) + frames[1][1:]  # record 5: the magic number
+            frames[2] = frames[2][:3]  # record 6: 3 bytes
+            return pack_chunk(frames)
+        rewrite_chunk(d + "/c", 1, damage)
+        c = mtokcache.open(d + "/c")
+        for i in (5, 6):
+            r = recs[i]
+            for read in (lambda: c[i], lambda: c.get(r["id"], r["view"]), lambda: c.batch([4, i]),
+                         lambda: c.payload(i)):
+                e = refused(mtokcache.CorruptRecordError, read, ["not a zstd frame"])
+                assert e.location == {"shard": "shards/shard-00000.mdb", "chunk": 1, "index": i}, e.location
+        for batch_size in (None, 5):
+            e = refused(mtokcache.CorruptRecordError, lambda: list(c.stream(0, 1, 0, 0, batch_size=batch_size)))
+            assert e.location["index"] in (5, 6), e.location
+        assert c[4]["id"] == recs[4]["id"] and c[7]["id"] == recs[7]["id"]
+        c.close()
+
+
+def refused_at_record_5(d, cases):
+    """For each (field, stored value, words): a copy of a cache of 8 records whose record 5 has
+    the value; every read path refuses it with a BadRecordError at the record, while record 4
+    reads."""
+    recs = list(make_records(8))
+    write(d + "/good", recs, records_per_chunk=4)
+    r = recs[5]
+    for n, (field, value, words) in enumerate(cases):
+        path = "%s/case%d" % (d, n)
+        shutil.copytree(d + "/good", path)
+        rewrite_metadata(path, 5, 4, **{field: value})
+        c = mtokcache.open(path)
+        for read in (lambda: c[5], lambda: c.get(r["id"], r["view"]), lambda: c.batch([4, 5]),
+                     lambda: list(c.stream(0, 1, 0, 0)), lambda: list(c.stream(0, 1, 0, 0, batch_size=8))):
+            e = refused(mtokcache.BadRecordError, read, words)
+            assert (e.location["index"], e.location["chunk"]) == (5, 1), (field, value, e.location)
+        assert c[4]["id"] == recs[4]["id"]
+        c.close()
+
+
+def test_labels_outside_int32_refused():
+    """FORMAT 4.1: labels are -1 ... 2147483647 (batches carry them as int32). The writer refuses
+    others, naming the range; a stored one outside it, however large, is a BadRecordError at the
+    record in every read path (not an OverflowError from batch, nor a huge int from c[i])."""
+    with TempDir() as d:
+        recs = list(make_records(3))
+        w = mtokcache.Writer(d + "/c", settings={"test": True})
+        for label in (2**31, 2**40, 2**63 - 1, -2):
+            refused(ValueError, lambda: w.append(**dict(recs[0], label=label)),
+                    ["label must be -1 ... 2147483647", "got %d" % label])
+        assert len(w) == 0
+        w.append(**dict(recs[0], label=2147483647))
+        w.append(**dict(recs[1], label=-1))
+        w.finish()
+        c = mtokcache.open(d + "/c")
+        assert (c[0]["label"], c[1]["label"]) == (2147483647, -1)
+        assert c.batch([0, 1])["labels"].tolist() == [2147483647, -1]
+        c.close()
+        refused_at_record_5(d, [("label", v, ["label %s outside -1 ... 2147483647" % v])
+                                for v in ("2147483648", "99999999999999999999999", "-2")])
+
+
+def test_view_size_and_crop_box_outside_range_or_form_refused():
+    """FORMAT 4.1: a stored view outside 0 ... 65535, and a source_size or crop_box that is not
+    non-negative decimal integers separated by commas, are BadRecordErrors in every read path."""
+    with TempDir() as d:
+        refused_at_record_5(d, [("view", "70000", ["view 70000 outside 0 ... 65535"]),
+                                ("view", "65536", ["view 65536 outside"]),
+                                ("source_size", "640, 480", ["source_size"]),
+                                ("source_size", "640,480,1", ["source_size"]),
+                                ("source_size", "-1,480", ["source_size"]), ("crop_box", "0,0,1", ["crop_box"]),
+                                ("crop_box", "0,0,1,x", ["crop_box"]), ("crop_box", "0,0,1,1 ", ["crop_box"])])
+
+
+def test_chunk_offsets_and_frames_checked_as_the_format_states():
+    """FORMAT 3.2: offsets[0] = 0, non-decreasing, offsets[n] = the bytes of the frames; else
+    every record of the chunk is refused, even one whose own slot is intact. And a slot holds one
+    zstd frame with nothing after it (libzstd refuses the rest to Swift): a slot that holds a
+    second frame, or other bytes, is refused."""
+    with TempDir() as d:
+        recs = list(make_records(12))
+        write(d + "/good", recs, records_per_chunk=4)
+
+        def ends(frames, first=0):
+            out = [first]
+            for f in frames:
+                out.append(out[-1] + len(f))
+            return out
+        chunk_wide = (4, 5, 6, 7)
+        cases = [
+            # Record 4's slot spans two frames; record 7's is intact.
+            (lambda f: pack_chunk(f, [ends(f)[i] for i in (0, 2, 1, 3, 4)]), "frame offsets decrease", chunk_wide),
+            (lambda f: pack_chunk([b"\0" + f[0]] + f[1:], ends(f, 1)), "offsets[0] = 1, not 0", chunk_wide),
+            (lambda f: pack_chunk(f) + b"\0" * 5, "frame offsets end at", chunk_wide),
+            (lambda f: pack_chunk([f[0] + b"junk"] + f[1:]), "zstd", (4,)),
+            (lambda f: pack_chunk([f[0] + f[1]] + f[1:]), "zstd", (4,)),
+        ]
+        for n, (change, words, bad) in enumerate(cases):
+            path = "%s/case%d" % (d, n)
+            shutil.copytree(d + "/good", path)
+            rewrite_chunk(path, 1, lambda chunk: change(chunk_frames(chunk)))
+            c = mtokcache.open(path)
+            for i in range(12):
+                if i not in bad:
+                    assert c[i]["id"] == recs[i]["id"], (words, i)
+                    continue
+                for read in (lambda: c[i], lambda: c.batch([i]), lambda: c.payload(i)):
+                    e = refused(mtokcache.CorruptRecordError, read, [words])
+                    assert e.location == {"shard": "shards/shard-00000.mdb", "chunk": 1, "index": i}, e.location
+            c.close()
+    # Tables of many records take another path (NumPy): the same checks.
+    from mtokcache import reader
+    for n in (3, 100):
+        good = [0] + [10 * (i + 1) for i in range(n)]
+        for table, frames, words in ((good, 10 * n, None), (good[:2] + [5] + good[3:], 10 * n, "decrease"),
+                                     ([1] + good[1:], 10 * n, "offsets[0] = 1"), (good, 10 * n + 1, "end at")):
+            chunk = struct.pack("<I%dI" % (n + 1), n, *table) + b"\0" * frames
+            if words is None:
+                assert list(reader._chunk_offsets(chunk, n)) == good
+            else:
+                refused(ValueError, lambda: reader._chunk_offsets(chunk, n), [words])
+
+
+def test_manifest_with_a_duplicate_key_refused():
+    """JSON readers disagree on a key named twice (Python's json keeps the last value, Swift's
+    decoder the first), so a manifest with one anywhere is not a cache."""
+    with TempDir() as d:
+        write(d + "/c", make_records(3))
+        mpath = d + "/c/manifest.json"
+        text = json.dumps(json.load(open(mpath)))
+        os.chmod(mpath, 0o644)
+        assert '"records": 3' in text and '"settings": {"test": true}' in text
+        for damaged, key in (('{"format_version": 7, ' + text[1:], "format_version"),
+                             (text.replace('"records": 3', '"records": 2, "records": 3', 1), "records"),
+                             (text.replace('"settings": {"test": true}', '"settings": {"test": 1, "test": true}'),
+                              "test")):
+            open(mpath, "w").write(damaged)
+            refused(mtokcache.NotACacheError, lambda: mtokcache.open(d + "/c"),
+                    [mpath, 'names the key "%s" twice' % key])
+        open(mpath, "w").write(text)
+        assert len(mtokcache.open(d + "/c")) == 3
+
+
+def test_stream_from_a_start_past_the_epoch_is_empty():
+    """A start at or past the epoch's end, however large, gives no records; a negative one is
+    refused, saying what start is."""
+    with TempDir() as d:
+        write(d + "/c", make_records(10), records_per_chunk=4)
+        c = mtokcache.open(d + "/c")
+        for rank, world in ((0, 1), (1, 3), (2, 4)):
+            for padding in ("pad", "drop"):
+                for start in (12, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**100):
+                    got = c.stream_indices(rank, world, 0, 7, start=start, padding=padding)
+                    assert len(got) == 0 and got.dtype == np.int64, (rank, world, padding, start, got)
+                    assert order.rank_count(10, rank, world, start, padding) == 0
+        assert list(c.stream(0, 1, 0, 7, start=2**64 - 1)) == []
+        assert list(c.stream(0, 1, 0, 7, start=2**64 - 1, batch_size=4)) == []
+        assert c.stream_indices(0, 1, 0, 7, start=9).tolist() == c.permutation(0, 7)[9:].tolist()
+        refused(ValueError, lambda: c.stream_indices(0, 1, 0, 7, start=-1), ["start is a global position", "-1"])
+        c.close()
 
 
 def main():
