@@ -131,6 +131,17 @@ def _check_manifest(m, mpath):
             raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
         if s["records"] < 0:
             raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
+    files = [s["file"] for s in m["shards"]]
+    if len(set(files)) != len(files):
+        twice = next(f for f in files if files.count(f) > 1)
+        raise NotACacheError("%s: shard %s is listed twice" % (mpath, twice))
+    # FORMAT 2: a complete cache has every shard sealed and its content digest set.
+    if m["complete"]:
+        if m.get("content_digest") is None:
+            raise NotACacheError("%s: complete, but no content_digest" % mpath)
+        for s in m["shards"]:
+            if not s["sealed"] or s.get("sha256") is None:
+                raise NotACacheError("%s: complete, but shard %s is not sealed" % (mpath, s["file"]))
 
 
 class _Replaced(Exception):

@@ -1184,6 +1184,25 @@ def test_manifest_with_a_duplicate_key_refused():
         assert len(mtokcache.open(d + "/c")) == 3
 
 
+def test_self_contradictory_manifest_refused():
+    """A shard listed twice (its records would be served twice) and a complete cache without its
+    digest or with an unsealed shard are refused, as Swift refuses them."""
+    with TempDir() as d:
+        write(d + "/c", make_records(9), records_per_chunk=2, shard_cap_bytes=2048)
+        mpath = d + "/c/manifest.json"
+        m = json.load(open(mpath))
+        assert len(m["shards"]) >= 2 and m["complete"]
+        os.chmod(mpath, 0o644)
+        twice = dict(m, shards=m["shards"] + m["shards"][:1])
+        no_digest = dict(m, content_digest=None)
+        unsealed = dict(m, shards=[dict(m["shards"][0], sealed=False)] + m["shards"][1:])
+        for damaged, words in ((twice, "listed twice"), (no_digest, "no content_digest"), (unsealed, "not sealed")):
+            json.dump(damaged, open(mpath, "w"))
+            refused(mtokcache.NotACacheError, lambda: mtokcache.open(d + "/c"), [mpath, words])
+        json.dump(m, open(mpath, "w"))
+        assert len(mtokcache.open(d + "/c")) == 9
+
+
 def test_stream_from_a_start_past_the_epoch_is_empty():
     """A start at or past the epoch's end, however large, gives no records; a negative one is
     refused, saying what start is."""
