@@ -161,6 +161,7 @@ def main():
                 pass
     configs = {"raw zstd, Swift (1 core)": ["--decompress-only"],
                "Swift stream, 1 thread": ["--threads", "1"],
+               "Swift stream, 1 thread, no read-ahead": ["--threads", "1", "--no-read-ahead"],
                "Swift stream, 1 thread, bf16 latents out": ["--threads", "1", "--latent-dtype", "bf16"],
                "Swift stream, 1 thread, full random order": ["--threads", "1", "--block-records", "1",
                                                              "--window-blocks", str(n)]}

@@ -30,8 +30,8 @@ public final class TokenStream: Sendable {
         /// Stop after this many samples of this rank (nil: the rest of the epoch).
         public var limit: Int?
         /// Ask the kernel for each chunk a batch needs, whole, when a thread starts the batch
-        /// before it (`ChunkReadAhead`): a cold cache is then read in parallel requests instead
-        /// of one page fault at a time. Costs a lookup per chunk when the cache is in memory.
+        /// before it (`ChunkReadAhead`), while the stream is reading from storage: a cold cache
+        /// is then read in parallel requests instead of one page fault at a time.
         public var readAhead = true
 
         public init() {}
@@ -127,10 +127,10 @@ final class Pipeline: @unchecked Sendable {  // every mutable field is guarded b
             peak = max(peak, claimed - delivered)
             condition.unlock()
 
-            // The next batch's chunks, so the kernel reads them while this batch decodes (and
-            // this batch's own when it is the first).
-            if let readAhead {
-                for b in (k == 0 ? 0 : k + 1)...(k + 1) where b < batchCount {
+            // The next batch's chunks, so the kernel reads them while this batch decodes, and
+            // this batch's own (already asked for unless it is the first or asking resumes).
+            if let readAhead, readAhead.readingStorage() {
+                for b in k...(k + 1) where b < batchCount {
                     readAhead.ask(records[(b * batchSize)..<min((b + 1) * batchSize, records.count)])
                 }
             }
@@ -181,7 +181,32 @@ final class ChunkReadAhead: Sendable {
     /// Forget them all past this many (a few windows' worth of chunks, about 1 GB of them).
     static let memory = 8 * StreamOrder.Shuffle.defaultWindowBlocks
 
+    /// Major page faults (faults that waited for storage) of the process when last looked at,
+    /// and the looks since they last grew.
+    private let faults = Mutex<(count: Int, quietLooks: Int)>((0, 0))
+    /// Looks without a major fault after which a stream stops asking: in memory, asking costs
+    /// a few percent of the stream's CPU (a lookup and a system call per chunk) and gains nothing.
+    /// Stopped, the next batch read from storage faults again and asking resumes; from storage,
+    /// one batch in this many is read page by page.
+    static let quietLooks = 64
+
     init(cache: TokenCache) { self.cache = cache }
+
+    /// Whether the stream is reading from storage, judged by the process's major page faults:
+    /// true while they grew in the last `quietLooks` looks (and at first).
+    func readingStorage() -> Bool {
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return true }
+        let count = Int(usage.ru_majflt)
+        return faults.withLock { f in
+            if count > f.count {
+                f = (count, 0)
+            } else {
+                f.quietLooks += 1
+            }
+            return f.quietLooks < Self.quietLooks
+        }
+    }
 
     func ask(_ indices: ArraySlice<Int>) {
         var fresh: [(shard: Int, chunk: Int)] = []
