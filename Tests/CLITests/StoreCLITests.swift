@@ -51,6 +51,10 @@ struct StoreCLITests {
         for ext in ["npz", "json", "safetensors"] {
             #expect(try TestSupport.mtok(["get", dir, "synthetic/00000003", "--out", "\(base)/r.\(ext)"]).status == 0)
         }
+        // Asking for fewer records than the cache holds is refused, not reported as negative.
+        let fewer = try TestSupport.mtok(["synth-cache", dir, "--records", "4", "--tokens", "16", "--channels", "4",
+                                          "--logvar", "--latent-dtype", "f16"])
+        #expect(fewer.status == 1 && fewer.stderr.contains("already holds 10 records, more than --records 4"), "\(fewer.stderr)")
         let script = """
         import json, struct, sys, numpy as np
         base = sys.argv[1]

@@ -329,6 +329,17 @@ struct MergeMessagesTests {
         #expect(mergeError(root).contains("already one cache"))
         #expect(CacheVerifier.verify(path: root, deep: true).isClean)
     }
+
+    /// Parts made with other settings: the refusal names the first setting that differs.
+    @Test func partsWithOtherSettingsNameTheSetting() throws {
+        let root = try TestSupport.temporaryDirectory() + "/cache"
+        var other = synthetic()
+        other.seed += 1
+        try part(root, rank: 0, world: 2, synthetic(), 0..<3)
+        try part(root, rank: 1, world: 2, other, 3..<6)
+        let message = mergeError(root)
+        #expect(message.contains("rank-00001 was made with other settings than rank-00000: settings.seed is"), "\(message)")
+    }
 }
 
 struct ResumeKeepsLayoutTests {
