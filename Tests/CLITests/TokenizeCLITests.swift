@@ -270,7 +270,9 @@ struct TokenizeCLITests {
         try fm.createDirectory(atPath: dir + "/empty/sub", withIntermediateDirectories: true)
         let refused: [(String, String)] = [
             (try write("a.csv", Array("path,label\nimg/cat.jpg,1\n\"img/x.jpg,2\n".utf8)), "line 3: a quoted field is not closed"),
-            (try write("b.csv", Array("path,label\nimg/cat.jpg,cat\n".utf8)), "line 2: bad label cat"),
+            (try write("b.csv", Array("path,label\nimg/cat.jpg,cat\n".utf8)), "line 2: label \"cat\" is not an integer in -1...2147483647"),
+            (try write("g.jsonl", Array("{\"path\": \"img/cat.jpg\", \"label\": 3000000000}\n".utf8)),
+             "line 1: \"label\" must be an integer in -1...2147483647"),
             (try write("c.jsonl", Array("{\"path\": \"img/cat.jpg\"}\n{\"path\": \"img/cat.jpg\", \"label\": true}\n".utf8)),
              "line 2: \"label\" must be an integer"),
             (try write("d.jsonl", Array("{\"path\": \"img/cat.jpg\", \"id\": [1]}\n".utf8)), "line 1: \"id\" must be a string or an integer"),
