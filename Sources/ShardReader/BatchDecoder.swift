@@ -21,6 +21,8 @@ final class BatchDecoder {
     private let shuffled: Bool
     private var scratch16: [UInt16] = []
     private var scratch32: [UInt32] = []
+    /// Arrays decoded into a recycled batch's memory (tests check that recycling works).
+    package private(set) var reusedArrays = 0
 
     init(cache: TokenCache, format: LatentFormat) {
         self.cache = cache
@@ -137,8 +139,28 @@ final class BatchDecoder {
                       id: id, view: view, label: label)
     }
 
-    /// Decodes `records` (global indices) into one batch.
-    func batch(_ records: [Int], firstSample: Int) throws -> StreamBatch {
+    /// Arrays of a batch the consumer handed back (`TokenStream.recycle`), taken one by one as
+    /// the next batch reuses them: an array is reused only when it is the sole reference (the
+    /// spare's own is dropped first), so its memory is overwritten in place instead of a fresh
+    /// allocation the kernel must map and zero (a 256-record float32 batch is 4 MiB of pages).
+    struct Spare {
+        var latents: LatentArray?
+        var logvar: LatentArray?
+        var indices: [UInt32]?
+        var groups: [UInt16]?
+
+        init(_ batch: consuming StreamBatch?) {
+            latents = batch?.latents
+            logvar = batch?.logvar
+            indices = batch?.indices
+            groups = batch?.groups
+        }
+    }
+
+    /// Decodes `records` (global indices) into one batch, in the arrays of `spare` where they
+    /// have the right type and size.
+    func batch(_ records: [Int], firstSample: Int, reusing old: consuming StreamBatch? = nil) throws -> StreamBatch {
+        var spare = Spare(consume old)
         precondition(!records.isEmpty)
         // The first record gives the batch's shapes; it is decompressed again with its row (one
         // extra frame per batch, instead of a copy of every payload).
@@ -182,12 +204,12 @@ final class BatchDecoder {
         var logvar: LatentArray?
         var indices: [UInt32] = []
         var groups: [UInt16] = []
-        let latents = try latentArray(b * kc) { lp in
-            indices = try filled(UInt32.self, b * k) { ip in
-                groups = try filled(UInt16.self, b * n) { gp in
+        let latents = try latentArray(b * kc, reusing: &spare.latents) { lp in
+            indices = try filled(UInt32.self, b * k, reusing: &spare.indices) { ip in
+                groups = try filled(UInt16.self, b * n, reusing: &spare.groups) { gp in
                     let ip = ip.assumingMemoryBound(to: UInt32.self), gp = gp.assumingMemoryBound(to: UInt16.self)
                     if hasLogvar {
-                        logvar = try latentArray(b * kc) { vp in try rows(lp, vp, ip, gp) }
+                        logvar = try latentArray(b * kc, reusing: &spare.logvar) { vp in try rows(lp, vp, ip, gp) }
                     } else {
                         try rows(lp, nil, ip, gp)
                     }
@@ -201,8 +223,17 @@ final class BatchDecoder {
                            labels: labels, ids: ids, views: views, payloadBytes: payloadBytes)
     }
 
-    /// An array of `count` elements whose memory `body` initializes through a raw pointer.
-    private func filled<T>(_ type: T.Type, _ count: Int, _ body: (UnsafeMutableRawPointer) throws -> Void) throws -> [T] {
+    /// An array of `count` elements whose memory `body` initializes through a raw pointer:
+    /// `spare` when it holds exactly `count` elements (it is left nil), else a new one.
+    private func filled<T>(_ type: T.Type, _ count: Int, reusing spare: inout [T]?,
+                           _ body: (UnsafeMutableRawPointer) throws -> Void) throws -> [T] {
+        if count > 0, spare?.count == count, var out = spare.take() {
+            // `out` is now the stream's only reference (unless the consumer kept a copy, which
+            // copy-on-write then leaves intact): writing through it copies nothing.
+            reusedArrays += 1
+            try out.withUnsafeMutableBytes { try body($0.baseAddress!) }
+            return out
+        }
         // Capacity at least 1 so the base address exists even for an empty tensor.
         var out = try [T](unsafeUninitializedCapacity: max(1, count)) { buffer, initialized in
             try body(UnsafeMutableRawPointer(buffer.baseAddress!))
@@ -212,11 +243,19 @@ final class BatchDecoder {
         return out
     }
 
-    private func latentArray(_ count: Int, _ body: (UnsafeMutableRawPointer) throws -> Void) throws -> LatentArray {
+    private func latentArray(_ count: Int, reusing spare: inout LatentArray?,
+                             _ body: (UnsafeMutableRawPointer) throws -> Void) throws -> LatentArray {
+        var floats: [Float]?, halves: [UInt16]?
+        switch spare.take() {
+        case let .float32(a)? where format == .float32: floats = a
+        case let .float16(a)? where format == .float16: halves = a
+        case let .bfloat16(a)? where format == .bfloat16: halves = a
+        default: break
+        }
         switch format {
-        case .float32: .float32(try filled(Float.self, count, body))
-        case .float16: .float16(try filled(UInt16.self, count, body))
-        case .bfloat16: .bfloat16(try filled(UInt16.self, count, body))
+        case .float32: return .float32(try filled(Float.self, count, reusing: &floats, body))
+        case .float16: return .float16(try filled(UInt16.self, count, reusing: &halves, body))
+        case .bfloat16: return .bfloat16(try filled(UInt16.self, count, reusing: &halves, body))
         }
     }
 

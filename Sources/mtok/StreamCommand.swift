@@ -88,6 +88,7 @@ struct StreamCommand: ParsableCommand {
                     for (id, view) in zip(batch.ids, batch.views) { out += "\(printableId(id)) \(view)\n" }
                     FileHandle.standardOutput.write(Data(out.utf8))
                 }
+                stream.recycle(batch)
             }
         } catch {
             throw fail("\(error)")

@@ -452,6 +452,33 @@ struct CrossLanguageTests {
 }
 
 @Suite struct TokenStreamTests {
+    /// A recycled batch whose arrays the consumer still holds a copy of is never overwritten:
+    /// the copy keeps its values (copy-on-write), while later batches still come out right.
+    @Test func recyclingABatchThatIsStillHeldLeavesItIntact() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 60, latent: "bf16", logvar: false, recordsPerChunk: 4, shardCap: 8 << 10)
+        let cache = try TokenCache(path: dir)
+        var options = TokenStream.Options()
+        options.threads = 1
+        options.prefetch = 1
+        options.batchSize = 5
+        let stream = TokenStream(cache: cache, rank: 0, worldSize: 1, epoch: 0, seed: 3, options: options)
+        let first = try #require(try stream.next())
+        let kept = (first.latents, first.indices, first.groups)
+        let expected = try cache.batch(first.records)
+        stream.recycle(first)
+        var rest: [Int] = [], latents: [Float] = []
+        while let b = try stream.next() {
+            rest += b.records
+            latents += b.latents.floats
+            stream.recycle(b)
+        }
+        #expect(rawBytes(kept.0.floats) == rawBytes(expected.latents) && kept.1 == expected.indices && kept.2 == expected.groups,
+                "a held batch changed after it was recycled")
+        #expect(rawBytes(latents) == rawBytes(try cache.batch(rest).latents))
+        #expect(stream.reusedArrays > 0)
+    }
+
     /// Also the two bf16 layouts the float32 widening reads (byte planes, interleaved), and a
     /// K·C of 39 whose rows start off 16-byte boundaries and end mid-vector.
     @Test(arguments: [(true, 16, 4), (false, 13, 3)])
@@ -463,7 +490,8 @@ struct CrossLanguageTests {
         let order = StreamOrder(cache: cache, seed: 8, epoch: 2)
         let want = order.rankIndices(rank: 1, worldSize: 2)
         let reference = try cache.batch(want)
-        for (threads, prefetch, batchSize) in [(1, 1, 7), (2, 4, 32), (4, 1, 1), (3, 2, 200)] {
+        // Some runs hand every batch back (`recycle`): the next ones are decoded into its memory.
+        for (threads, prefetch, batchSize, recycle) in [(1, 1, 7, true), (2, 4, 32, false), (4, 1, 1, true), (3, 2, 200, true)] {
             var options = TokenStream.Options()
             options.threads = threads
             options.prefetch = prefetch
@@ -482,8 +510,12 @@ struct CrossLanguageTests {
                 groups += b.groups
                 labels += b.labels
                 ids += b.ids
+                if recycle { stream.recycle(b) }
             }
             #expect(stream.peakPrefetched <= prefetch, "more batches in flight than the prefetch depth")
+            if recycle && stream.batchCount > prefetch + threads + 1 {
+                #expect(stream.reusedArrays > 0, "no batch was decoded into a recycled one")
+            }
             let sameOrder = records == want
             #expect(sameOrder, "order differs with threads \(threads), prefetch \(prefetch), batch size \(batchSize)")
             let sameFloats = rawBytes(latents) == rawBytes(reference.latents) && rawBytes(logvar) == rawBytes(reference.logvar ?? [])
