@@ -52,6 +52,8 @@ void mtok_bf16_to_f32_interleaved(const uint8_t *src, uint32_t *dst, size_t n) {
     for (; i < n; i++) dst[i] = widen(src[2 * i], src[2 * i + 1]);
 }
 
+void mtok_prefetch(const void *p) { __builtin_prefetch(p); }
+
 void mtok_reader_store_fence(void) {
 #if MTOK_STREAMING
     _mm_sfence();

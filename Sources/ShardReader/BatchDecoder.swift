@@ -57,11 +57,12 @@ final class BatchDecoder {
 
     /// Decompresses record `index` into a reused buffer and passes it with its checked layout to
     /// `body`: no allocation per record, and the payload is still in cache when `body` reads it.
-    func load<T>(_ index: Int, _ body: (Stored, UnsafeRawBufferPointer) throws -> T) throws -> T {
+    /// `found`: the record's frame when `findFrames` already found it.
+    func load<T>(_ index: Int, found: UnsafeRawBufferPointer? = nil, _ body: (Stored, UnsafeRawBufferPointer) throws -> T) throws -> T {
         let (s, local) = try cache.locate(index)
         let shard = cache.shards[s]
         var location = CacheLocation(shard: shard.file, chunk: local / shard.recordsPerChunk, index: index)
-        return try shard.withFrame(local: local, globalIndex: index) { frame in
+        func decode(_ frame: UnsafeRawBufferPointer) throws -> T {
             do {
                 return try decompressor.withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) { bytes in
                     try body(try check(bytes, &location), bytes)
@@ -70,6 +71,30 @@ final class BatchDecoder {
                 throw CacheError(error.kind == .checksumMismatch ? .checksumMismatch : .corruptRecord, error.description,
                                  at: location)
             }
+        }
+        if let found { return try decode(found) }
+        return try shard.withFrame(local: local, globalIndex: index) { try decode($0) }
+    }
+
+    /// The frames of `records` in sealed shards, found before any is decoded, with their first
+    /// bytes prefetched: each chunk header and frame start is a cache miss (the stream visits a
+    /// chunk once per window), and asking for all of a batch's at once lets the memory system
+    /// serve them side by side instead of one stall per record. Nil where a frame is not in a
+    /// sealed shard or cannot be found: `load` then reads it itself and reports any fault.
+    private func findFrames(_ records: [Int]) -> [UnsafeRawBufferPointer?] {
+        var chunks = [(chunk: UnsafeRawBufferPointer, slot: Int)?](repeating: nil, count: records.count)
+        for (row, index) in records.enumerated() {
+            guard let (s, local) = try? cache.locate(index) else { continue }
+            let shard = cache.shards[s]
+            guard let chunk = shard.sealedChunk(local / shard.recordsPerChunk) else { continue }
+            mtok_prefetch(chunk.baseAddress!)
+            chunks[row] = (chunk, local % shard.recordsPerChunk)
+        }
+        return chunks.map { entry in
+            guard let entry, let frame = try? Chunk.frame(entry.chunk, slot: entry.slot), let start = frame.baseAddress else { return nil }
+            mtok_prefetch(start)
+            mtok_prefetch(start + min(64, frame.count))
+            return frame
         }
     }
 
@@ -176,9 +201,10 @@ final class BatchDecoder {
         let kc = k * c
 
         /// Decodes every row straight into the batch's arrays (no second copy).
+        let frames = findFrames(records)
         func rows(_ latentOut: UnsafeMutableRawPointer, _ logvarOut: UnsafeMutableRawPointer?,
                   _ indexOut: UnsafeMutablePointer<UInt32>, _ groupOut: UnsafeMutablePointer<UInt16>) throws {
-            for row in 0..<b { try load(records[row]) { r, raw in
+            for row in 0..<b { try load(records[row], found: frames[row]) { r, raw in
                 let l = r.layout
                 // Element-wise: comparing with array literals would allocate on every row.
                 let ls = l.latents.shape, gs = l.groups.shape

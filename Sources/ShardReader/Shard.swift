@@ -14,6 +14,8 @@ package final class Shard: Sendable {
     let digests: LMDBDatabase
     let recordsPerChunk: Int
     package let count: Int
+    /// Sealed: no writer will touch the file again, so its map never changes under a reader.
+    let sealed: Bool
 
     /// - Parameter shuffle: the manifest's `compression.shuffle`; a shard that records its own
     ///   (`meta.shuffle`, written since it was added) must agree, so an edited manifest cannot
@@ -76,6 +78,7 @@ package final class Shard: Sendable {
             digests = d
             self.recordsPerChunk = rpc
             count = entry.records
+            sealed = entry.sealed
         } catch let e as CacheError {
             throw e
         } catch {
@@ -141,6 +144,16 @@ package final class Shard: Sendable {
         _ = try? withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
             try txn.get(records, key: key) { value in env.willNeed(value) }
         } }
+    }
+
+    /// The stored chunk `chunk` of a sealed shard, or nil when the shard is not sealed or has no
+    /// such chunk. The bytes are LMDB's map of a file nobody writes, valid while this shard is
+    /// open, so a reader may find many records' frames first and decode them after.
+    func sealedChunk(_ chunk: Int) -> UnsafeRawBufferPointer? {
+        guard sealed else { return nil }
+        return try? withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
+            try txn.get(records, key: key) { $0 }
+        } } ?? nil
     }
 
     /// Local record number of (id, view), or nil.

@@ -10,6 +10,9 @@
 void mtok_bf16_to_f32_planes(const uint8_t *lo, const uint8_t *hi, uint32_t *dst, size_t n);
 void mtok_bf16_to_f32_interleaved(const uint8_t *src, uint32_t *dst, size_t n);
 
+/// Starts loading the cache line at `p` (a hint; never faults).
+void mtok_prefetch(const void *p);
+
 /// Makes the streaming stores of the functions above visible to other threads; call once
 /// before handing the written memory to another thread.
 void mtok_reader_store_fence(void);
