@@ -15,7 +15,10 @@ import Synchronization
 /// ```swift
 /// let cache = try TokenCache(path: "imagenet.mtok")
 /// let stream = TokenStream(cache: cache, rank: 0, worldSize: 8, epoch: 3, seed: 42, batchSize: 256)
-/// while let batch = try stream.next() { train(batch.latents, batch.labels) }
+/// while let batch = try stream.next() {
+///     train(batch.latents, batch.labels)
+///     stream.recycle(batch)  // optional: the next batches reuse its memory
+/// }
 /// ```
 public final class TokenStream: Sendable {
     public struct Options: Sendable {
