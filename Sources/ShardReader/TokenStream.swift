@@ -6,8 +6,9 @@ import Synchronization
 ///
 /// The order depends only on (seed, epoch) and the cache's shard sizes; threads decode whole
 /// batches and the consumer receives them in sequence, so the thread count changes speed, never
-/// order. At most `prefetch` batches are claimed but not yet taken by `next()`, which bounds
-/// memory to about `prefetch` × batch size.
+/// order. At most `prefetch` batches are claimed but not yet taken by `next()`, and at most as
+/// many handed back by `recycle` wait for reuse, which bounds memory to about 2 × `prefetch` ×
+/// batch size.
 ///
 /// `next()` is meant for one consumer thread. Dropping the stream stops its threads after the
 /// batches they are decoding.
