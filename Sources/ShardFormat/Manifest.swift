@@ -189,8 +189,9 @@ extension Manifest {
         for s in m.shards where s.records < 0 || s.file.contains("..") || s.file.hasPrefix("/") {
             throw FormatError(.badValue, "shard entry \(s.file) is invalid")
         }
+        // The same file under two spellings ("shards/x", "./shards//x") is still one file.
         var files = Set<String>()
-        for s in m.shards where !files.insert(s.file).inserted {
+        for s in m.shards where !files.insert(s.file.split(separator: "/").filter { $0 != "." }.joined(separator: "/")).inserted {
             throw FormatError(.badValue, "shard \(s.file) is listed twice")
         }
         // FORMAT.md 2: a complete cache has every shard sealed and its content digest set.

@@ -20,6 +20,7 @@ public final class RecordChecker {
         var groups: Range<Int>
         var groupsDType: TensorDType
         var k: Int
+        var dtypes: RecordDTypes
     }
 
     private var layouts: [Layout] = []
@@ -32,15 +33,15 @@ public final class RecordChecker {
     public init() {}
 
     /// The checks of `RecordCodec.check(stored:shuffled:)`, with its result and errors.
-    public func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int) {
+    public func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordDTypes) {
         if let scan = MetadataScan(payload: stored), let layout = layouts.first(where: { matches($0, scan, stored) }),
            let result = scan.checked() {
             let groups = UnsafeRawBufferPointer(rebasing: stored[layout.groups])
             try RecordCodec.checkGroups(groups, dtype: layout.groupsDType, planar: shuffled, k: layout.k)
-            return (result.id, result.view)
+            return (result.id, result.view, layout.dtypes)
         }
         let result = try RecordCodec.check(stored: stored, shuffled: shuffled)
-        remember(stored)
+        remember(stored, result.dtypes)
         return result
     }
 
@@ -50,7 +51,7 @@ public final class RecordChecker {
     }
 
     /// Keeps the layout of a record that just passed the full check.
-    private func remember(_ p: UnsafeRawBufferPointer) {
+    private func remember(_ p: UnsafeRawBufferPointer, _ dtypes: RecordDTypes) {
         guard layouts.count < Self.maxLayouts, tries > 0 else { return }
         tries -= 1
         guard let scan = MetadataScan(payload: p),
@@ -63,6 +64,6 @@ public final class RecordChecker {
         } }) else { return }
         layouts.append(Layout(tail: tail, headerLength: scan.headerLength, payloadCount: p.count,
                               groups: (header.dataOffset + groups.byteRange.lowerBound)..<(header.dataOffset + groups.byteRange.upperBound),
-                              groupsDType: groups.dtype, k: latents.shape[0]))
+                              groupsDType: groups.dtype, k: latents.shape[0], dtypes: dtypes))
     }
 }

@@ -153,7 +153,7 @@ public enum RecordCodec {
     /// Schema-checks a stored frame's content (the payload, byte-shuffled or not) without
     /// materializing it: the same checks as `decode`, at the cost of reading the header and the
     /// group map. Returns the record's (id, view).
-    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int) {
+    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordDTypes) {
         let header: SafetensorsHeader
         do {
             header = try Safetensors.parseHeader(stored)
@@ -168,7 +168,7 @@ public enum RecordCodec {
                                 indices: (indices.dtype, indices.shape), groups: (groups.dtype, groups.shape))
         let bytes = UnsafeRawBufferPointer(rebasing: stored[(header.dataOffset + groups.byteRange.lowerBound)..<(header.dataOffset + groups.byteRange.upperBound)])
         try checkGroups(bytes, dtype: groups.dtype, planar: shuffled, k: k)
-        return (meta.id, meta.view)
+        return (meta.id, meta.view, RecordDTypes(latents: latents.dtype, logvar: logvar?.dtype, indices: indices.dtype, groups: groups.dtype))
     }
 
     /// Checks dtypes, shape agreement and that every group id names a kept token.
@@ -288,5 +288,39 @@ public enum RecordCodec {
         guard digits > 0 else { return nil }
         parts.append(current)
         return parts.count == count ? parts : nil
+    }
+}
+
+/// The dtypes a record stores its tensors in. Every record of a cache has the same (FORMAT.md
+/// 4.1): readers gather a batch into one array per tensor.
+public struct RecordDTypes: Equatable, Sendable, CustomStringConvertible {
+    public var latents: TensorDType
+    /// nil: no logvar.
+    public var logvar: TensorDType?
+    public var indices: TensorDType
+    public var groups: TensorDType
+
+    public init(latents: TensorDType, logvar: TensorDType?, indices: TensorDType, groups: TensorDType) {
+        self.latents = latents
+        self.logvar = logvar
+        self.indices = indices
+        self.groups = groups
+    }
+
+    public init(_ record: TokenRecord) {
+        self.init(latents: record.latents.dtype, logvar: record.logvar?.dtype, indices: record.indices.dtype, groups: record.groups.dtype)
+    }
+
+    public var description: String {
+        "latents \(latents.rawValue), logvar \(logvar?.rawValue ?? "none"), indices \(indices.rawValue), groups \(groups.rawValue)"
+    }
+
+    /// What differs from `other`, as "indices U16, not U32"; nil when nothing does.
+    public func difference(from other: RecordDTypes) -> String? {
+        if latents != other.latents { return "latents \(latents.rawValue), not \(other.latents.rawValue)" }
+        if logvar != other.logvar { return "logvar \(logvar?.rawValue ?? "none"), not \(other.logvar?.rawValue ?? "none")" }
+        if indices != other.indices { return "indices \(indices.rawValue), not \(other.indices.rawValue)" }
+        if groups != other.groups { return "groups \(groups.rawValue), not \(other.groups.rawValue)" }
+        return nil
     }
 }

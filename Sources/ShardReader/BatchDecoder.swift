@@ -208,7 +208,11 @@ final class BatchDecoder {
                 let l = r.layout
                 // Element-wise: comparing with array literals would allocate on every row.
                 let ls = l.latents.shape, gs = l.groups.shape
-                guard ls.count == 2, ls[0] == k, ls[1] == c, gs.count == 1, gs[0] == n, (l.logvar != nil) == hasLogvar else {
+                guard (l.logvar != nil) == hasLogvar else {
+                    throw CacheError(.shapeMismatch, hasLogvar ? "has no logvar; the batch's first record has one" : "has a logvar; the batch's first record has none",
+                                     at: r.location)
+                }
+                guard ls.count == 2, ls[0] == k, ls[1] == c, gs.count == 1, gs[0] == n else {
                     throw CacheError(.shapeMismatch, "K, C, N = \(l.latents.shape), \(l.groups.shape[0]); the batch has \(k), \(c), \(n)",
                                      at: r.location)
                 }

@@ -100,6 +100,12 @@ public enum CacheMerger {
         if let stray = zip(partNames, manifests).first(where: { $0.1.part?.worldSize != world }) {
             throw CacheError(.shardMismatch, "the parts disagree on the world size: \(partNames[0]) was written as one of \(world), \(stray.0) as one of \(stray.1.part.map { "\($0.worldSize)" } ?? "none"); remove the stray part or rerun it")
         }
+        // A part copied into another rank's folder would otherwise read as that rank missing.
+        for (name, m) in zip(partNames, manifests) {
+            if let folderRank = Int(name.dropFirst("rank-".count)), let rank = m.part?.rank, rank != folderRank {
+                throw CacheError(.shardMismatch, "\(name) holds part \(rank) of \(world), not part \(folderRank): was it copied from another rank's folder?")
+            }
+        }
         let present = Set(manifests.compactMap { $0.part?.rank })
         let missing = (0..<world).filter { !present.contains($0) }
         guard missing.isEmpty, manifests.count == world else {
@@ -118,12 +124,26 @@ public enum CacheMerger {
                 } else if m.recordsPerChunk != first.recordsPerChunk {
                     what = "records_per_chunk is \(first.recordsPerChunk) there, \(m.recordsPerChunk) here"
                 } else if m.compression != first.compression {
-                    what = "the compression settings differ"
+                    let (a, b) = (first.compression, m.compression)
+                    what = a.level != b.level ? "zstd level is \(a.level) there, \(b.level) here"
+                        : a.shuffle != b.shuffle ? "shuffle is \(a.shuffle) there, \(b.shuffle) here"
+                        : a.literals != b.literals ? "literals are \(a.literals ?? "unrecorded") there, \(b.literals ?? "unrecorded") here"
+                        : "the compression settings differ"
                 } else {
                     what = "the class lists differ"
                 }
                 throw CacheError(.settingsMismatch, "\(partNames[rank]) was made with other settings than \(partNames[0]): \(what)")
             }
+        }
+        // Equal settings do not make equal dtypes (a Python writer's parts may differ), and a
+        // cache keeps one dtype per tensor (FORMAT.md 4.1): compare each part's first record.
+        var dtypes: (name: String, dtypes: RecordDTypes)?
+        for (name, m) in zip(partNames, manifests) where m.totals.records > 0 {
+            let own = RecordDTypes(try TokenCache(path: root + "/" + partsDirectory + "/" + name).record(at: 0))
+            if let (firstName, first) = dtypes, let d = own.difference(from: first) {
+                throw CacheError(.settingsMismatch, "\(name) stores \(d) as \(firstName) does: a cache keeps one dtype per tensor")
+            }
+            if dtypes == nil { dtypes = (name, own) }
         }
         var merged = Manifest(createdBy: first.createdBy, recordsPerChunk: first.recordsPerChunk,
                               compressionLevel: first.compression.level, shuffle: first.compression.shuffle == Manifest.byteShuffle,

@@ -214,6 +214,9 @@ public final class CacheWriter {
     /// - Throws: `CacheError.badRecord` for a record that breaks the schema,
     ///   `CacheError.duplicateId` for an (id, view) already in the cache or twice in the batch;
     ///   nothing of the batch is written then.
+    /// The dtypes of this writer's first record; every later one must match.
+    private var dtypes: RecordDTypes?
+
     public func append(_ records: [TokenRecord], inputsDone: Int? = nil) throws {
         guard !records.isEmpty else {
             if let inputsDone {
@@ -225,6 +228,7 @@ public final class CacheWriter {
         var keys: [[UInt8]] = []
         keys.reserveCapacity(records.count)
         var seen = Set<[UInt8]>()
+        var batchDTypes = dtypes  // kept once the batch is written
         for r in records {
             let loc = CacheLocation(id: r.id, view: r.view)
             let key: [UInt8]
@@ -234,6 +238,13 @@ public final class CacheWriter {
                 guard RecordCodec.labelRange.contains(r.label) else {
                     throw FormatError(.badMetadata, "label \(r.label) is not in -1...2147483647")
                 }
+                // One dtype per tensor in a cache (FORMAT.md 4.1). Checked against this writer's
+                // first record: a resumed cache had to match the settings, which fix the dtypes.
+                let own = RecordDTypes(r)
+                if let batchDTypes, let d = own.difference(from: batchDTypes) {
+                    throw FormatError(.badShape, "stores \(d) as the cache's other records do: a cache keeps one dtype per tensor")
+                }
+                if batchDTypes == nil { batchDTypes = own }
             } catch {
                 throw CacheError(error, at: loc)
             }
@@ -271,6 +282,7 @@ public final class CacheWriter {
             if shard.estimatedBytes >= options.shardCapBytes { try sealCurrent() }
             start = end
         }
+        dtypes = batchDTypes
     }
 
     struct Encoded {

@@ -46,7 +46,8 @@ public struct SyntheticRecords: Sendable {
             // Zipf-like: u^3 concentrates mass on small ids; a fixed scramble spreads them out.
             let u = rng.uniform()
             let raw = Int(Float(codebookSize) * u * u * u) % codebookSize
-            let id = (raw &* 2_654_435_761) % codebookSize
+            // In 64 unsigned bits: codebooks up to 2^32 would overflow a signed product.
+            let id = Int((UInt64(raw) &* 2_654_435_761) % UInt64(codebookSize))
             if indexDType == .u16 {
                 withUnsafeBytes(of: UInt16(id).littleEndian) { indexBytes += $0 }
             } else {

@@ -43,7 +43,7 @@ struct GetCommand: ParsableCommand {
         let r: TokenRecord
         do {
             payload = try c.payload(at: i)
-            r = try RecordCodec.decode(payload)
+            r = try c.record(at: i)  // (decoded again, so that a bad record's error names its place)
         } catch {
             throw fail("\(error)")
         }

@@ -31,6 +31,8 @@ struct SynthCacheCommand: ParsableCommand {
         guard records >= 0, tokens > 0, channels > 0, batchSize > 0, shardSizeMB > 0, recordsPerChunk > 0 else {
             throw ValidationError("counts and sizes must be positive")
         }
+        guard tokens <= 65536 else { throw ValidationError("--tokens must be 1...65536 (group ids are stored in 16 bits)") }
+        guard threads > 0 else { throw ValidationError("--threads must be at least 1") }
         guard recordsPerChunk <= 65536 else { throw ValidationError("--records-per-chunk must be 1...65536 (FORMAT.md 2)") }
         guard (1...(1 << 32)).contains(codebookSize) else { throw ValidationError("--codebook-size must be 1...4294967296") }
         guard (groupsFrom ?? tokens) >= tokens else { throw ValidationError("--groups-from must be ≥ --tokens") }

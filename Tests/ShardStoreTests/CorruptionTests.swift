@@ -218,6 +218,7 @@ struct CorruptionTests {
         let (dir, m) = try freshCache()
         var twice = m
         twice.shards.append(m.shards[0])
+        twice.shards[twice.shards.count - 1].file = "./" + m.shards[0].file.replacingOccurrences(of: "/", with: "//")
         twice.updateTotals()
         var noDigest = m
         noDigest.contentDigest = nil
@@ -238,6 +239,29 @@ struct CorruptionTests {
         do { _ = try TokenCache(path: dir); Issue.record("opened a manifest with a key twice") } catch {
             #expect(error.message.contains("appears twice"), "\(error)")
         }
+    }
+
+    /// A cache whose shards store a tensor in different dtypes (spliced, as a bad merge would)
+    /// is reported by a deep verify at the first record that differs from record 0.
+    @Test func recordsOfAnotherDTypeAreFound() throws {
+        let a = try TestSupport.temporaryDirectory(), b = try TestSupport.temporaryDirectory()
+        let ma = try writeCache(a, gen, count: 8, batch: 8, options: smallOptions(cap: 1 << 30))
+        let narrow = synthetic { $0.indexDType = .u16 }
+        let wb = try CacheWriter(path: b, settings: gen.settings, options: smallOptions(cap: 1 << 30))
+        try wb.append((8..<12).map(narrow.record))
+        let mb = try wb.finish()
+        try FileManager.default.copyItem(atPath: b + "/" + mb.shards[0].file, toPath: a + "/shards/shard-00001.mdb")
+        var spliced = ma
+        var second = mb.shards[0]
+        second.file = "shards/shard-00001.mdb"
+        spliced.shards.append(second)
+        spliced.updateTotals()
+        spliced.contentDigest = nil
+        spliced.complete = false
+        try spliced.write(toCache: a)
+        let faults = CacheVerifier.verify(path: a, deep: true).faults.filter { $0.message.contains("one dtype per tensor") }
+        #expect(faults.count == 4 && faults.allSatisfy { $0.shard == "shards/shard-00001.mdb" && $0.message.contains("indices U16, not U32") },
+                "\(faults)")
     }
 
     @Test func unknownCacheVersionIsRefused() throws {

@@ -248,6 +248,15 @@ struct WriterRulesTests {
         r.label = Int(Int32.max)
         try w.append([r])
         #expect(try TokenCache(path: dir).record(at: 0).label == Int(Int32.max))
+        // One dtype per tensor in a cache: a record with u16 indices after u32 ones is refused.
+        let narrow = synthetic { $0.indexDType = .u16 }.record(1)
+        #expect(synthetic().record(1).indices.dtype == .u32)
+        do {
+            try w.append([narrow])
+            Issue.record("u16 indices accepted after u32")
+        } catch let e as CacheError {
+            #expect(e.kind == .badRecord && e.message.contains("indices U16, not U32"), "\(e)")
+        }
     }
 
     /// A writer commits a batch to its open shard before it replaces the manifest, so a reader
@@ -267,6 +276,10 @@ struct WriterRulesTests {
         #expect(try cache.record(at: 9).id == gen.record(9).id)
         #expect(try cache.index(of: gen.record(12).id) == nil)
         #expect(try cache.index(of: gen.record(3).id) == 3)
+        // A deep verify checks the manifest's records and finds nothing wrong with the ones
+        // ahead of it (chunks, digests and ids past the count): only that the cache is unfinished.
+        let faults = CacheVerifier.verify(path: dir, deep: true).faults
+        #expect(faults.count == 1 && faults[0].message.contains("incomplete"), "\(faults)")
         // Fewer records than the manifest lists is a fault, written or not.
         var m = try Manifest.read(fromCache: dir)
         m.shards[0].records = 16
@@ -328,6 +341,21 @@ struct MergeMessagesTests {
         #expect(mergeError(root) == "merged")
         #expect(mergeError(root).contains("already one cache"))
         #expect(CacheVerifier.verify(path: root, deep: true).isClean)
+    }
+
+    /// Parts with the same settings whose records store a tensor in another dtype (what two
+    /// Python writers can make): merging them would give a cache no batch reader can read.
+    @Test func partsWithOtherDTypesAreRefused() throws {
+        let root = try TestSupport.temporaryDirectory() + "/cache"
+        let wide = synthetic(), narrow = synthetic { $0.latentDType = .f16 }
+        for (rank, gen) in [wide, narrow].enumerated() {
+            let w = try CacheWriter(path: CacheMerger.partPath(root: root, rank: rank), settings: .null,
+                                    part: Manifest.Part(rank: rank, worldSize: 2), options: smallOptions())
+            try w.append((rank * 3..<(rank * 3 + 3)).map(gen.record))
+            try w.finish()
+        }
+        let message = mergeError(root)
+        #expect(message.contains("rank-00001 stores latents F16, not BF16"), "\(message)")
     }
 
     /// Parts made with other settings: the refusal names the first setting that differs.
