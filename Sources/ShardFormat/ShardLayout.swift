@@ -89,8 +89,10 @@ public enum Chunk {
     }
 
     /// The bytes of frame `slot`, bounds-checked.
-    public static func frame(_ chunk: UnsafeRawBufferPointer, slot: Int) throws(FormatError) -> UnsafeRawBufferPointer {
+    /// `recordsPerChunk`: the shard's R, when known: a chunk never holds more.
+    public static func frame(_ chunk: UnsafeRawBufferPointer, slot: Int, recordsPerChunk: Int = .max) throws(FormatError) -> UnsafeRawBufferPointer {
         let n = try count(chunk)
+        guard n <= recordsPerChunk else { throw FormatError(.badContainer, "chunk claims \(n) records, more than records_per_chunk \(recordsPerChunk)") }
         guard slot >= 0, slot < n else { throw FormatError(.badContainer, "slot \(slot) not in a chunk of \(n)") }
         let base = 4 * (n + 2)
         func offset(_ i: Int) -> Int { Int(UInt32(littleEndian: chunk.loadUnaligned(fromByteOffset: 4 * (1 + i), as: UInt32.self))) }

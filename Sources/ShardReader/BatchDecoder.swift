@@ -82,16 +82,17 @@ final class BatchDecoder {
     /// serve them side by side instead of one stall per record. Nil where a frame is not in a
     /// sealed shard or cannot be found: `load` then reads it itself and reports any fault.
     private func findFrames(_ records: [Int]) -> [UnsafeRawBufferPointer?] {
-        var chunks = [(chunk: UnsafeRawBufferPointer, slot: Int)?](repeating: nil, count: records.count)
+        var chunks = [(chunk: UnsafeRawBufferPointer, slot: Int, limit: Int)?](repeating: nil, count: records.count)
         for (row, index) in records.enumerated() {
             guard let (s, local) = try? cache.locate(index) else { continue }
             let shard = cache.shards[s]
             guard let chunk = shard.sealedChunk(local / shard.recordsPerChunk) else { continue }
             mtok_prefetch(chunk.baseAddress!)
-            chunks[row] = (chunk, local % shard.recordsPerChunk)
+            chunks[row] = (chunk, local % shard.recordsPerChunk, shard.recordsPerChunk)
         }
         return chunks.map { entry in
-            guard let entry, let frame = try? Chunk.frame(entry.chunk, slot: entry.slot), let start = frame.baseAddress else { return nil }
+            guard let entry, let frame = try? Chunk.frame(entry.chunk, slot: entry.slot, recordsPerChunk: entry.limit),
+                  let start = frame.baseAddress else { return nil }
             mtok_prefetch(start)
             mtok_prefetch(start + min(64, frame.count))
             return frame

@@ -121,7 +121,7 @@ package final class Shard: Sendable {
                 try txn.get(records, key: key) { value in
                     let frame: UnsafeRawBufferPointer
                     do {
-                        frame = try Chunk.frame(value, slot: local % recordsPerChunk)
+                        frame = try Chunk.frame(value, slot: local % recordsPerChunk, recordsPerChunk: recordsPerChunk)
                     } catch let error as FormatError {
                         throw CacheError(.corruptRecord, error.description, at: loc)
                     }

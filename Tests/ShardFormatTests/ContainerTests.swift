@@ -17,6 +17,19 @@ struct JSONParserTests {
         }
     }
 
+    /// Parsers disagree on which of two equal keys counts, so an object naming one twice is
+    /// refused, whether it is small (linear search) or large (a set).
+    @Test func refusesAKeyGivenTwice() {
+        let many = (0..<20).map { "\"k\($0)\":\($0)" }.joined(separator: ",")
+        for text in [#"{"a":1,"a":2}"#, #"{"x":{"b":1,"c":2,"b":3}}"#, "{\(many),\"k3\":0}", #"{"\u0061":1,"a":2}"#] {
+            do {
+                _ = try JSONValue.parse(Array(text.utf8))
+                Issue.record("accepted \(text)")
+            } catch { #expect("\(error)".contains("appears twice"), "\(error)") }
+        }
+        #expect((try? JSONValue.parse(Array("{\(many)}".utf8))) != nil)
+    }
+
     @Test func boundsNestingDepth() {
         let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
         #expect(throws: JSONParseError.self) { try JSONValue.parse(Array(deep.utf8)) }
@@ -129,5 +142,28 @@ struct ManifestTests {
         let text = String(decoding: try manifest().encoded(), as: UTF8.self)
             .replacingOccurrences(of: "shards/shard-00000.mdb", with: "../../etc/passwd")
         #expect(throws: FormatError.self) { try Manifest.decode(Data(text.utf8)) }
+    }
+}
+
+struct ChunkTests {
+    /// A chunk as FORMAT.md 3.2 lays it out; every damage to its table is refused for every slot.
+    @Test func offsetTablesAreCheckedWhole() throws {
+        let frames: [[UInt8]] = [[1, 2, 3], [], [4, 5], [6]]
+        var chunk = [UInt8](repeating: 0, count: Chunk.packedSize(frames))
+        chunk.withUnsafeMutableBytes { Chunk.pack(frames, into: $0) }
+        chunk.withUnsafeBytes { c in
+            for (slot, f) in frames.enumerated() { #expect((try? Chunk.frame(c, slot: slot, recordsPerChunk: 4)).map(Array.init) == f) }
+            #expect(throws: FormatError.self) { try Chunk.frame(c, slot: 0, recordsPerChunk: 3) }
+        }
+        func damaged(_ edit: (inout [UInt8]) -> Void) -> [UInt8] { var c = chunk; edit(&c); return c }
+        // Offsets are u32 words 1...n+1: [0, 3, 3, 5, 6].
+        for bad in [damaged { $0[4] = 1 },                  // offsets[0] ≠ 0
+                    damaged { $0[8] = 4 },                  // 4 > offsets[2] = 3: decreasing
+                    damaged { $0[20] = 5 },                 // last ≠ the frame bytes
+                    damaged { $0.removeLast() }] {          // frames shorter than the table says
+            bad.withUnsafeBytes { c in
+                for slot in 0..<4 { #expect(throws: FormatError.self) { try Chunk.frame(c, slot: slot) } }
+            }
+        }
     }
 }
