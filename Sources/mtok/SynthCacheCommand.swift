@@ -69,6 +69,16 @@ struct SynthCacheCommand: ParsableCommand {
         } catch {
             throw fail("\(error)")
         }
+        // A cache being continued keeps its own layout (a resumed writer takes it from the
+        // manifest, so the bytes match an uninterrupted run): say so when asked for another.
+        let kept = writer.manifest
+        var ignored: [String] = []
+        if kept.recordsPerChunk != recordsPerChunk { ignored.append("--records-per-chunk \(recordsPerChunk) (it has \(kept.recordsPerChunk))") }
+        if kept.compression.level != compressionLevel { ignored.append("--compression-level \(compressionLevel) (it has \(kept.compression.level))") }
+        if kept.shardCapBytes != shardSizeMB << 20 { ignored.append("--shard-size-mb \(shardSizeMB) (it has \(kept.shardCapBytes >> 20))") }
+        if !ignored.isEmpty {
+            FileHandle.standardError.write(Data("mtok: \(out) already exists and keeps its layout; ignoring \(ignored.joined(separator: ", "))\n".utf8))
+        }
         var i = writer.count
         let first = i
         guard first <= records else {

@@ -55,6 +55,10 @@ struct StoreCLITests {
         let fewer = try TestSupport.mtok(["synth-cache", dir, "--records", "4", "--tokens", "16", "--channels", "4",
                                           "--logvar", "--latent-dtype", "f16"])
         #expect(fewer.status == 1 && fewer.stderr.contains("already holds 10 records, more than --records 4"), "\(fewer.stderr)")
+        // Options that a continued cache cannot take are named, not silently dropped.
+        let relaid = try TestSupport.mtok(["synth-cache", dir, "--records", "12", "--tokens", "16", "--channels", "4",
+                                           "--logvar", "--latent-dtype", "f16", "--records-per-chunk", "5"])
+        #expect(relaid.status == 0 && relaid.stderr.contains("ignoring --records-per-chunk 5 (it has 16)"), "\(relaid.stderr)")
         let script = """
         import json, struct, sys, numpy as np
         base = sys.argv[1]
