@@ -7,13 +7,14 @@ Schemas/STREAM.md. Depends on numpy, lmdb and zstandard; `mtokcache.torch` needs
     for batch in cache.stream(rank=0, world_size=8, epoch=3, seed=42, batch_size=256): ...
 """
 
-from .errors import (BadRecordError, CacheError, CorruptRecordError, InUseError, MissingShardError, NotACacheError,
-                     SettingsMismatchError, ShapeMismatchError, ShardMismatchError, UnknownVersionError)
+from .errors import (BadRecordError, CacheError, CacheIOError, CorruptRecordError, InUseError, MissingShardError,
+                     NotACacheError, SettingsMismatchError, ShapeMismatchError, ShardMismatchError,
+                     UnknownVersionError)
 from .reader import Cache, open
 from .writer import Writer
 from . import order
 
 __all__ = ["Cache", "open", "Writer", "order", "CacheError", "NotACacheError", "UnknownVersionError",
            "MissingShardError", "ShardMismatchError", "CorruptRecordError", "BadRecordError", "ShapeMismatchError",
-           "SettingsMismatchError", "InUseError"]
+           "SettingsMismatchError", "InUseError", "CacheIOError"]
 __version__ = "0.1.0"

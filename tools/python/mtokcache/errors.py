@@ -39,6 +39,13 @@ class MissingShardError(CacheError):
     kind = "missing shard"
 
 
+class CacheIOError(CacheError, OSError):
+    """A file of the cache that the system does not let this process read: no permission, a loop
+    of symbolic links, too many open files."""
+
+    kind = "I/O error"
+
+
 class ShardMismatchError(CacheError):
     kind = "shard does not match the manifest"
 

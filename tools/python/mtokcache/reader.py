@@ -15,7 +15,7 @@ import numpy as np
 import zstandard
 
 from . import order as _order
-from .errors import (BadRecordError, CorruptRecordError, InUseError, MissingShardError, NotACacheError,
+from .errors import (BadRecordError, CacheIOError, CorruptRecordError, InUseError, MissingShardError, NotACacheError,
                      ShapeMismatchError, ShardMismatchError, UnknownVersionError)
 
 FORMAT = "mtok.cache"
@@ -53,18 +53,20 @@ def _integer(value):
     return None
 
 
-def _unique_keys(mpath):
+class _DuplicateKey(ValueError):
+    """Raised by _unique_keys; args[0] is the key."""
+
+
+def _unique_keys(pairs):
     """A json object_pairs_hook that refuses an object naming a key twice: Python's json keeps the
-    last value and other readers (Swift's) the first, so such a manifest means one cache to one
-    reader and another to the other."""
-    def hook(pairs):
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            seen = set()
-            key = next(k for k, _ in pairs if k in seen or seen.add(k))
-            raise NotACacheError("%s names the key %s twice in one object" % (mpath, json.dumps(key)))
-        return obj
-    return hook
+    last value and other readers (Swift's) refuse it or keep the first, so such a manifest or
+    record header means one thing to one reader and another (or nothing) to the other. Comparing
+    lengths costs little on every object; the key is looked for only when there is one."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
 
 
 _STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false", "an object", "an array", "any"
@@ -131,10 +133,15 @@ def _check_manifest(m, mpath):
             raise NotACacheError("%s: shard path %r leaves the cache" % (mpath, f))
         if s["records"] < 0:
             raise NotACacheError("%s: shard %s holds %r records" % (mpath, f, s["records"]))
-    files = [s["file"] for s in m["shards"]]
-    if len(set(files)) != len(files):
-        twice = next(f for f in files if files.count(f) > 1)
-        raise NotACacheError("%s: shard %s is listed twice" % (mpath, twice))
+    # Compared as the files they name: "shards/x.mdb", "./shards/x.mdb" and "shards//x.mdb" are one
+    # file (and "..", which could make two names of one file too, is refused above).
+    listed = {}
+    for f in (s["file"] for s in m["shards"]):
+        name = tuple(part for part in f.split("/") if part not in ("", "."))
+        if name in listed:
+            raise NotACacheError("%s: shard %s is listed twice%s"
+                                 % (mpath, f, "" if listed[name] == f else " (as %s)" % listed[name]))
+        listed[name] = f
     # FORMAT 2: a complete cache has every shard sealed and its content digest set.
     if m["complete"]:
         if m.get("content_digest") is None:
@@ -164,6 +171,8 @@ class _Env:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise _Replaced() from None
+        except OSError as e:  # no permission: Swift asks access(2), which gives Python no reason
+            raise CacheIOError("cannot read %s: %s" % (path, e.strerror), shard=file) from e
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != key:
@@ -379,16 +388,30 @@ def _forget_parent():
             _DROPPED.remove(item)
 
 
+def _shard_stat(path, file):
+    """The stat of the shard file at `path`, following symbolic links (shards may be links to
+    files on other disks). A missing, unreachable or non-regular file is refused in the words of
+    Swift's Shard.fileSize, saying which; never opened, as opening a FIFO would wait for a writer.
+    (Whether the file may be read, _Env finds when it opens it.)"""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MissingShardError("%s is a symbolic link to a file that does not exist" % path if os.path.islink(path)
+                                else "%s does not exist" % path, shard=file) from None
+    except OSError as e:
+        raise CacheIOError("cannot read %s: %s" % (path, e.strerror), shard=file) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ShardMismatchError("%s is %s, not a shard file"
+                                 % (path, "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"),
+                                 shard=file)
+    return st
+
+
 def _acquire(path, file, map_size):
     """The process's environment of the file at `path` (called with _LOCK held)."""
     _forget_parent()
     for _ in range(3):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            raise MissingShardError("%s does not exist" % path, shard=file)
+        st = _shard_stat(path, file)
         key = (st.st_dev, st.st_ino)
         env = _REGISTRY.get(key)
         if env is None and key in _WRITING:
@@ -537,7 +560,9 @@ class Cache:
         except OSError as e:
             raise NotACacheError("%s has no readable manifest.json (%s)" % (self.path, e.strerror)) from e
         try:
-            m = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys(mpath))
+            m = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise NotACacheError("%s names the key %s twice in one object" % (mpath, json.dumps(e.args[0]))) from None
         except (UnicodeDecodeError, ValueError) as e:
             raise NotACacheError("%s is not JSON: %s" % (mpath, e)) from e
         if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -852,10 +877,13 @@ class Cache:
 _LAYOUTS = {}
 # The same layouts keyed by (data length, header text after the __metadata__ object), for headers
 # that begin with it (both writers put it first): a record whose tensor entries are character for
-# character those of a checked one needs only its metadata parsed.
+# character those of a checked one needs only its metadata parsed. A tail is stored once its whole
+# header has passed the full parse, which refuses a key named twice: so no stored tail names a key
+# twice or __metadata__ at all, and a header made of a checked tail and a metadata object that
+# names no key twice names none.
 _TAILS = {}
 _META_OPEN = '{"__metadata__":'
-_JSON = json.JSONDecoder()
+_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
 def _parse_header(stored, loc):
@@ -884,7 +912,9 @@ def _parse_header(stored, loc):
                 and all(type(v) is str for v in meta.values()):
             return {"tensors": tensors, "metadata": meta}, data_start
     try:
-        h = json.loads(text)
+        h = _JSON.decode(text)
+    except _DuplicateKey as e:
+        raise BadRecordError("header names the key %s twice in one object" % json.dumps(e.args[0]), **loc) from None
     except ValueError as e:
         raise BadRecordError("header is not JSON: %s" % e, **loc) from e
     if not isinstance(h, dict):
@@ -906,8 +936,7 @@ def _parse_header(stored, loc):
         tensors = _check_layout(h, data_len, loc)
         if key is not None and len(_LAYOUTS) < 1024:
             _LAYOUTS[key] = tensors
-    # Only a tail with no second __metadata__ (JSON keeps the last of duplicate keys).
-    if tail is not None and '"__metadata__"' not in tail and len(_TAILS) < 1024:
+    if tail is not None and len(_TAILS) < 1024:
         _TAILS[(data_len, tail)] = tensors
     return {"tensors": tensors, "metadata": meta}, data_start
 

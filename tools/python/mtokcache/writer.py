@@ -180,6 +180,7 @@ class Writer:
         self._count = 0  # records committed to the open shard
         self._pending = []  # (frame, sha256, id key, payload size) of the chunk being filled
         self._pending_committed = 0  # how many of them are already in the shard (a resumed partial chunk)
+        self._dtypes = None  # tensor name -> dtype of the cache's first record (append)
         self._finished = False
         try:
             if resuming:
@@ -288,7 +289,7 @@ class Writer:
             for d in digests:
                 self._digest.update(d)
             if count:
-                self._check_latent_dtype(txn.get(struct.pack(">Q", 0), db=dbs["records"]), file)
+                self._check_first_record(txn.get(struct.pack(">Q", 0), db=dbs["records"]), file)
             if count % self.R and env is self._env:
                 chunk = txn.get(struct.pack(">Q", count // self.R), db=dbs["records"])
                 try:
@@ -306,10 +307,12 @@ class Writer:
                 self._pending_committed = len(frames)
         return meta
 
-    def _check_latent_dtype(self, chunk, file):
+    def _check_first_record(self, chunk, file):
         """The manifest does not store the latents' dtype; the records do. A resumed writer with
         another one would mix dtypes in one cache, which `mtok verify` accepts but the readers'
-        batches (and so the PyTorch datasets) refuse: compare with the shard's first record."""
+        batches (and so the PyTorch datasets) refuse: compare with the shard's first record. The
+        first of the cache (shards are adopted in order) gives the dtypes that append holds every
+        record to."""
         try:
             frame = _chunk_frames(chunk, self.R)[0]
             size = zstandard.frame_content_size(frame)
@@ -324,6 +327,8 @@ class Writer:
             name = {v: k for k, v in _LATENT_DTYPES.items()}[there]
             raise SettingsMismatchError("%s was written with other settings: latent_dtype is %s there, %s now"
                                         % (self.path, _show(name), _show(self.latent_dtype)))
+        if self._dtypes is None:
+            self._dtypes = {name: t[0] for name, t in header["tensors"].items()}
 
     # -- records ------------------------------------------------------------------------------
 
@@ -342,7 +347,9 @@ class Writer:
         """Adds one record. `indices` must be uint16 or uint32, `groups` uint8 or uint16 (their
         dtype is stored as given). Metadata the readers would refuse (FORMAT.md 4.1: view 0 ...
         65535, label -1 ... 2147483647, non-negative integers in source_size and crop_box,
-        source_sha256 hex or empty) raises ValueError naming the field, and nothing is added."""
+        source_sha256 hex or empty) raises ValueError naming the field, and nothing is added. So
+        does a record whose tensors' dtypes, or whose having a logvar, differ from the cache's first
+        record (a resumed cache's too): the readers batch records of one layout only."""
         if self._finished:
             raise RuntimeError("writer already finished")
         try:
@@ -382,6 +389,12 @@ class Writer:
             tensors.append(("logvar", ldt, lv))
         tensors.append(("indices", _SAFETENSORS[indices.dtype.newbyteorder("<")], indices.astype(indices.dtype.newbyteorder("<"))))
         tensors.append(("groups", _SAFETENSORS[groups.dtype.newbyteorder("<")], groups.astype(groups.dtype.newbyteorder("<"))))
+        dtypes = {name: dt for name, dt, _ in tensors}
+        if self._dtypes is not None and dtypes != self._dtypes:
+            name = next(n for n in _reader.TENSORS if dtypes.get(n) != self._dtypes.get(n))
+            raise ValueError("%s %s %s here, %s in the cache" % (name, "is" if name == "logvar" else "are",
+                                                                 dtypes.get(name, "absent"),
+                                                                 self._dtypes.get(name, "absent")))
         meta = {"mtok.format": RECORD_FORMAT, "id": id, "view": str(view), "label": str(label),
                 "source_size": ",".join(map(str, source_size)), "crop_box": ",".join(map(str, crop_box)),
                 "source_sha256": source_sha256}
@@ -389,6 +402,7 @@ class Writer:
         stored = _shuffle(payload, data_start, tensors) if self.shuffle == "byte-planes" else payload
         frame = self._cctx.compress(stored)
         self._seen.add(key)
+        self._dtypes = dtypes
         self._pending.append((frame, hashlib.sha256(payload).digest(), key, len(payload)))
         if len(self._pending) == self.R:
             self._flush_chunk()

@@ -46,7 +46,8 @@ class TempDir:
     def __exit__(self, *exc):
         for root, dirs, files in os.walk(self.path):
             for f in files:
-                os.chmod(os.path.join(root, f), 0o644)
+                if not os.path.islink(os.path.join(root, f)):  # links to nothing, or to themselves
+                    os.chmod(os.path.join(root, f), 0o644)
         shutil.rmtree(self.path)
 
 
@@ -81,9 +82,9 @@ def pack_chunk(frames, offsets=None):
     return struct.pack("<I%dI" % len(offsets), len(frames), *offsets) + b"".join(frames)
 
 
-def rewrite_metadata(path, index, records_per_chunk, **meta):
-    """Sets metadata values of the stored record `index` (of a one-shard cache), the frame
-    compressed again as a writer would, so that only the metadata is wrong."""
+def rewrite_header(path, index, records_per_chunk, edit):
+    """Replaces the header text of the stored record `index` (of a one-shard cache) by
+    edit(text), the frame compressed again as a writer would, so that only the header is wrong."""
     import zstandard
     chunk_no, slot = divmod(index, records_per_chunk)
 
@@ -91,14 +92,21 @@ def rewrite_metadata(path, index, records_per_chunk, **meta):
         frames = chunk_frames(chunk)
         stored = zstandard.ZstdDecompressor().decompress(frames[slot])
         hlen = struct.unpack_from("<Q", stored)[0]
-        header = json.loads(stored[8:8 + hlen])
-        header["__metadata__"].update(meta)
-        text = json.dumps(header, separators=(",", ":")).encode()
+        text = edit(stored[8:8 + hlen].decode().rstrip(" ")).encode()
         text += b" " * (-len(text) % 8)
         cctx = zstandard.ZstdCompressor(write_checksum=True, write_content_size=True)
         frames[slot] = cctx.compress(struct.pack("<Q", len(text)) + text + stored[8 + hlen:])
         return pack_chunk(frames)
     rewrite_chunk(path, chunk_no, change)
+
+
+def set_metadata(**meta):
+    """A header edit (rewrite_header) that sets metadata values."""
+    def edit(text):
+        header = json.loads(text)
+        header["__metadata__"].update(meta)
+        return json.dumps(header, separators=(",", ":"))
+    return edit
 
 
 def refused(error, read, words=()):
@@ -289,7 +297,7 @@ def test_checked_header_tails_never_let_a_changed_layout_through():
     bad_shape = tail.replace(json.dumps(entry["shape"], separators=(",", ":")), "[%d]" % (entry["shape"][0] + 1), 1)
     assert bad_shape != tail
     for text in (h0[:meta_end] + bad_shape,
-                 # A second __metadata__ after the tensors: JSON keeps the last one, which lacks the format.
+                 # A second __metadata__ after the tensors (json alone would keep it: it lacks the format).
                  h0[:meta_end] + tail[:-1] + ',"__metadata__":{"id":"x"}}'):
         try:
             reader._parse_header(payload(text, stored), loc)
@@ -458,6 +466,100 @@ def test_resume_refuses_a_damaged_partial_chunk():
         rewrite_chunk(d + "/c2", 1, lambda chunk: pack_chunk([b"\0" + f[1:] for f in chunk_frames(chunk)]))
         refused(mtokcache.ShardMismatchError, lambda: mtokcache.Writer(d + "/c2", settings={"test": True}, resume=True),
                 ["shard-00000.mdb", "partial last chunk"])
+
+
+def as_another_user(fn):
+    """Runs fn(): in a forked child that drops to user and group 65534 when this process is root
+    (root may read any file), else here. What fn raised is raised here as an AssertionError."""
+    if os.geteuid() != 0:
+        fn()
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+            failure = b""
+        except BaseException as e:  # reported to the parent, which fails the test
+            failure = ("%s: %s" % (type(e).__name__, e)).encode()
+        os.write(w, failure[:4096])
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        failure = f.read().decode()
+    os.waitpid(pid, 0)
+    assert not failure, "as user 65534: " + failure
+
+
+def test_shard_file_problems_named_as_swift_names_them():
+    """A shard path that is missing, a symbolic link to nothing or a loop of them, a directory, a
+    FIFO, or a file this process may not read, is refused at the shard by the readers and by a
+    resuming writer, in the words of Swift's Shard.fileSize: not with a bare OSError, nor as
+    "does not exist" when it does. A FIFO is never opened (that would wait for a writer). A shard
+    that is a link to a shard file reads (shards may live on other disks)."""
+    import errno
+    import signal
+    with TempDir() as d:
+        os.chmod(d, 0o755)  # user 65534 reads the caches here (as_another_user)
+        recs = list(make_records(5))
+        write(d + "/good", recs)
+        file = "shards/shard-00000.mdb"
+
+        def damaged(n, change):
+            path = "%s/case%d" % (d, n)
+            shutil.copytree(d + "/good", path)
+            change(path + "/" + file)
+            return path, path + "/" + file
+
+        def replace(by):
+            def change(shard):
+                os.remove(shard)
+                by(shard)
+            return change
+        path, shard = damaged(0, lambda s: (os.rename(s, s + ".elsewhere"),
+                                            os.symlink(os.path.basename(s) + ".elsewhere", s)))
+        assert mtokcache.open(path)[4]["id"] == recs[4]["id"]
+        cases = [(lambda s: None, mtokcache.MissingShardError, "%s does not exist"),
+                 (lambda s: os.symlink("gone.mdb", s), mtokcache.MissingShardError,
+                  "%s is a symbolic link to a file that does not exist"),
+                 (lambda s: os.symlink(os.path.basename(s), s), mtokcache.CacheIOError,
+                  "cannot read %%s: %s" % os.strerror(errno.ELOOP)),
+                 (os.mkdir, mtokcache.ShardMismatchError, "%s is a directory, not a shard file"),
+                 (os.mkfifo, mtokcache.ShardMismatchError, "%s is not a regular file, not a shard file")]
+
+        def timeout(*_):
+            raise AssertionError("the read hangs (opened a FIFO?)")
+        before = signal.signal(signal.SIGALRM, timeout)
+        try:
+            for n, (by, error, words) in enumerate(cases, 1):
+                path, shard = damaged(n, replace(by))
+                c = mtokcache.open(path)
+                for read in (lambda: c[0], lambda: c.batch([0, 1]), lambda: list(c.stream(0, 1, 0, 0)),
+                             lambda: mtokcache.Writer(path, settings={"test": True}, resume=True)):
+                    signal.alarm(20)
+                    e = refused(error, read, [words % shard])
+                    signal.alarm(0)
+                    assert e.location == {"shard": file}, (words, e.location)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, before)
+        # Not readable: the file itself, or the directory that holds it.
+        path, shard = damaged(len(cases) + 1, lambda s: os.chmod(s, 0o000))
+        path2, shard2 = damaged(len(cases) + 2, lambda s: os.chmod(os.path.dirname(s), 0o600))
+
+        def unreadable():
+            for p, s in ((path, shard), (path2, shard2)):
+                c = mtokcache.open(p)
+                for read in (lambda: c[0], lambda: c.batch([0, 1])):
+                    e = refused(mtokcache.CacheIOError, read, ["cannot read %s: %s" % (s, os.strerror(errno.EACCES))])
+                    assert e.location == {"shard": file}, e.location
+        try:
+            as_another_user(unreadable)
+        finally:
+            os.chmod(os.path.dirname(shard2), 0o755)
 
 
 def test_reopens_after_fork():
@@ -728,6 +830,48 @@ def test_resume_refuses_another_latent_dtype_and_keeps_the_layout():
         mtokcache.Writer(d + "/e", settings={"test": True}, latent_dtype="bf16").close()
         write(d + "/e", recs[:3], latent_dtype="f32", resume=True)
         assert mtokcache.open(d + "/e")[2]["dtypes"]["latents"] == "F32"
+
+
+def test_writer_keeps_the_first_records_dtypes():
+    """Every record of a cache stores each tensor in the dtype of the cache's first record, and
+    has a logvar if and only if that one has (the readers batch records of one layout only):
+    append refuses another record, naming the tensor and both dtypes, and adds nothing; a resumed
+    writer holds to the first record of the cache it continues, in a sealed shard or not."""
+    recs = list(make_records(30))
+    u16 = lambda r: dict(r, indices=r["indices"].astype(np.uint16))
+    u32 = lambda r: dict(r, indices=r["indices"].astype(np.uint32))
+    u8 = lambda r: dict(r, groups=r["groups"].astype(np.uint8))
+    with_logvar = lambda r: dict(r, logvar=r["latents"])
+    without_logvar = lambda r: {k: v for k, v in r.items() if k != "logvar"}
+    cases = [  # (the first record's form, [(another form, words)])
+        (lambda r: r, [(u16, "indices are U16 here, U32 in the cache"), (u8, "groups are U8 here, U16 in the cache"),
+                       (with_logvar, "logvar is BF16 here, absent in the cache")]),
+        (with_logvar, [(without_logvar, "logvar is absent here, BF16 in the cache"),
+                       (u16, "indices are U16 here")]),
+        (u16, [(u32, "indices are U32 here, U16 in the cache")])]
+    with TempDir() as d:
+        for n, (first, others) in enumerate(cases):
+            path = "%s/c%d" % (d, n)
+            w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, shard_cap_bytes=6000)
+
+            def check(w, r):
+                count = len(w)
+                for change, words in others:
+                    refused(ValueError, lambda: w.append(**change(first(r))), [words])
+                assert len(w) == count
+                w.append(**first(r))
+            for r in recs[:10]:
+                w.append(**first(r))
+            check(w, recs[10])
+            w.close()
+            for _ in range(2):
+                w = mtokcache.Writer(path, settings={"test": True}, resume=True)
+                check(w, recs[w.committed])
+                w.close()
+            c = mtokcache.open(path)
+            # The first record is in a sealed shard, the last ones in the unsealed next one.
+            assert len(c) == 13 and len(c.batch(range(13))["ids"]) == 13 and len(c.shard_entries) > 1
+            c.close()
 
 
 _COUNTING_READER = _CHILD + r"""
@@ -1062,21 +1206,30 @@ def test_damaged_frame_header_is_a_located_corrupt_record():
 
 
 def refused_at_record_5(d, cases):
-    """For each (field, stored value, words): a copy of a cache of 8 records whose record 5 has
-    the value; every read path refuses it with a BadRecordError at the record, while record 4
-    reads."""
+    """For each (header edit, words) (see rewrite_header): a copy of a cache of 8 records whose
+    record 5 has the edited header; every read path, the PyTorch datasets' too when torch is
+    installed, refuses it with a BadRecordError at the record, while record 4 reads."""
+    try:
+        from mtokcache.datasets import CacheDataset, CacheIterableDataset
+    except ImportError:
+        CacheDataset = CacheIterableDataset = None
     recs = list(make_records(8))
     write(d + "/good", recs, records_per_chunk=4)
     r = recs[5]
-    for n, (field, value, words) in enumerate(cases):
+    for n, (edit, words) in enumerate(cases):
         path = "%s/case%d" % (d, n)
         shutil.copytree(d + "/good", path)
-        rewrite_metadata(path, 5, 4, **{field: value})
+        rewrite_header(path, 5, 4, edit)
         c = mtokcache.open(path)
-        for read in (lambda: c[5], lambda: c.get(r["id"], r["view"]), lambda: c.batch([4, 5]),
-                     lambda: list(c.stream(0, 1, 0, 0)), lambda: list(c.stream(0, 1, 0, 0, batch_size=8))):
+        reads = [lambda: c[5], lambda: c.get(r["id"], r["view"]), lambda: c.batch([4, 5]),
+                 lambda: list(c.stream(0, 1, 0, 0)), lambda: list(c.stream(0, 1, 0, 0, batch_size=8))]
+        if CacheDataset is not None:
+            reads += [lambda: CacheDataset(path)[5], lambda: CacheDataset(path).__getitems__([4, 5]),
+                      lambda: list(CacheIterableDataset(path, batch_size=3)),
+                      lambda: list(CacheIterableDataset(path, batch_size=3, batched=True))]
+        for read in reads:
             e = refused(mtokcache.BadRecordError, read, words)
-            assert (e.location["index"], e.location["chunk"]) == (5, 1), (field, value, e.location)
+            assert (e.location["index"], e.location["chunk"]) == (5, 1), (words, e.location)
         assert c[4]["id"] == recs[4]["id"]
         c.close()
 
@@ -1099,7 +1252,7 @@ def test_labels_outside_int32_refused():
         assert (c[0]["label"], c[1]["label"]) == (2147483647, -1)
         assert c.batch([0, 1])["labels"].tolist() == [2147483647, -1]
         c.close()
-        refused_at_record_5(d, [("label", v, ["label %s outside -1 ... 2147483647" % v])
+        refused_at_record_5(d, [(set_metadata(label=v), ["label %s outside -1 ... 2147483647" % v])
                                 for v in ("2147483648", "99999999999999999999999", "-2")])
 
 
@@ -1107,12 +1260,39 @@ def test_view_size_and_crop_box_outside_range_or_form_refused():
     """FORMAT 4.1: a stored view outside 0 ... 65535, and a source_size or crop_box that is not
     non-negative decimal integers separated by commas, are BadRecordErrors in every read path."""
     with TempDir() as d:
-        refused_at_record_5(d, [("view", "70000", ["view 70000 outside 0 ... 65535"]),
-                                ("view", "65536", ["view 65536 outside"]),
-                                ("source_size", "640, 480", ["source_size"]),
-                                ("source_size", "640,480,1", ["source_size"]),
-                                ("source_size", "-1,480", ["source_size"]), ("crop_box", "0,0,1", ["crop_box"]),
-                                ("crop_box", "0,0,1,x", ["crop_box"]), ("crop_box", "0,0,1,1 ", ["crop_box"])])
+        refused_at_record_5(d, [(set_metadata(**{field: value}), words) for field, value, words in (
+            ("view", "70000", ["view 70000 outside 0 ... 65535"]), ("view", "65536", ["view 65536 outside"]),
+            ("source_size", "640, 480", ["source_size"]), ("source_size", "640,480,1", ["source_size"]),
+            ("source_size", "-1,480", ["source_size"]), ("crop_box", "0,0,1", ["crop_box"]),
+            ("crop_box", "0,0,1,x", ["crop_box"]), ("crop_box", "0,0,1,1 ", ["crop_box"]))])
+
+
+def test_header_with_a_duplicate_key_refused():
+    """JSON readers disagree on a key named twice (Python's json keeps the last value, Swift's
+    parser refuses it), so a record header that names one twice, in its metadata, at its top
+    level (__metadata__ or a tensor) or in a tensor entry, is a BadRecordError at the record in
+    every read path: a record that Swift refuses must not read as another record in Python."""
+    def twice(key):
+        """An edit that names the top-level `key` a second time, with the same value."""
+        def edit(text):
+            value = json.dumps(json.loads(text)[key], separators=(",", ":"))
+            return text[:-1] + ',"%s":%s}' % (key, value)
+        return edit
+
+    def meta_last(text):
+        """__metadata__ after the tensors (a header the fast path does not take), naming id twice."""
+        header = json.loads(text)
+        meta = json.dumps(header.pop("__metadata__"), separators=(",", ":"))
+        return json.dumps(header, separators=(",", ":"))[:-1] + ',"__metadata__":%s}' % meta.replace(
+            '"id":', '"id":"other","id":', 1)
+    with TempDir() as d:
+        refused_at_record_5(d, [
+            (lambda text: text.replace('"label":"4"', '"label":"4","label":"117"', 1), ['the key "label" twice']),
+            (lambda text: text.replace('"label":"4"', '"label":"117","label":"4"', 1), ['the key "label" twice']),
+            (twice("__metadata__"), ['the key "__metadata__" twice']),
+            (twice("groups"), ['the key "groups" twice']),
+            (lambda text: text.replace('"dtype":', '"dtype":"U8","dtype":', 1), ['the key "dtype" twice']),
+            (meta_last, ['the key "id" twice'])])
 
 
 def test_chunk_offsets_and_frames_checked_as_the_format_states():
@@ -1185,20 +1365,34 @@ def test_manifest_with_a_duplicate_key_refused():
 
 
 def test_self_contradictory_manifest_refused():
-    """A shard listed twice (its records would be served twice) and a complete cache without its
-    digest or with an unsealed shard are refused, as Swift refuses them."""
+    """A shard listed twice (its records would be served twice), under one name or two names of
+    the same file, and a complete cache without its digest or with an unsealed shard are
+    refused, as Swift refuses them."""
     with TempDir() as d:
         write(d + "/c", make_records(9), records_per_chunk=2, shard_cap_bytes=2048)
         mpath = d + "/c/manifest.json"
         m = json.load(open(mpath))
-        assert len(m["shards"]) >= 2 and m["complete"]
+        assert len(m["shards"]) >= 2 and m["complete"] and m["shards"][0]["file"] == "shards/shard-00000.mdb"
         os.chmod(mpath, 0o644)
-        twice = dict(m, shards=m["shards"] + m["shards"][:1])
-        no_digest = dict(m, content_digest=None)
-        unsealed = dict(m, shards=[dict(m["shards"][0], sealed=False)] + m["shards"][1:])
-        for damaged, words in ((twice, "listed twice"), (no_digest, "no content_digest"), (unsealed, "not sealed")):
+        first = m["shards"][0]
+        named = lambda file: dict(first, file=file)
+        cases = [(dict(m, shards=m["shards"] + m["shards"][:1]), "shard shards/shard-00000.mdb is listed twice")]
+        for a, b in (("shards/shard-00000.mdb", "./shards/shard-00000.mdb"),
+                     ("shards//shard-00000.mdb", "shards/shard-00000.mdb"),
+                     ("./shards/./shard-00000.mdb", "shards//shard-00000.mdb/")):
+            cases.append((dict(m, shards=[named(a)] + m["shards"][1:] + [named(b)]),
+                          "shard %s is listed twice (as %s)" % (b, a)))
+        cases += [(dict(m, content_digest=None), "no content_digest"),
+                  (dict(m, shards=[dict(first, sealed=False)] + m["shards"][1:]), "not sealed")]
+        for damaged, words in cases:
             json.dump(damaged, open(mpath, "w"))
             refused(mtokcache.NotACacheError, lambda: mtokcache.open(d + "/c"), [mpath, words])
+        # Each of those names alone reads the shard.
+        for file in ("./shards/shard-00000.mdb", "shards//shard-00000.mdb", "./shards/./shard-00000.mdb"):
+            json.dump(dict(m, shards=[named(file)] + m["shards"][1:]), open(mpath, "w"))
+            c = mtokcache.open(d + "/c")
+            assert len(c) == 9 and c[0]["id"] == "img/00000.jpg"
+            c.close()
         json.dump(m, open(mpath, "w"))
         assert len(mtokcache.open(d + "/c")) == 9
 
