@@ -150,20 +150,27 @@ struct CorruptionTests {
         do { _ = try TokenCache(path: dir); Issue.record("opened") } catch { #expect(error.kind == .shardMismatch) }
     }
 
-    @Test func duplicateIdAcrossShardsIsFound() throws {
-        // Two caches holding ids 0..<20 and 10..<30, spliced into one: what a bad merge would do.
+    /// A one-shard cache of `gen`'s first `count` records with a second shard, written on its
+    /// own from `second`, spliced in: what a bad merge would make. Returns its path.
+    func spliced(count: Int, second: [TokenRecord]) throws -> String {
         let a = try TestSupport.temporaryDirectory(), b = try TestSupport.temporaryDirectory()
-        let ma = try writeCache(a, gen, count: 20, batch: 20, options: smallOptions(cap: 1 << 30))
+        let ma = try writeCache(a, gen, count: count, batch: count, options: smallOptions(cap: 1 << 30))
         let wb = try CacheWriter(path: b, settings: gen.settings, options: smallOptions(cap: 1 << 30))
-        try wb.append((10..<30).map(gen.record))
+        try wb.append(second)
         let mb = try wb.finish()
         try FileManager.default.copyItem(atPath: b + "/" + mb.shards[0].file, toPath: a + "/shards/shard-00001.mdb")
         var spliced = ma
-        var second = mb.shards[0]
-        second.file = "shards/shard-00001.mdb"
-        spliced.shards.append(second)
+        var entry = mb.shards[0]
+        entry.file = "shards/shard-00001.mdb"
+        spliced.shards.append(entry)
         spliced.updateTotals()
         try spliced.write(toCache: a)
+        return a
+    }
+
+    @Test func duplicateIdAcrossShardsIsFound() throws {
+        // Two caches holding ids 0..<20 and 10..<30, spliced into one.
+        let a = try spliced(count: 20, second: (10..<30).map(gen.record))
         let report = CacheVerifier.verify(path: a, deep: true)
         let dups = report.faults.filter { $0.kind == .duplicateId }
         #expect(dups.count == 10)
@@ -244,21 +251,8 @@ struct CorruptionTests {
     /// A cache whose shards store a tensor in different dtypes (spliced, as a bad merge would)
     /// is reported by a deep verify at the first record that differs from record 0.
     @Test func recordsOfAnotherDTypeAreFound() throws {
-        let a = try TestSupport.temporaryDirectory(), b = try TestSupport.temporaryDirectory()
-        let ma = try writeCache(a, gen, count: 8, batch: 8, options: smallOptions(cap: 1 << 30))
         let narrow = synthetic { $0.indexDType = .u16 }
-        let wb = try CacheWriter(path: b, settings: gen.settings, options: smallOptions(cap: 1 << 30))
-        try wb.append((8..<12).map(narrow.record))
-        let mb = try wb.finish()
-        try FileManager.default.copyItem(atPath: b + "/" + mb.shards[0].file, toPath: a + "/shards/shard-00001.mdb")
-        var spliced = ma
-        var second = mb.shards[0]
-        second.file = "shards/shard-00001.mdb"
-        spliced.shards.append(second)
-        spliced.updateTotals()
-        spliced.contentDigest = nil
-        spliced.complete = false
-        try spliced.write(toCache: a)
+        let a = try spliced(count: 8, second: (8..<12).map(narrow.record))
         let faults = CacheVerifier.verify(path: a, deep: true).faults.filter { $0.message.contains("one dtype per tensor") }
         #expect(faults.count == 4 && faults.allSatisfy { $0.shard == "shards/shard-00001.mdb" && $0.message.contains("indices U16, not U32") },
                 "\(faults)")
