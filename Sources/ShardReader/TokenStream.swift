@@ -213,22 +213,32 @@ final class ChunkReadAhead: Sendable {
     static let memory = 8 * StreamOrder.Shuffle.defaultWindowBlocks
 
     /// Major page faults (faults that waited for storage) of the process when last looked at,
-    /// and the looks since they last grew.
-    private let faults = Mutex<(count: Int, quietLooks: Int)>((0, 0))
+    /// and the looks since they last grew. It counts from the faults the process already had
+    /// (loading its own code, say) and asks for the first `firstLooks` batches only, unless they
+    /// fault: a cache in memory hardly pays for asking, one in storage is asked for at once.
+    private let faults: Mutex<(count: Int, quietLooks: Int)>
+    static let firstLooks = 4
     /// Looks without a major fault after which a stream stops asking: in memory, asking costs
     /// a few percent of the stream's CPU (a lookup and a system call per chunk) and gains nothing.
     /// Stopped, the next batch read from storage faults again and asking resumes; from storage,
     /// one batch in this many is read page by page.
     static let quietLooks = 64
 
-    init(cache: TokenCache) { self.cache = cache }
+    init(cache: TokenCache) {
+        self.cache = cache
+        faults = Mutex((Self.majorFaults() ?? 0, Self.quietLooks - Self.firstLooks))
+    }
+
+    private static func majorFaults() -> Int? {
+        var usage = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return nil }
+        return Int(usage.ru_majflt)
+    }
 
     /// Whether the stream is reading from storage, judged by the process's major page faults:
-    /// true while they grew in the last `quietLooks` looks (and at first).
+    /// true while they grew in the last `quietLooks` looks.
     func readingStorage() -> Bool {
-        var usage = rusage()
-        guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return true }
-        let count = Int(usage.ru_majflt)
+        guard let count = Self.majorFaults() else { return true }
         return faults.withLock { f in
             if count > f.count {
                 f = (count, 0)
