@@ -20,6 +20,8 @@ not decoding, is what bounds a DataLoader with workers (tools/bench_readers.py),
 batches arrive about twice as fast. Convert on the GPU (`x.float()`, `i.long()`).
 """
 
+import operator
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -119,13 +121,18 @@ class CacheIterableDataset(IterableDataset, _Lazy):
         self.batched = batched
         self.order_args = order_args
 
+    # The shared tensor is int64; epochs are unsigned 64-bit (STREAM.md), so they are stored as
+    # their two's-complement bits, and a start past 2**63 - 1 is past any epoch's end anyway.
     @property
     def epoch(self):
-        return int(self._progress[0])
+        return int(self._progress[0]) & (2**64 - 1)
 
     @epoch.setter
     def epoch(self, epoch):
-        self._progress[0] = epoch
+        epoch = operator.index(epoch)
+        if not 0 <= epoch < 2**64:
+            raise ValueError("epoch must be 0 ... 2**64 - 1, got %d" % epoch)
+        self._progress[0] = epoch - 2**64 if epoch >= 2**63 else epoch
 
     @property
     def start(self):
@@ -133,7 +140,10 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     @start.setter
     def start(self, start):
-        self._progress[1] = start
+        start = operator.index(start)
+        if start < 0:
+            raise ValueError("start is a global position in the epoch, 0 or more; got %d" % start)
+        self._progress[1] = min(start, 2**63 - 1)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -153,6 +163,7 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     def __iter__(self):
         epoch, start = self._progress.tolist()  # once, when this worker's epoch starts
+        epoch &= 2**64 - 1  # stored as two's-complement bits (see `epoch`)
         idx = self._cache.stream_indices(self.rank, self.world_size, epoch, self.seed, start, self.padding,
                                          **self.order_args)
         info = get_worker_info()

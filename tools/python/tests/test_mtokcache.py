@@ -1177,6 +1177,31 @@ def test_iterable_dataset_epochs_reach_persistent_workers():
             del loader
 
 
+def test_iterable_dataset_takes_any_unsigned_epoch_and_start():
+    """Epochs are unsigned 64-bit and a start may lie past the epoch (STREAM.md): the dataset's
+    shared int64 progress tensor holds both; a negative start is refused."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("       (torch not installed: skipped)")
+        return
+    from mtokcache.datasets import CacheIterableDataset
+    with TempDir() as d:
+        write(d + "/c", make_records(9), records_per_chunk=4)
+        c = mtokcache.open(d + "/c")
+        ds = CacheIterableDataset(d + "/c", seed=5, batch_size=2)
+        for epoch in (2**63, 2**64 - 1):
+            ds.set_epoch(epoch)
+            assert ds.epoch == epoch
+            got = [int(r["index"]) for r in ds]
+            assert got == c.stream_indices(0, 1, epoch, 5).tolist(), (epoch, got)
+        for start in (2**63, 2**64 - 1, 2**100):
+            ds.set_start(start)
+            assert list(ds) == [] and len(ds) == 0, start
+        refused(ValueError, lambda: ds.set_start(-1), ["0 or more"])
+        refused(ValueError, lambda: ds.set_epoch(2**64), ["2**64 - 1"])
+
+
 def test_damaged_frame_header_is_a_located_corrupt_record():
     """A frame whose zstd magic number is damaged, or too short for a frame header (zstandard's
     frame_content_size raises on both), is a CorruptRecordError naming shard, chunk and index
