@@ -1149,13 +1149,20 @@ def test_negative_index_out_of_range_names_the_callers_index():
                 raise AssertionError("c[%d] read something" % i)
 
 
-def test_iterable_dataset_epochs_reach_persistent_workers():
-    """set_epoch and set_start reach DataLoader workers that persist across epochs (fork and
-    spawn), and num_workers=0 follows them too: each epoch's samples are the rank's stream."""
+def have_torch():
+    """True when torch imports; says the test is skipped otherwise (torch is optional)."""
     try:
         import torch  # noqa: F401
     except ImportError:
         print("       (torch not installed: skipped)")
+        return False
+    return True
+
+
+def test_iterable_dataset_epochs_reach_persistent_workers():
+    """set_epoch and set_start reach DataLoader workers that persist across epochs (fork and
+    spawn), and num_workers=0 follows them too: each epoch's samples are the rank's stream."""
+    if not have_torch():
         return
     from torch.utils.data import DataLoader
     from mtokcache.datasets import CacheIterableDataset
@@ -1180,10 +1187,7 @@ def test_iterable_dataset_epochs_reach_persistent_workers():
 def test_iterable_dataset_takes_any_unsigned_epoch_and_start():
     """Epochs are unsigned 64-bit and a start may lie past the epoch (STREAM.md): the dataset's
     shared int64 progress tensor holds both; a negative start is refused."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("       (torch not installed: skipped)")
+    if not have_torch():
         return
     from mtokcache.datasets import CacheIterableDataset
     with TempDir() as d:
