@@ -93,8 +93,8 @@ public struct MetadataScan {
         tail = pos..<end
     }
 
-    /// (id, view, label) when the record names this format version and has a plain id, view ≥ 0
-    /// and label ≥ -1: what a stream needs. Nil to let the strict path decide.
+    /// (id, view, label) when the record names this format version and has a plain id and a view
+    /// and label in `RecordCodec`'s ranges. Nil to let the strict path decide.
     public func identity() -> (id: String, view: Int, label: Int)? {
         guard let format, let id, let view = digits(view), RecordCodec.viewRange.contains(view),
               let label = label.flatMap({ isMinusOne($0) ? -1 : digits($0) }), RecordCodec.labelRange.contains(label),
@@ -103,8 +103,8 @@ public struct MetadataScan {
         return (String(decoding: UnsafeRawBufferPointer(rebasing: bytes[id]), as: UTF8.self), view, label)
     }
 
-    /// (id, view) when every field `RecordCodec.checkMetadata` looks at passes in its plain form;
-    /// nil to let the full check decide.
+    /// (id, view, label) when every field `RecordCodec.checkMetadata` looks at passes in its plain
+    /// form; nil to let the full check decide.
     public func checked() -> (id: String, view: Int, label: Int)? {
         guard let size, let box, commaSeparatedDigits(size) == 2, commaSeparatedDigits(box) == 4 else { return nil }
         return identity()

@@ -204,10 +204,10 @@ public enum RecordCodec {
         }
         guard let id = m[Key.id] else { throw FormatError(.badMetadata, "no id") }
         guard let view = m[Key.view].flatMap({ Int($0) }), viewRange.contains(view) else {
-            throw FormatError(.badMetadata, "view \(JSONValue.quoted(String((m[Key.view] ?? "none").prefix(40)))) is not a number in 0...65535")
+            throw FormatError(.badMetadata, "view \(JSONValue.quoted(String((m[Key.view] ?? "none").prefix(40)))) is not a number in \(viewRange)")
         }
         guard let label = m[Key.label].flatMap({ Int($0) }), labelRange.contains(label) else {
-            throw FormatError(.badMetadata, "label \(JSONValue.quoted(String((m[Key.label] ?? "none").prefix(40)))) is not a number in -1...2147483647")
+            throw FormatError(.badMetadata, "label \(JSONValue.quoted(String((m[Key.label] ?? "none").prefix(40)))) is not a number in \(labelRange)")
         }
         let size = try ints(m[Key.sourceSize], count: 2, name: Key.sourceSize)
         let box = try ints(m[Key.cropBox], count: 4, name: Key.cropBox)

@@ -35,7 +35,7 @@ public enum ShardLayout {
         guard !bytes.isEmpty, bytes.count <= maxIdBytes, !bytes.contains(0) else {
             throw FormatError(.badMetadata, "id must be 1...\(maxIdBytes) UTF-8 bytes without NUL: \(JSONValue.quoted(String(id.prefix(80))))")
         }
-        guard (0...Int(UInt16.max)).contains(view) else { throw FormatError(.badMetadata, "view \(view) out of range") }
+        guard RecordCodec.viewRange.contains(view) else { throw FormatError(.badMetadata, "view \(view) out of range") }
         return bytes + [0, UInt8(view >> 8), UInt8(view & 0xFF)]
     }
 

@@ -188,9 +188,10 @@ final class BatchDecoder {
     func batch(_ records: [Int], firstSample: Int, reusing old: consuming StreamBatch? = nil) throws -> StreamBatch {
         var spare = Spare(consume old)
         precondition(!records.isEmpty)
+        let frames = findFrames(records)
         // The first record gives the batch's shapes; it is decompressed again with its row (one
         // extra frame per batch, instead of a copy of every payload).
-        let first = try load(records[0]) { stored, _ in stored }
+        let first = try load(records[0], found: frames[0]) { stored, _ in stored }
         let k = first.layout.latents.shape[0], c = first.layout.latents.shape[1], n = first.layout.groups.shape[0]
         let b = records.count
         let hasLogvar = first.layout.logvar != nil
@@ -202,7 +203,6 @@ final class BatchDecoder {
         let kc = k * c
 
         /// Decodes every row straight into the batch's arrays (no second copy).
-        let frames = findFrames(records)
         func rows(_ latentOut: UnsafeMutableRawPointer, _ logvarOut: UnsafeMutableRawPointer?,
                   _ indexOut: UnsafeMutablePointer<UInt32>, _ groupOut: UnsafeMutablePointer<UInt16>) throws {
             for row in 0..<b { try load(records[row], found: frames[row]) { r, raw in

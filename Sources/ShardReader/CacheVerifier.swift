@@ -192,13 +192,7 @@ public enum CacheVerifier {
             let shuffled = manifest.compression.shuffle == Manifest.byteShuffle
             // The dtypes every record must share: the first record's (when it reads; if it does
             // not, its own fault says so).
-            let dtypes = opened.first { $0.1.count > 0 }.flatMap { _, shard in
-                try? shard.withFrame(local: 0, globalIndex: 0) { frame in
-                    try ZstdDecompressor().withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) {
-                        try RecordCodec.check(stored: $0, shuffled: shuffled).dtypes
-                    }
-                }
-            }
+            let dtypes = opened.first { $0.1.count > 0 }.flatMap { _, shard in try? shard.firstRecordDTypes(shuffled: shuffled) } ?? nil
             for (firstIndex, shard) in opened {
                 let result = checkRecords(shard, firstIndex: firstIndex, shuffled: shuffled, dtypes: dtypes,
                                           rehash: rehash, threads: max(1, threads))

@@ -141,19 +141,33 @@ package final class Shard: Sendable {
     /// chunk up touches only B-tree pages: LMDB finds a large value's address from its leaf node
     /// without reading the value's own pages.
     func willNeed(chunk: Int) {
-        _ = try? withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
-            try txn.get(records, key: key) { value in env.willNeed(value) }
-        } }
+        if let value = mappedChunk(chunk) { env.willNeed(value) }
     }
 
     /// The stored chunk `chunk` of a sealed shard, or nil when the shard is not sealed or has no
     /// such chunk. The bytes are LMDB's map of a file nobody writes, valid while this shard is
     /// open, so a reader may find many records' frames first and decode them after.
     func sealedChunk(_ chunk: Int) -> UnsafeRawBufferPointer? {
-        guard sealed else { return nil }
-        return try? withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
+        sealed ? mappedChunk(chunk) : nil
+    }
+
+    /// Where chunk `chunk`'s value lies in the map (nil if there is none). The address outlives
+    /// the read transaction: only a sealed shard's stays meaningful for reading.
+    private func mappedChunk(_ chunk: Int) -> UnsafeRawBufferPointer? {
+        try? withUnsafeBytes(of: UInt64(chunk).bigEndian) { key in try env.read { txn in
             try txn.get(records, key: key) { $0 }
         } } ?? nil
+    }
+
+    /// The dtypes of local record 0 (the reference every record of a cache must match), or nil
+    /// when the shard is empty.
+    package func firstRecordDTypes(shuffled: Bool) throws -> RecordDTypes? {
+        guard count > 0 else { return nil }
+        return try withFrame(local: 0, globalIndex: 0) { frame in
+            try ZstdDecompressor().withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) {
+                try RecordCodec.check(stored: $0, shuffled: shuffled).dtypes
+            }
+        }
     }
 
     /// Local record number of (id, view), or nil.

@@ -119,8 +119,8 @@ public enum CacheMerger {
             guard m.settings == first.settings, m.recordsPerChunk == first.recordsPerChunk, m.compression == first.compression,
                   m.classes == first.classes else {
                 let what: String
-                if let d = first.settings.firstDifference(from: m.settings) {
-                    what = "settings.\(d.path) is \(d.mine?.jsonText ?? "absent") there, \(d.theirs?.jsonText ?? "absent") here"
+                if let d = first.settings.describeFirstDifference(from: m.settings, prefix: "settings.", here: "here") {
+                    what = d
                 } else if m.recordsPerChunk != first.recordsPerChunk {
                     what = "records_per_chunk is \(first.recordsPerChunk) there, \(m.recordsPerChunk) here"
                 } else if m.compression != first.compression {
@@ -135,26 +135,26 @@ public enum CacheMerger {
                 throw CacheError(.settingsMismatch, "\(partNames[rank]) was made with other settings than \(partNames[0]): \(what)")
             }
         }
-        // Equal settings do not make equal dtypes (a Python writer's parts may differ), and a
-        // cache keeps one dtype per tensor (FORMAT.md 4.1): compare each part's first record.
-        var dtypes: (name: String, dtypes: RecordDTypes)?
-        for (name, m) in zip(partNames, manifests) where m.totals.records > 0 {
-            let own = RecordDTypes(try TokenCache(path: root + "/" + partsDirectory + "/" + name).record(at: 0))
-            if let (firstName, first) = dtypes, let d = own.difference(from: first) {
-                throw CacheError(.settingsMismatch, "\(name) stores \(d) as \(firstName) does: a cache keeps one dtype per tensor")
-            }
-            if dtypes == nil { dtypes = (name, own) }
-        }
         var merged = Manifest(createdBy: first.createdBy, recordsPerChunk: first.recordsPerChunk,
                               compressionLevel: first.compression.level, shuffle: first.compression.shuffle == Manifest.byteShuffle,
                               shardCapBytes: first.shardCapBytes, settings: first.settings, classes: first.classes)
         var moves: [[String]] = []
         var hasher = SHA256()
         var seen = Set<[UInt8]>()
+        // Equal settings do not make equal dtypes (a Python writer's parts may differ), and a
+        // cache keeps one dtype per tensor (FORMAT.md 4.1): each shard's first record must match
+        // the first part's.
+        var dtypes: (part: String, dtypes: RecordDTypes)?
         for (rank, m) in manifests.enumerated() {
             let partRoot = partsDirectory + "/" + partNames[rank]
             for entry in m.shards {
                 let shard = try Shard(root: root + "/" + partRoot, entry: entry, recordsPerChunk: m.recordsPerChunk, shuffle: m.compression.shuffle)
+                if let own = try shard.firstRecordDTypes(shuffled: m.compression.shuffle == Manifest.byteShuffle) {
+                    if let (firstPart, first) = dtypes, let d = own.difference(from: first) {
+                        throw CacheError(.settingsMismatch, "\(partNames[rank]) stores \(d) as \(firstPart) does: a cache keeps one dtype per tensor")
+                    }
+                    if dtypes == nil { dtypes = (partNames[rank], own) }
+                }
                 try shard.forEachDigest { hasher.update(bufferPointer: $0) }
                 try shard.forEachIdKey { key in
                     guard seen.insert(Array(SHA256.hash(data: key).prefix(16))).inserted else {

@@ -87,13 +87,8 @@ public final class CacheWriter {
             } catch let e as FormatError {
                 throw CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(path)/\(Manifest.fileName): \(e)")
             }
-            if let d = existing.settings.firstDifference(from: settings) {
-                func show(_ v: JSONValue?) -> String {
-                    guard let v else { return "absent" }
-                    let text = v.jsonText
-                    return text.count <= 80 ? text : String(text.prefix(77)) + "..."
-                }
-                throw CacheError(.settingsMismatch, "\(path) was written with other settings: \(d.path) is \(show(d.mine)) there, \(show(d.theirs)) now; use another output or the same settings")
+            if let d = existing.settings.describeFirstDifference(from: settings, here: "now") {
+                throw CacheError(.settingsMismatch, "\(path) was written with other settings: \(d); use another output or the same settings")
             }
             guard existing.part == part else {
                 throw CacheError(.settingsMismatch, "\(path) is a different part (rank/world size) of a scaled-out run")
@@ -206,6 +201,9 @@ public final class CacheWriter {
     /// committed atomically with the records it covers), or nil if never set.
     public var inputsDone: Int? { manifest.inputsDone }
 
+    /// The dtypes of this writer's first record; every later one must match.
+    private var dtypes: RecordDTypes?
+
     /// Appends `records` after the last committed one, as one or more committed transactions
     /// (one per shard touched). On return they are durable and listed in the manifest.
     ///
@@ -214,9 +212,6 @@ public final class CacheWriter {
     /// - Throws: `CacheError.badRecord` for a record that breaks the schema,
     ///   `CacheError.duplicateId` for an (id, view) already in the cache or twice in the batch;
     ///   nothing of the batch is written then.
-    /// The dtypes of this writer's first record; every later one must match.
-    private var dtypes: RecordDTypes?
-
     public func append(_ records: [TokenRecord], inputsDone: Int? = nil) throws {
         guard !records.isEmpty else {
             if let inputsDone {
@@ -236,7 +231,7 @@ public final class CacheWriter {
                 try RecordCodec.validate(latents: r.latents, logvar: r.logvar, indices: r.indices, groups: r.groups)
                 key = try ShardLayout.idKey(id: r.id, view: r.view)
                 guard RecordCodec.labelRange.contains(r.label) else {
-                    throw FormatError(.badMetadata, "label \(r.label) is not in -1...2147483647")
+                    throw FormatError(.badMetadata, "label \(r.label) is not in \(RecordCodec.labelRange)")
                 }
                 // One dtype per tensor in a cache (FORMAT.md 4.1). Checked against this writer's
                 // first record: a resumed cache had to match the settings, which fix the dtypes.

@@ -293,6 +293,18 @@ extension JSONValue {
         }
     }
 
+    /// The first difference as "PATH is X there, Y `here`" (values shortened to 80 characters),
+    /// or nil when the two are equal: how refusals of other settings say what differs.
+    public func describeFirstDifference(from other: JSONValue, prefix: String = "", here: String) -> String? {
+        guard let d = firstDifference(from: other) else { return nil }
+        func show(_ v: JSONValue?) -> String {
+            guard let v else { return "absent" }
+            let text = v.jsonText
+            return text.count <= 80 ? text : String(text.prefix(77)) + "..."
+        }
+        return "\(prefix)\(d.path) is \(show(d.mine)) there, \(show(d.theirs)) \(here)"
+    }
+
     /// Compact JSON text, keys sorted; for messages.
     public var jsonText: String {
         let encoder = JSONEncoder()
