@@ -123,9 +123,14 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     # The shared tensor is int64; epochs are unsigned 64-bit (STREAM.md), so they are stored as
     # their two's-complement bits, and a start past 2**63 - 1 is past any epoch's end anyway.
+    def _epoch_and_start(self):
+        """(epoch, start) as set_epoch and set_start left them, read together."""
+        epoch, start = self._progress.tolist()
+        return epoch & (2**64 - 1), start
+
     @property
     def epoch(self):
-        return int(self._progress[0]) & (2**64 - 1)
+        return self._epoch_and_start()[0]
 
     @epoch.setter
     def epoch(self, epoch):
@@ -136,7 +141,7 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     @property
     def start(self):
-        return int(self._progress[1])
+        return self._epoch_and_start()[1]
 
     @start.setter
     def start(self, start):
@@ -154,18 +159,16 @@ class CacheIterableDataset(IterableDataset, _Lazy):
 
     def indices(self):
         """The rank's global record indices for the current epoch and start."""
-        return self._cache.stream_indices(self.rank, self.world_size, self.epoch, self.seed, self.start,
-                                          self.padding, **self.order_args)
+        epoch, start = self._epoch_and_start()  # once: a worker calls this when its epoch starts
+        return self._cache.stream_indices(self.rank, self.world_size, epoch, self.seed, start, self.padding,
+                                          **self.order_args)
 
     def __len__(self):
         # Arithmetic, not the permutation: DataLoader asks for the length often.
         return _order.rank_count(len(self._cache), self.rank, self.world_size, self.start, self.padding)
 
     def __iter__(self):
-        epoch, start = self._progress.tolist()  # once, when this worker's epoch starts
-        epoch &= 2**64 - 1  # stored as two's-complement bits (see `epoch`)
-        idx = self._cache.stream_indices(self.rank, self.world_size, epoch, self.seed, start, self.padding,
-                                         **self.order_args)
+        idx = self.indices()
         info = get_worker_info()
         k, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         b = self.batch_size

@@ -151,6 +151,18 @@ def _check_manifest(m, mpath):
                 raise NotACacheError("%s: complete, but shard %s is not sealed" % (mpath, s["file"]))
 
 
+def _pages_bytes(env):
+    """The bytes an LMDB environment's pages take (its file holds at least these)."""
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+
+
+def _map_size(cap):
+    """What a writer maps for a shard of `cap` bytes, and a reader for a shard still being
+    written: a reservation of address space, not disk, for the cap plus room for one chunk and
+    LMDB's copy-on-write pages."""
+    return 2 * cap + (256 << 20)
+
+
 class _Replaced(Exception):
     """The file at a shard's path changed while it was being opened (a writer sealing it)."""
 
@@ -196,7 +208,7 @@ class _Env:
                 # A truncated file opens, but touching its missing pages through the map raises
                 # SIGBUS. A writer writes a commit's pages before its meta page, so a shard being
                 # written passes too.
-                need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+                need = _pages_bytes(env)
                 size = os.fstat(fd).st_size
                 if size < need:
                     raise ShardMismatchError("file is truncated: %d bytes, its pages need %d" % (size, need),
@@ -241,7 +253,7 @@ class _Shard:
     """One Cache's view of one shard: the process's environment of the file (_acquire) and a read
     snapshot taken when the Cache first read it, checked against the Cache's manifest entry."""
 
-    def __init__(self, root, entry, records_per_chunk, map_size, shuffle=None):
+    def __init__(self, root, entry, records_per_chunk, map_size, shuffle):
         self.file = entry["file"]
         self._shuffle = shuffle
         self.path = os.path.join(root, self.file)
@@ -253,12 +265,13 @@ class _Shard:
         self._env = _acquire(self.path, self.file, self._map_size)
         self.txn = None
         try:
-            self._check(records_per_chunk)
+            self._check()
         except BaseException:
             self.close()
             raise
 
-    def _check(self, records_per_chunk):
+    def _check(self):
+        records_per_chunk = self._records_per_chunk
         e = self._env
         self.env, self.records, self.ids, self.digests = e.env, e.records, e.ids, e.digests
         # buffers=True avoids copying chunks.
@@ -271,7 +284,7 @@ class _Shard:
                                       shard=self.file)
         # A shard written since meta.shuffle exists records its byte-shuffle setting: a manifest
         # that says otherwise would make every value decode wrong with every checksum intact.
-        if self._shuffle is not None and "shuffle" in meta and meta["shuffle"] != self._shuffle:
+        if "shuffle" in meta and meta["shuffle"] != self._shuffle:
             raise ShardMismatchError("written with shuffle %s, the manifest says %s" % (meta["shuffle"], self._shuffle),
                                      shard=self.file)
         if meta.get("records_per_chunk") != str(records_per_chunk):
@@ -294,35 +307,32 @@ class _Shard:
         # A sealed shard keeps one long read transaction per Cache: no writer touches the file, so
         # it pins nothing, and it saves a begin/abort per record.
 
-    def get(self, key, db):
-        """The value of `key` in `db` (a copy), read in a snapshot of the shard as it is now."""
+    def get(self, key, name):
+        """The value of `key` in the database `name` ("records", "ids", ...; a copy), read in a
+        snapshot of the shard as it is now."""
         e = self._env
         if e.borrowed:
             with e.lock:
                 if not e.returned:
-                    with self.env.begin() as txn:
-                        return txn.get(key, db=db)
+                    with e.env.begin() as txn:
+                        return txn.get(key, db=getattr(e, name))
             # Its writer sealed the shard (a compacted copy now has the path, with the records
-            # this Cache lists) or closed it: read the file as it is now, as another process
-            # would. `db` is a handle of the writer's environment; take the same database here.
-            name = next(n for n in ("records", "ids", "digests", "meta") if getattr(e, n) is db)
+            # this Cache lists) or closed it: read the file as it is now, as another process would.
             self._reopen(e)
-            db = getattr(self._env, name)
         try:
             with self.env.begin() as txn:
-                return txn.get(key, db=db)
+                return txn.get(key, db=getattr(self._env, name))
         except lmdb.MapResizedError as e:
             raise ShardMismatchError("grew past the %d bytes this process mapped for it; close its Caches and "
                                      "open it again" % self.env.info()["map_size"], shard=self.file) from e
 
     def _reopen(self, old):
         with _LOCK:
-            _forget_parent()
             if self._env is old:  # not done already by another thread
                 self._env = _acquire(self.path, self.file, self._map_size)
                 _release(old)
                 # Its manifest entry here is unsealed, so _check keeps no transaction open.
-                self._check(self._records_per_chunk)
+                self._check()
 
     def close(self):
         if self.txn is not None:
@@ -482,11 +492,7 @@ def _writer_dropped(key, env):
     middle of a registry call, or of a read through `env`, on this thread: it takes note, and a
     registry call gives the environment back once no read holds it (_forget_parent)."""
     _DROPPED.append((key, env))
-    if _LOCK.acquire(blocking=False):
-        try:
-            _forget_parent()
-        finally:
-            _LOCK.release()
+    _settle_unless_busy()
 
 
 def _check_unread(path, file):
@@ -502,7 +508,7 @@ def _check_unread(path, file):
                          % path, shard=file)
 
 
-def _open_shards(root, entries, records_per_chunk, map_size, shuffle=None):
+def _open_shards(root, entries, records_per_chunk, map_size, shuffle):
     shards = []
     with _LOCK:
         try:
@@ -528,6 +534,13 @@ def _collected(shards, pid):
     if pid != os.getpid():
         return
     _DEFERRED.append(shards)
+    _settle_unless_busy()
+
+
+def _settle_unless_busy():
+    """Releases what finalizers noted (_DEFERRED, _DROPPED) now, unless a registry call is under
+    way (a finalizer may run in the middle of one, on its thread): then that call, or the next,
+    releases them."""
     if _LOCK.acquire(blocking=False):
         try:
             _forget_parent()
@@ -576,7 +589,7 @@ class Cache:
         self.shard_entries = [dict(s) for s in m["shards"]]
         counts = [s["records"] for s in self.shard_entries]
         # What an unsealed shard's environment maps: room to grow, as its writer reserves.
-        self._map_size = 2 * max(m["shard_cap_bytes"], 0) + (256 << 20)
+        self._map_size = _map_size(max(m["shard_cap_bytes"], 0))
         self.manifest = m
         self.classes = m.get("classes")
         self.shard_records = np.asarray(counts, dtype=np.int64)
@@ -650,7 +663,7 @@ class Cache:
         if txn is not None:
             chunk = txn.get(struct.pack(">Q", chunk_no), db=shard.records)
         else:
-            chunk = shard.get(struct.pack(">Q", chunk_no), shard.records)
+            chunk = shard.get(struct.pack(">Q", chunk_no), "records")
         if chunk is None:
             raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
         try:
@@ -759,7 +772,7 @@ class Cache:
             return None
         key = raw + b"\x00" + struct.pack(">H", view)
         for s, shard in enumerate(self._open()):
-            v = shard.txn.get(key, db=shard.ids) if shard.txn is not None else shard.get(key, shard.ids)
+            v = shard.txn.get(key, db=shard.ids) if shard.txn is not None else shard.get(key, "ids")
             if v is not None:
                 if len(v) != 4:
                     raise CorruptRecordError("ids value of %d bytes" % len(v), shard=shard.file, id=id, view=view)

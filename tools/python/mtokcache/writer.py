@@ -29,6 +29,7 @@ from .reader import FORMAT, FORMAT_VERSION, LABEL_MAX, MAX_PAYLOAD, RECORD_FORMA
 _SAFETENSORS = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<u4"): "U32", np.dtype("<u2"): "U16",
                 np.dtype("u1"): "U8"}
 _LATENT_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}  # latent_dtype -> the records' dtype
+_DATABASES = ("records", "digests", "ids", "meta")  # a shard's named databases (FORMAT 3.1)
 
 
 def float32_to_bf16(values):
@@ -181,6 +182,8 @@ class Writer:
         self._pending = []  # (frame, sha256, id key, payload size) of the chunk being filled
         self._pending_committed = 0  # how many of them are already in the shard (a resumed partial chunk)
         self._dtypes = None  # tensor name -> dtype of the cache's first record (append)
+        self._manifest_written = float("-inf")  # time.monotonic() of the last manifest write
+        self._manifest_stale = False  # a commit the manifest does not list yet
         self._finished = False
         try:
             if resuming:
@@ -238,10 +241,9 @@ class Writer:
                 # Through the readers' registry: a Cache of this process may have the file open,
                 # and py-lmdb opens a file once per process.
                 with _reader._LOCK:
-                    _reader._forget_parent()
                     held = _reader._acquire(os.path.join(self.path, e["file"]), e["file"], None)
                 try:
-                    self._adopt(held.env, e["file"], held)
+                    self._adopt(held.env, {name: getattr(held, name) for name in _DATABASES}, e["file"])
                 finally:
                     with _reader._LOCK:
                         _reader._release(held)
@@ -252,23 +254,16 @@ class Writer:
                 self._file = e["file"]
                 self._shard_path = os.path.join(self.path, self._file)
                 self._open_env()
-                meta = self._adopt(self._env, self._file)
+                meta = self._adopt(self._env, self._db, self._file)
                 # The shard's own meta was committed with its data; the manifest may lag it.
                 self._count = int(meta.get("count", "0"))
                 self._payload_bytes = int(meta.get("payload_bytes", "0"))
                 self._compressed_bytes = int(meta.get("compressed_bytes", "0"))
 
-    def _adopt(self, env, file, held=None):
+    def _adopt(self, env, dbs, file):
         """Feeds a shard's ids into the duplicate check and its digests into the content digest;
         reloads a partial last chunk as pending; refuses a latent dtype other than its records'.
-        Returns the shard's meta. `held`: the databases, when the reader's registry opened them."""
-        if held is not None:
-            dbs = {name: getattr(held, name) for name in ("records", "digests", "ids", "meta")}
-        else:
-            try:
-                dbs = {name: env.open_db(name.encode(), create=False) for name in ("records", "digests", "ids", "meta")}
-            except lmdb.Error as e:
-                raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=file) from e
+        Returns the shard's meta. `dbs`: its databases by name (_DATABASES), already open."""
         with env.begin() as txn:
             meta = {bytes(k).decode("ascii"): bytes(v).decode("ascii") for k, v in txn.cursor(dbs["meta"])}
             count = int(meta.get("count", "0"))
@@ -424,16 +419,14 @@ class Writer:
         with _reader._LOCK:
             _reader._check_unread(self._shard_path, self._file)
             try:
-                # The map is a reservation of address space, not disk: the cap plus room for one
-                # chunk and LMDB's copy-on-write pages.
-                self._env = lmdb.open(self._shard_path, subdir=False, map_size=2 * self.cap + (256 << 20),
+                self._env = lmdb.open(self._shard_path, subdir=False, map_size=_reader._map_size(self.cap),
                                       max_dbs=4, sync=True, metasync=True)
             except lmdb.Error as e:
                 if "already open" not in str(e):
                     raise
                 raise InUseError("%s is already open in this process: close the Caches and Writers of the "
                                  "cache first" % self._shard_path, shard=self._file) from e
-            self._db = {name: self._env.open_db(name.encode()) for name in ("records", "digests", "ids", "meta")}
+            self._db = {name: self._env.open_db(name.encode()) for name in _DATABASES}
             key = _reader._lend(self._shard_path, self._env, self._db)
         # A writer dropped without close() gives it back too, so that the file can be opened again
         # in this process (a resume after an exception, say). Exiting unmaps it anyway.
@@ -452,10 +445,9 @@ class Writer:
     def _entry(self):
         """The open shard's manifest entry, as the Swift writer lists it: `bytes` is the size of
         its pages so far."""
-        info = self._env.info()
         return {"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
-                "compressed_bytes": self._compressed_bytes,
-                "bytes": (info["last_pgno"] + 1) * self._env.stat()["psize"], "sealed": False}
+                "compressed_bytes": self._compressed_bytes, "bytes": _reader._pages_bytes(self._env),
+                "sealed": False}
 
     # The manifest is rewritten (and fsynced twice) after a chunk's commit at most this often;
     # readers serve the manifest's count and a resumed writer trusts the shard's own, so a
@@ -464,7 +456,7 @@ class Writer:
     # everything at once.
     MANIFEST_INTERVAL_S = 1.0
 
-    def _flush_chunk(self, list_now=False):
+    def _flush_chunk(self):
         # A partial chunk already committed (resumed, or flushed) is rewritten whole; only its
         # new records are new everywhere else.
         done = self._pending_committed
@@ -499,10 +491,9 @@ class Writer:
             self._pending_committed = 0
         else:  # a partial chunk (flush, close): the next commit rewrites it whole
             self._pending_committed = len(self._pending)
-        info = self._env.info()
-        if (info["last_pgno"] + 1) * self._env.stat()["psize"] >= self.cap:
+        if _reader._pages_bytes(self._env) >= self.cap:
             self._seal()  # lists it sealed
-        elif list_now or time.monotonic() - self._manifest_written >= self.MANIFEST_INTERVAL_S:
+        elif time.monotonic() - self._manifest_written >= self.MANIFEST_INTERVAL_S:
             self._write_manifest(complete=False)  # lists the commit (FORMAT 6.2)
         else:
             self._manifest_stale = True
@@ -531,9 +522,6 @@ class Writer:
         self._pending = []
         self._pending_committed = 0
         self._write_manifest(complete=False)
-
-    _manifest_written = float("-inf")
-    _manifest_stale = False
 
     def _write_manifest(self, complete):
         self._manifest_written = time.monotonic()
@@ -573,8 +561,8 @@ class Writer:
         the manifest lists them."""
         if self._finished:
             raise RuntimeError("writer already finished")
-        self._flush_chunk(list_now=True)
-        if self._manifest_stale:
+        self._flush_chunk()
+        if self._manifest_stale:  # a commit not listed yet, this one's or an earlier one's
             self._write_manifest(complete=False)
 
     def close(self):
