@@ -4,17 +4,18 @@ import TensorCore
 /// The MergeTok/MergeVQ encoder forward pass on the CPU (spec §2–§4).
 ///
 /// `Sendable`: one instance may serve several threads, each image getting its own activations
-/// (reused from image to image). Every image runs the identical sequence of products whatever the
-/// batch it arrived in, so results do not depend on batch size or split. ``BLAS/threadCount``
-/// threads (set it with ``BLAS/setThreadCount(_:)``) share the work: whole images of a batch,
-/// convolution tiles and attention heads on separate lanes, and the remaining products cut in
-/// halves over the lanes (``Parallel/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``), OpenBLAS
-/// staying at one thread throughout; none of it changes the bytes.
+/// (reused from image to image). Every image runs the identical sequence of products, each
+/// partitioned by its shape alone, whatever the batch it arrived in and the thread count, so the
+/// bytes depend on neither. ``Parallel/threadCount`` threads (set it with
+/// ``Parallel/setThreadCount(_:)``) share the work: whole images of a batch, convolution tiles and
+/// attention heads on separate lanes, and the remaining large products in halves
+/// (``Parallel/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``); OpenBLAS always runs on one
+/// thread. The bytes still depend on the OpenBLAS kernel set (``BLAS/kernel``), which caches record.
 public final class MergeTokEncoder: Sendable {
     /// Identifies the arithmetic of this implementation: bump it with any change that can alter
     /// an output bit (kernel order, fused steps). Caches record it, so a run resumed by a build
     /// that computes differently is refused instead of mixing the two.
-    public static let arithmeticRevision = 2
+    public static let arithmeticRevision = 3
 
     public let weights: EncoderWeights
     public let config: EncoderConfig
@@ -42,9 +43,9 @@ public final class MergeTokEncoder: Sendable {
     /// - Throws: ``EncoderError/invalidInput(_:)`` for a wrong-sized image,
     ///   ``EncoderError/degenerateMetric(layer:)`` for a zero-norm merge metric.
     ///
-    /// With several threads (``Parallel/lanes``) whole images run concurrently, one per lane with
-    /// single-threaded sgemm, which keeps every core on useful work; the `count % lanes` images
-    /// left over run one at a time with the threads working inside each image.
+    /// With several threads (``Parallel/lanes``) whole images run concurrently, one per lane,
+    /// which keeps every core on useful work; the `count % lanes` images left over run one at a
+    /// time with the threads working inside each image.
     public func encode(batch: [[Float]]) throws -> [EncodedImage] {
         for image in batch where image.count != inputCount {
             throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
@@ -75,7 +76,7 @@ public final class MergeTokEncoder: Sendable {
             throw EncoderError.invalidInput("expected \(inputCount) floats (3×\(config.resolution)²), got \(image.count)")
         }
         return try image.withUnsafeBufferPointer { pixels in
-            try Parallel.withLaneProducts { try forward(pixels.baseAddress!, trace: trace) }
+            try forward(pixels.baseAddress!, trace: trace)
         }
     }
 

@@ -34,11 +34,50 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var contentDigest: String?
     /// Inputs the writing program had fully processed at the last commit (its resume point).
     public var inputsDone: Int?
+    /// Which arithmetic computed which records: consecutive runs of records in global index
+    /// order, one per writing session (a run, a resume, a rank of a scaled-out run). Absent when
+    /// the writer did not say (synthetic records, the Python writer).
+    public var arithmetic: [ArithmeticSegment]?
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", createdBy = "created_by", complete
         case recordsPerChunk = "records_per_chunk", compression, shardCapBytes = "shard_cap_bytes", settings, classes
-        case part, shards, totals, contentDigest = "content_digest", inputsDone = "inputs_done"
+        case part, shards, totals, contentDigest = "content_digest", inputsDone = "inputs_done", arithmetic
+    }
+
+    /// What decides the last bits of computed records: the encoder's arithmetic revision and the
+    /// BLAS build and kernel set that ran its products. Records made by two different ones are
+    /// close but not bit-identical.
+    public struct Arithmetic: Codable, Sendable, Hashable, CustomStringConvertible {
+        /// The encoder's arithmetic revision (also in the settings, where a resume must match it).
+        public var revision: Int
+        /// The BLAS library and version, e.g. "OpenBLAS 0.3.21".
+        public var blas: String
+        /// The kernel set the BLAS picked for the CPU (OpenBLAS's core name, e.g. "Haswell").
+        public var kernel: String
+        public init(revision: Int, blas: String, kernel: String) {
+            self.revision = revision
+            self.blas = blas
+            self.kernel = kernel
+        }
+        public var description: String { "\(blas) \(kernel) kernels, encoder arithmetic \(revision)" }
+    }
+
+    /// Records `firstRecord ..< firstRecord + records` and the arithmetic that computed them.
+    public struct ArithmeticSegment: Codable, Sendable, Equatable {
+        public var firstRecord: Int
+        public var records: Int
+        /// The rank whose part these records were, in a merged scaled-out run.
+        public var rank: Int?
+        /// nil: not recorded (records written before this cache's writers recorded it).
+        public var madeBy: Arithmetic?
+        enum CodingKeys: String, CodingKey { case firstRecord = "first_record", records, rank, madeBy = "made_by" }
+        public init(firstRecord: Int, records: Int, rank: Int? = nil, madeBy: Arithmetic?) {
+            self.firstRecord = firstRecord
+            self.records = records
+            self.rank = rank
+            self.madeBy = madeBy
+        }
     }
 
     public struct Compression: Codable, Sendable, Equatable {
@@ -119,12 +158,48 @@ public struct Manifest: Codable, Sendable, Equatable {
         self.part = part
     }
 
-    /// Recomputes `totals` from `shards`.
+    /// Recomputes `totals` from `shards`, and runs the last arithmetic segment to the last record:
+    /// the session that wrote the last segment is the only one that can have committed records
+    /// after it began (a writer records its segment before its first commit).
     public mutating func updateTotals() {
         totals.records = shards.reduce(0) { $0 + $1.records }
         totals.payloadBytes = shards.reduce(0) { $0 + $1.payloadBytes }
         totals.compressedBytes = shards.reduce(0) { $0 + $1.compressedBytes }
         totals.bytesOnDisk = shards.reduce(0) { $0 + $1.bytes }
+        if let last = arithmetic?.indices.last {
+            let (left, overflow) = totals.records.subtractingReportingOverflow(arithmetic![last].firstRecord)
+            arithmetic![last].records = overflow ? 0 : max(0, left)
+        }
+    }
+
+    /// The arithmetics that made the records, in order of first use, with how many records
+    /// each made; nil for records whose arithmetic was not recorded. Empty when none was.
+    public var arithmeticUse: [(madeBy: Arithmetic?, records: Int)] {
+        var out: [(madeBy: Arithmetic?, records: Int)] = []
+        for s in arithmetic ?? [] where s.records > 0 {
+            if let i = out.firstIndex(where: { $0.madeBy == s.madeBy }) {
+                let (sum, overflow) = out[i].records.addingReportingOverflow(s.records)
+                out[i].records = overflow ? .max : sum  // only a forged manifest gets here
+            } else {
+                out.append((s.madeBy, s.records))
+            }
+        }
+        return out
+    }
+
+    /// Why the arithmetic segments do not describe the records, or nil when they do (or are
+    /// absent): they must run back to back from record 0 to the last record.
+    public var arithmeticProblem: String? {
+        guard let segments = arithmetic else { return nil }
+        var next = 0
+        for (i, s) in segments.enumerated() {
+            let (end, overflow) = next.addingReportingOverflow(s.records)
+            guard s.firstRecord == next, s.records >= 0, !overflow else {
+                return "arithmetic[\(i)] covers \(s.records) records from \(s.firstRecord), expected a count from \(next)"
+            }
+            next = end
+        }
+        return next == totals.records ? nil : "arithmetic segments cover \(next) records, the cache holds \(totals.records)"
     }
 
     /// Global index of each shard's first record.

@@ -7,7 +7,7 @@ import Glibc
 #endif
 public import Foundation
 internal import LMDBCore
-import ShardFormat
+public import ShardFormat
 internal import ZstdCore
 
 /// One problem `CacheVerifier` found, with its location.
@@ -46,11 +46,21 @@ public struct VerifyReport: Encodable, Sendable {
     public var contentDigest: String?
     public var seconds: Double = 0
     public var faults: [VerifyFault] = []
+    /// Which arithmetics made the records (from the manifest), in order of first use. More
+    /// than one is not a fault, but those records are not bit-identical to a one-kernel run.
+    public var arithmetic: [ArithmeticUse] = []
     public var isClean: Bool { faults.isEmpty }
+
+    public struct ArithmeticUse: Encodable, Sendable, Equatable {
+        /// nil: not recorded.
+        public var madeBy: Manifest.Arithmetic?
+        public var records: Int
+        enum CodingKeys: String, CodingKey { case madeBy = "made_by", records }
+    }
 
     enum CodingKeys: String, CodingKey {
         case path, deep, records, shards, recordsChecked = "records_checked", payloadBytesChecked = "payload_bytes_checked"
-        case contentDigest = "content_digest", seconds, faults, isClean = "clean"
+        case contentDigest = "content_digest", seconds, faults, arithmetic, isClean = "clean"
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -64,6 +74,7 @@ public struct VerifyReport: Encodable, Sendable {
         try c.encode(contentDigest, forKey: .contentDigest)
         try c.encode(seconds, forKey: .seconds)
         try c.encode(faults, forKey: .faults)
+        try c.encode(arithmetic, forKey: .arithmetic)
         try c.encode(isClean, forKey: .isClean)
     }
 }
@@ -117,6 +128,10 @@ public enum CacheVerifier {
         if sums != manifest.totals {
             faults.append(CacheError(.shardMismatch, "manifest totals disagree with its shard list"))
         }
+        if let problem = manifest.arithmeticProblem {
+            faults.append(CacheError(.shardMismatch, "manifest: \(problem)"))
+        }
+        report.arithmetic = manifest.arithmeticUse.map { VerifyReport.ArithmeticUse(madeBy: $0.madeBy, records: $0.records) }
         let listed = Set(manifest.shards.map { $0.file })
         let onDisk = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/shards")) ?? [])
             .filter { $0.hasSuffix(".mdb") }.map { "shards/" + $0 }

@@ -168,6 +168,19 @@ public enum CacheMerger {
                 merged.shards.append(moved)
             }
             merged.inputsDone = (merged.inputsDone ?? 0) + (m.inputsDone ?? 0)
+            // Each part's arithmetic segments, renumbered into the merged order and marked with
+            // the part's rank; a part that recorded none gets one segment saying so.
+            let offset = merged.arithmetic.map { $0.reduce(0) { $0 + $1.records } } ?? 0
+            let partRecords = m.shards.reduce(0) { $0 + $1.records }
+            if manifests.contains(where: { $0.arithmetic != nil }), partRecords > 0 {
+                if let problem = m.arithmeticProblem {
+                    throw CacheError(.notACache, "\(partNames[rank])/\(Manifest.fileName): \(problem)")
+                }
+                let own = m.arithmetic ?? [Manifest.ArithmeticSegment(firstRecord: 0, records: partRecords, madeBy: nil)]
+                merged.arithmetic = (merged.arithmetic ?? []) + own.filter { $0.records > 0 }.map {
+                    Manifest.ArithmeticSegment(firstRecord: offset + $0.firstRecord, records: $0.records, rank: rank, madeBy: $0.madeBy)
+                }
+            }
         }
         merged.contentDigest = "sha256:" + CacheVerifier.hex(hasher.finalize())
         merged.complete = true

@@ -59,9 +59,12 @@ public final class CacheWriter {
     ///     made with other settings is refused with `CacheError.settingsMismatch`.
     ///   - classes: class names by label, if the dataset has labels.
     ///   - part: for one rank of a scaled-out run.
+    ///   - arithmetic: what computes the records this writer appends, recorded in the manifest
+    ///     (`Manifest.arithmetic`) as a segment of its own; nil records nothing.
     public init(path: String, settings: JSONValue, classes: [String]? = nil, part: Manifest.Part? = nil,
-                options: Options = Options()) throws {
+                arithmetic: Manifest.Arithmetic? = nil, options: Options = Options()) throws {
         root = path
+        self.arithmetic = arithmetic
         let fm = FileManager.default
         guard (1...65536).contains(options.recordsPerChunk) else {
             throw CacheError(.settingsMismatch, "records per chunk must be 1...65536, got \(options.recordsPerChunk)")
@@ -111,6 +114,26 @@ public final class CacheWriter {
             EncodeWorker(compressor: ZstdCompressor(level: Int32(opts.compressionLevel), compressLiterals: opts.compressLiterals))
         }
         try recover()
+        if arithmetic != nil, manifest.arithmetic == nil, manifest.totals.records > 0 {
+            // Records of a writer that did not record its arithmetic.
+            manifest.arithmetic = [Manifest.ArithmeticSegment(firstRecord: 0, records: manifest.totals.records, madeBy: nil)]
+        }
+    }
+
+    /// What computes the records this writer appends (see `init`).
+    public let arithmetic: Manifest.Arithmetic?
+    private var segmentBegun = false
+
+    /// Records this writer's arithmetic segment in the manifest before its first commit, so a
+    /// crash after the commit still attributes the records to it (`Manifest.updateTotals`).
+    private func beginSegment() throws {
+        guard let arithmetic, !segmentBegun else { return }
+        var segments = manifest.arithmetic ?? []
+        if let last = segments.last, last.records == 0 { segments.removeLast() }  // a session that committed nothing
+        segments.append(Manifest.ArithmeticSegment(firstRecord: manifest.totals.records, records: 0, madeBy: arithmetic))
+        manifest.arithmetic = segments
+        try manifest.write(toCache: root)
+        segmentBegun = true
     }
 
     /// Names a writer leaves in a cache directory before its first manifest exists (a run killed
@@ -255,6 +278,7 @@ public final class CacheWriter {
         let encoded = try encode(records)
         manifest.complete = false
         manifest.contentDigest = nil
+        try beginSegment()
         var start = 0
         while start < records.count {
             if current == nil { try openNewShard(batchBytes: encoded.totalCompressed) }

@@ -67,10 +67,11 @@ public enum Conv2D {
 
     /// `output[co, y, x] = bias[co] + Σ weight[co, ci, ky, kx] · input[ci, y·s − p + ky, x·s − p + kx]`.
     ///
-    /// The output is computed in tiles of whole rows whose layout depends only on the layer's shape;
-    /// with several lanes (and enough scratch) the tiles run concurrently, one single-threaded
-    /// sgemm sequence each, otherwise one after the other with each product split over the lanes.
-    /// Either way every tile issues the same products, so the bytes do not depend on the thread count.
+    /// The output is computed in tiles of whole rows whose layout depends only on the layer's shape.
+    /// A layer of several tiles runs them on the lanes (as many at once as the scratch holds),
+    /// each tile's products whole; a layer of one tile cuts its products by shape
+    /// (``Parallel/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``). Either way the products
+    /// depend on the shape alone, so the bytes do not depend on the thread count.
     ///
     /// - Parameters:
     ///   - input: `inChannels × height × width`.
@@ -117,6 +118,9 @@ public enum Conv2D {
             }
             let regrouped = UnsafePointer(base)
             let out = UncheckedBox(output)
+            // Tiles are the parallel unit when there are several; then a product cut in blocks
+            // would only pack its weights once more per block.
+            let product = layout.count > 1 ? BLAS.sgemm : Parallel.sgemm
             Parallel.forEach(layout.count, lanes: lanes) { tile, lane in
                 let output = out.value
                 let work = base + layout.shared + lane * layout.perLane
@@ -126,17 +130,15 @@ public enum Conv2D {
                     let extent = rows + k - 1
                     expandRows(input, height: height, width: width, g: g, y0: y0, extent: extent, ow: ow, out: work)
                     for ky in 0..<k {
-                        Parallel.sgemm(.none, .none, m: cout, n: rows * ow, k: cin * k,
-                                       a: regrouped + ky * cout * cin * k, lda: cin * k,
-                                       b: work + ky * ow, ldb: extent * ow, beta: ky == 0 ? beta : 1,
-                                       c: output + y0 * ow, ldc: plane)
+                        product(.none, .none, cout, rows * ow, cin * k, 1,
+                                regrouped + ky * cout * cin * k, cin * k,
+                                work + ky * ow, extent * ow, ky == 0 ? beta : 1,
+                                output + y0 * ow, plane)
                     }
                 } else {
                     let n = rows * ow
                     im2col(input, height: height, width: width, g: g, y0: y0, rows: rows, ow: ow, col: work)
-                    Parallel.sgemm(.none, .none, m: cout, n: n, k: kk,
-                                   a: weight, lda: kk, b: work, ldb: n,
-                                   beta: beta, c: output + y0 * ow, ldc: plane)
+                    product(.none, .none, cout, n, kk, 1, weight, kk, work, n, beta, output + y0 * ow, plane)
                 }
             }
         }

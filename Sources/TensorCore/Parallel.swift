@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -6,15 +7,42 @@ import Glibc
 import Darwin
 #endif
 
-/// Work splitting over the configured thread count (``BLAS/threadCount``).
+/// Work splitting over the configured thread count.
 ///
-/// Every index is computed by exactly one task with the same arithmetic whatever the split, so
-/// results never depend on the thread count; only the wall time does.
+/// Every partition of work (product blocks, convolution tiles, attention heads, images) is
+/// decided from the shapes alone; the thread count only decides which thread computes which
+/// block. So the bytes never depend on the thread count, on any OpenBLAS kernel set; only the
+/// wall time does.
 public enum Parallel {
-    /// Threads the caller may use: the configured count, or 1 inside a ``forEach(_:lanes:_:)`` lane.
-    public static var lanes: Int { pthread_getspecific(insideLane) != nil ? 1 : BLAS.threadCount }
+    /// The configured thread count (default: every core the process may use).
+    public static var threadCount: Int { configured.load(ordering: .relaxed) }
 
-    /// Runs `body(range)` over `0..<count` cut into at most ``lanes`` contiguous chunks.
+    /// Sets the thread count for the whole process.
+    public static func setThreadCount(_ count: Int) {
+        precondition(count >= 1, "thread count must be at least 1")
+        configured.store(count, ordering: .relaxed)
+    }
+
+    /// Runs `body` with the thread count set to `count`, then restores it. Callers of this
+    /// function take turns, so concurrent tests that each need their own count do not mix them.
+    public static func withThreadCount<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+        turns.lock()
+        defer { turns.unlock() }
+        let before = threadCount
+        setThreadCount(count)
+        defer { setThreadCount(before) }
+        return try body()
+    }
+
+    private static let configured = Atomic<Int>(max(1, ProcessInfo.processInfo.activeProcessorCount))
+    private static let turns = NSLock()
+
+    /// Threads the caller may use: the configured count, or 1 inside a ``forEach(_:lanes:_:)`` lane.
+    public static var lanes: Int { pthread_getspecific(insideLane) != nil ? 1 : threadCount }
+
+    /// Runs `body(range)` over `0..<count` cut into at most ``lanes`` contiguous chunks. For
+    /// elementwise work and independent reductions only: where the chunks fall depends on the
+    /// thread count.
     public static func chunks(_ count: Int, minimumChunk: Int = 1, _ body: (Range<Int>) -> Void) {
         let tasks = min(lanes, max(1, count / max(minimumChunk, 1)))
         if tasks <= 1 {
@@ -32,12 +60,9 @@ public enum Parallel {
     /// Runs `body(item, lane)` once for every item of `0..<count`, on up to `lanes` threads that
     /// claim items one at a time; `lane` (below `lanes`) tells a task which per-lane scratch is its own.
     ///
-    /// Independent items (images, convolution tiles, attention heads) are often too small for
-    /// OpenBLAS to split well, and the elementwise work between its calls would leave its threads
-    /// waiting, so each lane runs whole items with single-threaded sgemm instead. OpenBLAS's thread
-    /// count is process-wide: it is 1 while the lanes run and restored afterwards; ``lanes`` is 1
-    /// inside a lane, so nested calls stay on it. OpenBLAS computes every element of a product in
-    /// the same order whatever its thread count, so the bytes are unchanged.
+    /// Independent items (images, convolution tiles, attention heads, product blocks) each run
+    /// whole on one lane; ``lanes`` is 1 inside a lane, so nested work runs on it in order. Which
+    /// lane takes an item never changes what the item computes.
     public static func forEach(_ count: Int, lanes requested: Int = lanes,
                                _ body: (_ item: Int, _ lane: Int) -> Void) {
         let tasks = min(requested, count, lanes)
@@ -46,42 +71,28 @@ public enum Parallel {
             return
         }
         let next = Atomic<Int>(0)
-        BLAS.withSingleThreadedCalls {
-            withoutActuallyEscaping(body) { body in
-                let box = UncheckedBox(body)
-                DispatchQueue.concurrentPerform(iterations: tasks) { lane in
-                    let outer = pthread_getspecific(insideLane)
-                    pthread_setspecific(insideLane, UnsafeRawPointer(bitPattern: 1))  // any non-nil value
-                    defer { pthread_setspecific(insideLane, outer) }
-                    while true {
-                        let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                        if i >= count { break }
-                        box.value(i, lane)
-                    }
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedBox(body)
+            DispatchQueue.concurrentPerform(iterations: tasks) { lane in
+                let outer = pthread_getspecific(insideLane)
+                pthread_setspecific(insideLane, UnsafeRawPointer(bitPattern: 1))  // any non-nil value
+                defer { pthread_setspecific(insideLane, outer) }
+                while true {
+                    let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    if i >= count { break }
+                    box.value(i, lane)
                 }
             }
         }
     }
 
-    /// Runs `body` with OpenBLAS at one thread when ``lanes`` > 1 (the work inside splits its
-    /// products over the lanes itself, see ``sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``).
-    /// OpenBLAS's idle workers spin for a while after each threaded product; when threaded
-    /// products alternate with lane sections, that spinning takes a core from the lanes.
-    public static func withLaneProducts<R>(_ body: () throws -> R) rethrows -> R {
-        if lanes <= 1 { return try body() }
-        return try BLAS.withSingleThreadedCalls(body)
-    }
-
-    /// ``BLAS/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)`` with the longer side of C cut in two
-    /// (at a multiple of 16), the halves on separate lanes with single-threaded sgemm; with one
-    /// lane (inside a lane, or one thread) the product stays whole, saving the second packing of
-    /// the operand the halves share.
+    /// ``BLAS/sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)`` cut into ``productBlocks(m:n:k:)``
+    /// blocks along the longer side of C, the blocks run on the lanes (in order on one lane).
     ///
-    /// The cut never splits the sum along `k`, and it is made only when each half still holds at
-    /// least ``splitMinimumMACs`` multiply-adds: below about 100³ OpenBLAS (SkylakeX kernels)
-    /// switches to small-matrix kernels that round differently, so with both halves above that,
-    /// every element is computed by the same kernel in the same order as in the whole product,
-    /// and the bytes do not depend on whether it was cut.
+    /// The cut depends on the shape alone, so every element is computed by the same OpenBLAS
+    /// call, whatever the thread count and whether the caller is itself on a lane. (Cutting
+    /// only when there are threads to use changes bytes: some kernel sets, Haswell's and Zen's
+    /// among them, round an element differently depending on its place in their register tiles.)
     public static func sgemm(
         _ transA: MatrixTranspose, _ transB: MatrixTranspose,
         m: Int, n: Int, k: Int, alpha: Float = 1,
@@ -90,32 +101,47 @@ public enum Parallel {
         beta: Float = 0,
         c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        let byRows = m >= n
-        let side = byRows ? m : n
-        let blocks = side >= 64 && m * n * k >= 2 * splitMinimumMACs ? 2 : 1
-        if blocks == 1 || lanes == 1 {
+        let blocks = productBlocks(m: m, n: n, k: k)
+        if blocks.count == 1 {
             BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                        beta: beta, c: c, ldc: ldc)
             return
         }
-        let step = (side + blocks * 16 - 1) / (blocks * 16) * 16
+        let byRows = m >= n
         let box = UncheckedBox(c)
-        forEach(blocks, lanes: blocks) { block, _ in
-            let lo = block * step, hi = min(side, lo + step)
+        forEach(blocks.count, lanes: blocks.count) { block, _ in
+            let range = blocks[block]
+            let lo = range.lowerBound
             if byRows {
-                BLAS.sgemm(transA, transB, m: hi - lo, n: n, k: k, alpha: alpha,
+                BLAS.sgemm(transA, transB, m: range.count, n: n, k: k, alpha: alpha,
                            a: a + (transA == .none ? lo * lda : lo), lda: lda, b: b, ldb: ldb,
                            beta: beta, c: box.value + lo * ldc, ldc: ldc)
             } else {
-                BLAS.sgemm(transA, transB, m: m, n: hi - lo, k: k, alpha: alpha,
+                BLAS.sgemm(transA, transB, m: m, n: range.count, k: k, alpha: alpha,
                            a: a, lda: lda, b: b + (transB == .none ? lo : lo * ldb), ldb: ldb,
                            beta: beta, c: box.value + lo, ldc: ldc)
             }
         }
     }
 
+    /// The blocks of the longer side of C (rows when `m >= n`) that
+    /// ``sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)`` computes as separate products: two
+    /// halves cut at a multiple of 16 when each half holds at least ``splitMinimumMACs``
+    /// multiply-adds, else the whole side. A function of the shape only.
+    ///
+    /// Two, not one per thread: the encoder's lanes mostly take whole images, so a product is
+    /// cut only for the images left over when a batch does not divide among the threads, and a
+    /// smaller block would pack the operand the blocks share once more per block.
+    public static func productBlocks(m: Int, n: Int, k: Int) -> [Range<Int>] {
+        let side = max(m, n)
+        guard side >= 64, m * n * k >= 2 * splitMinimumMACs else { return [0..<side] }
+        let step = (side + 31) / 32 * 16
+        return [0..<step, step..<side]
+    }
+
     /// Smallest product, in multiply-adds, that ``sgemm(_:_:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:)``
-    /// hands to a lane on its own (4× OpenBLAS's small-matrix limit of 100³).
+    /// computes as a block of its own: below this, a second packing of the shared operand costs
+    /// more than a second lane gains.
     static let splitMinimumMACs = 4_000_000
 }
 

@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 public import ImageDecoding
 import EncoderModel
-import ShardFormat
+public import ShardFormat
 public import ShardWriter
 public import TensorFiles
 import TensorCore
@@ -19,8 +19,8 @@ public struct TokenizeOptions: Sendable {
     public var batchSize = 8
     /// Threads that read, decode and crop images.
     public var decodeWorkers = 1
-    /// OpenBLAS threads for the encoder.
-    public var blasThreads = ProcessInfo.processInfo.activeProcessorCount
+    /// Threads for the encoder (OpenBLAS itself always runs on one).
+    public var encoderThreads = ProcessInfo.processInfo.activeProcessorCount
     /// Stop (resumably) once more inputs than this have failed; nil = never.
     public var maxFailures: Int?
     public var rank = 0
@@ -49,6 +49,10 @@ public struct TokenizeSummary: Sendable {
     public var finished = false
     public var stopReason: String?
     public var contentDigest: String?
+    /// The arithmetics that made the cache's records (this run's and earlier runs'), in order of
+    /// first use, with their record counts; more than one means records differ in their last bits
+    /// from a run on one machine kind.
+    public var arithmetic: [(madeBy: Manifest.Arithmetic?, records: Int)] = []
 }
 
 /// One rank's share of a tokenize run: reads its inputs, decodes and crops them on worker
@@ -129,7 +133,7 @@ public final class TokenizeJob {
         do {
             writer = try CacheWriter(path: outputPath, settings: settings, classes: scanned.classes,
                                      part: options.worldSize > 1 ? Manifest.Part(rank: options.rank, worldSize: options.worldSize) : nil,
-                                     options: options.writer)
+                                     arithmetic: Self.arithmetic, options: options.writer)
         } catch {
             throw SetupError(message: "output \(outputPath): \(error)")
         }
@@ -171,6 +175,19 @@ public final class TokenizeJob {
         if outputReal == inputReal || outputReal.hasPrefix(inputReal.hasSuffix("/") ? inputReal : inputReal + "/") {
             throw SetupError(message: "output \(output) is inside the input folder \(input): the next run would list the cache among the inputs; write it elsewhere")
         }
+    }
+
+    /// What computes this build's records on this machine: the encoder's arithmetic revision and
+    /// the OpenBLAS kernel set in use (`OPENBLAS_CORETYPE` can force another).
+    public static var arithmetic: Manifest.Arithmetic {
+        Manifest.Arithmetic(revision: MergeTokEncoder.arithmeticRevision,
+                            blas: "\(BLAS.kernel.library) \(BLAS.kernel.version)", kernel: BLAS.kernel.core)
+    }
+
+    /// The other arithmetics that made records already in the output (a resume on another
+    /// machine kind): empty when every earlier record was made as this run makes them.
+    public var earlierArithmetics: [Manifest.Arithmetic?] {
+        writer.manifest.arithmeticUse.map(\.madeBy).filter { $0 != Self.arithmetic }
     }
 
     /// Inputs of this rank already committed by an earlier run.
@@ -222,7 +239,7 @@ public final class TokenizeJob {
     /// batch is finished and committed first), or `maxFailures` is exceeded.
     public func run(progress: TokenizeProgress? = nil, shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> TokenizeSummary {
         let start = Date()
-        BLAS.setThreadCount(max(1, options.blasThreads))
+        Parallel.setThreadCount(max(1, options.encoderThreads))
         let first = range.lowerBound + alreadyDone
         try FailureLog.truncate(at: outputPath + "/failures.jsonl", keepingBelow: first)
         var summary = TokenizeSummary(cache: outputPath)
@@ -327,6 +344,7 @@ public final class TokenizeJob {
         summary.payloadBytes = m.totals.payloadBytes
         summary.compressedBytes = m.totals.compressedBytes
         summary.bytesOnDisk = m.totals.bytesOnDisk
+        summary.arithmetic = m.arithmeticUse
         summary.seconds = Date().timeIntervalSince(start)
         progress?.end()
         return summary

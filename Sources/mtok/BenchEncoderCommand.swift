@@ -17,12 +17,12 @@ struct BenchEncoderCommand: ParsableCommand {
 
     @Option(help: "Weights file (.safetensors).") var model: String
     @Option(help: "Images per encode call.") var batch: Int = 1
-    @Option(help: "OpenBLAS threads.") var threads: Int = 1
+    @Option(help: "Encoder threads.") var threads: Int = 1
     @Option(help: "Side of the square sgemm reference product.") var gemmSize: Int = 2048
     @Option(help: "Optional .npy input to encode instead of random pixels.") var input: String?
 
     func run() throws {
-        BLAS.setThreadCount(threads)
+        Parallel.setThreadCount(threads)
         let weights = try EncoderWeights.load(path: model)
         let encoder = MergeTokEncoder(weights: weights)
         let r = weights.config.resolution
@@ -88,7 +88,7 @@ struct BenchEncoderCommand: ParsableCommand {
     }
 }
 
-/// One n×n×n sgemm, timed; operands allocated once.
+/// One n×n×n product cut as the encoder cuts its products (``Parallel/sgemm``), timed; operands allocated once.
 final class SgemmProbe {
     let n: Int
     let a, b, c: UnsafeMutablePointer<Float>
@@ -113,7 +113,7 @@ final class SgemmProbe {
     /// GFLOP/s of one product.
     func run() -> Double {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        BLAS.sgemm(.none, .none, m: n, n: n, k: n, a: a, lda: n, b: b, ldb: n, c: c, ldc: n)
+        Parallel.sgemm(.none, .none, m: n, n: n, k: n, a: a, lda: n, b: b, ldb: n, c: c, ldc: n)
         let s = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         return 2 * Double(n) * Double(n) * Double(n) / s / 1e9
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShardFormat
 import ShardReader
 import TensorFiles
 
@@ -66,4 +67,15 @@ func formatBytes(_ n: Int) -> String {
         u += 1
     }
     return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
+}
+
+/// One line saying which arithmetic made a cache's records, plainly when more than one did
+/// (such records are close but not bit-identical to a run on one kernel set); nil when the
+/// cache does not record it.
+func arithmeticLine(_ uses: [(madeBy: Manifest.Arithmetic?, records: Int)]) -> String? {
+    guard !uses.isEmpty else { return nil }
+    func name(_ a: Manifest.Arithmetic?) -> String { a.map { "\($0)" } ?? "unrecorded" }
+    if uses.count == 1 { return "all records by \(name(uses[0].madeBy))" }
+    let list = uses.map { "\($0.records) by \(name($0.madeBy))" }.joined(separator: "; ")
+    return "MIXED: records made by \(uses.count) different arithmetics (\(list)); records of different kernels differ in their last bits"
 }

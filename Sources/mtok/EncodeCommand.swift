@@ -22,7 +22,7 @@ struct EncodeCommand: ParsableCommand {
     @Option(help: "Encoder weights (.safetensors).") var model: String
     @Option(help: "Expected input side R; must equal the model's resolution.") var resolution: Int?
     @Option(help: "Output file: .safetensors, .npz or .json.") var out: String
-    @Option(help: "OpenBLAS threads.") var threads: Int = 1
+    @Option(help: "Encoder threads.") var threads: Int = 1
 
     func validate() throws {
         guard [".safetensors", ".npz", ".json"].contains(where: { out.hasSuffix($0) }) else {
@@ -33,7 +33,7 @@ struct EncodeCommand: ParsableCommand {
     }
 
     func run() throws {
-        BLAS.setThreadCount(threads)
+        Parallel.setThreadCount(threads)
         let weights = try EncoderWeights.load(path: model)
         let config = weights.config
         if let resolution, resolution != config.resolution {

@@ -30,17 +30,18 @@ struct InfoCommand: ParsableCommand {
                 let settings: JSONValue
                 let classes: Int?
                 let part: Manifest.Part?
+                let arithmetic: [Manifest.ArithmeticSegment]?
                 enum CodingKeys: String, CodingKey {
                     case path, formatVersion = "format_version", complete, records, shards, payloadBytes = "payload_bytes"
                     case compressedBytes = "compressed_bytes", bytesOnDisk = "bytes_on_disk", compressionRatio = "compression_ratio"
-                    case contentDigest = "content_digest", settings, classes, part
+                    case contentDigest = "content_digest", settings, classes, part, arithmetic
                 }
             }
             try printJSON(Info(path: cache, formatVersion: m.formatVersion, complete: m.complete, records: c.count,
                                shards: m.shards.count, payloadBytes: m.totals.payloadBytes,
                                compressedBytes: m.totals.compressedBytes, bytesOnDisk: m.totals.bytesOnDisk,
                                compressionRatio: ratio, contentDigest: m.contentDigest, settings: m.settings,
-                               classes: m.classes?.count, part: m.part))
+                               classes: m.classes?.count, part: m.part, arithmetic: m.arithmetic))
             return
         }
         print("cache           \(cache)")
@@ -52,6 +53,18 @@ struct InfoCommand: ParsableCommand {
         print("content digest  \(m.contentDigest ?? "(none until finished)")")
         if let classes = m.classes { print("classes         \(classes.count)") }
         if let p = m.part { print("part            rank \(p.rank) of \(p.worldSize)") }
+        if let line = arithmeticLine(m.arithmeticUse) {
+            print("arithmetic      \(line)")
+            if let problem = m.arithmeticProblem {
+                print("                (the manifest's record of it is inconsistent: \(problem))")
+            } else if m.arithmeticUse.count > 1 {
+                let segments = (m.arithmetic ?? []).filter { $0.records > 0 }
+                for s in segments.prefix(20) {
+                    print("                records \(s.firstRecord)–\(s.firstRecord + s.records - 1)\(s.rank.map { " (rank \($0))" } ?? ""): \(s.madeBy.map { "\($0)" } ?? "unrecorded")")
+                }
+                if segments.count > 20 { print("                … \(segments.count - 20) more segments (mtok info --json lists them)") }
+            }
+        }
         print("settings        \(settingsLine(m.settings))")
     }
 

@@ -24,7 +24,7 @@ struct MTok: ParsableCommand {
     )
 
     static func main() {
-        // OpenBLAS's pool started when the library loaded; most commands never use it.
+        // OpenBLAS started its pool when the library loaded; mtok never uses it (BLAS).
         BLAS.stopIdleThreads()
         main(nil)
     }

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import ImageDecoding
 import TensorFiles
+import ShardFormat
 import TokenizePipeline
 #if canImport(Glibc)
 import Glibc
@@ -27,7 +28,7 @@ struct TokenizeCommand: ParsableCommand {
     @Option(help: "center,hflip (any subset) or ten-crop.") var views = "center,hflip"
     @Option(name: .customLong("latent-dtype"), help: "bf16, f16 or f32.") var latentDType = "bf16"
     @Option(name: .customLong("batch-size"), help: "Records per commit (a crash loses at most one); also sizes the queues between stages.") var batchSize = 8
-    @Option(help: "Threads in all (default: the cores): OpenBLAS gets them all, decoding gets half, as decode is light next to the encoder.") var threads: Int?
+    @Option(help: "Threads in all (default: the cores): the encoder gets them all, decoding gets half, as decode is light next to the encoder.") var threads: Int?
     @Option(name: .customLong("decode-workers"), help: "Decode/crop threads (overrides the default).") var decodeWorkers: Int?
     @Option(help: "This process's rank.") var rank: Int?
     @Option(name: .customLong("world-size"), help: "Number of ranks.") var worldSize: Int?
@@ -98,7 +99,7 @@ struct TokenizeCommand: ParsableCommand {
         options.latentDType = dt
         options.batchSize = batchSize
         let cores = threads ?? ProcessInfo.processInfo.activeProcessorCount
-        options.blasThreads = max(1, cores)
+        options.encoderThreads = max(1, cores)
         options.decodeWorkers = decodeWorkers ?? max(1, cores / 2)
         options.writer.threads = 1
         options.writer.shardCapBytes = shardSizeMB << 20
@@ -112,6 +113,11 @@ struct TokenizeCommand: ParsableCommand {
             job = try TokenizeJob(input: input, modelPath: model, output: out, options: options)
         } catch {
             throw fail("\(error)")
+        }
+        let earlier = job.earlierArithmetics
+        if !earlier.isEmpty {
+            let names = earlier.map { $0.map { "\($0)" } ?? "an unrecorded arithmetic" }.joined(separator: "; ")
+            FileHandle.standardError.write(Data("mtok: note: \(out) holds records made by \(names); this machine computes with \(TokenizeJob.arithmetic). The cache stays valid, but its records will not be bit-identical to a run on one machine kind (mtok info lists which records came from where)\n".utf8))
         }
         let stop = StopFlag()
         signal(SIGINT, SIG_IGN)
@@ -149,6 +155,7 @@ struct TokenizeCommand: ParsableCommand {
           time       \(String(format: "%.1f", summary.seconds)) s, \(String(format: "%.2f", rate)) images/s (encoder \(String(format: "%.1f", summary.encoderSeconds)) s)
         """)
         if let digest = summary.contentDigest { print("  digest     \(digest)") }
+        if let line = arithmeticLine(summary.arithmetic) { print("  arithmetic \(line)") }
         if let reason = summary.stopReason {
             FileHandle.standardError.write(Data("mtok: \(reason)\n".utf8))
             throw ExitCode(stop.isSet ? 130 : 3)

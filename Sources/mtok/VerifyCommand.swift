@@ -25,6 +25,9 @@ struct VerifyCommand: ParsableCommand {
             try printJSON(report)
         } else {
             for f in report.faults { print("FAULT  \(f)") }
+            if let line = arithmeticLine(report.arithmetic.map { ($0.madeBy, $0.records) }) {
+                print("NOTE   arithmetic: \(line)")
+            }
             let rate = report.seconds > 0 ? Double(report.payloadBytesChecked) / report.seconds / 1e9 : 0
             let what = deep ? "deep: \(report.recordsChecked) records, \(formatBytes(report.payloadBytesChecked)) payload, \(String(format: "%.2f", rate)) GB/s"
                             : "fast: \(report.shards) shard(s), \(report.records) records"

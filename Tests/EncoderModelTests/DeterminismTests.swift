@@ -15,8 +15,8 @@ import TensorCore
         #expect(try encoder.encode(batch: images) == Array(together[0..<2]))
     }
 
-    /// Thread counts change who computes what (images per lane, tiles per lane, OpenBLAS's own
-    /// split), never the bytes.
+    /// Thread counts change who computes what (images per lane, tiles and heads per lane,
+    /// product blocks per lane), never the bytes.
     @Test(arguments: ["tiny", "tiny-iso", "tiny-vae-vq"])
     func threadCountsGiveIdenticalBytes(_ name: String) throws {
         let encoder = MergeTokEncoder(weights: try Fixture.weights(case: name))
@@ -24,7 +24,7 @@ import TensorCore
         let batch = images + images.reversed() + images  // 6 images: lanes plus a remainder for 4
         var outputs: [[EncodedImage]] = []
         for threads in [1, 2, 4] {
-            try BLAS.withThreadCount(threads) {
+            try Parallel.withThreadCount(threads) {
                 outputs.append(try encoder.encode(batch: batch))
                 outputs.append(try batch.map { try encoder.encode(batch: [$0])[0] })
             }

@@ -190,7 +190,7 @@ import Testing
         func run(threads: Int, lanes: Int) -> [Float] {
             var out = [Float](repeating: 0.25, count: count)
             var scratch = [Float](repeating: .nan, count: Conv2D.scratchCount(g, height: h, width: w, lanes: lanes))
-            BLAS.withThreadCount(threads) {
+            Parallel.withThreadCount(threads) {
                 scratch.withUnsafeMutableBufferPointer { s in
                     Conv2D.forward(input, height: h, width: w, geometry: g, weight: weight, bias: bias,
                                    output: &out, scratch: s, accumulate: true)
@@ -212,7 +212,7 @@ import Testing
         func run(threads: Int, lanes: Int) -> [Float] {
             var out = [Float](repeating: 0, count: t * c)
             var scores = [Float](repeating: .nan, count: Attention.scratchCount(tokens: t, lanes: lanes))
-            BLAS.withThreadCount(threads) {
+            Parallel.withThreadCount(threads) {
                 scores.withUnsafeMutableBufferPointer { s in
                     Attention.forward(qkv: qkv, tokens: t, width: c, heads: heads, logSizes: logSizes,
                                       output: &out, scores: s)
@@ -225,13 +225,13 @@ import Testing
         #expect(run(threads: 2, lanes: 2) == reference)
     }
 
-    /// Products split over lanes by ``Parallel/sgemm`` give the bytes of the whole product, for
-    /// the encoder's shapes (halves above and whole products below the split limit) and every
-    /// transpose combination.
+    /// ``Parallel/sgemm`` gives the same bytes for every thread count and inside a lane (where it
+    /// runs its blocks in order), for the encoder's shapes (cut in halves, and whole below the
+    /// limit) and every transpose combination; and it agrees with a binary64 product.
     @Test(arguments: [(257, 1536, 512), (257, 512, 2048), (512, 256, 4608), (256, 1024, 384),
                       (129, 128, 64), (144, 18, 512), (200, 64, 700)],
           [MatrixTranspose.none, .transposed])
-    func splitProductsMatchWholeProducts(_ shape: (Int, Int, Int), _ transA: MatrixTranspose) {
+    func productBytesDoNotDependOnThreads(_ shape: (Int, Int, Int), _ transA: MatrixTranspose) {
         let (m, n, k) = shape
         var rng = Rng(state: 7)
         let a = rng.array(m * k), b = rng.array(k * n), c0 = rng.array(m * n)
@@ -239,25 +239,53 @@ import Testing
         for transB in [MatrixTranspose.none, .transposed] {
             let ldb = transB == .none ? n : k
             for beta: Float in [0, 1] {
-                var whole = c0
-                BLAS.withThreadCount(1) {
-                    BLAS.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
-                               beta: beta, c: &whole, ldc: n)
-                }
-                for threads in [1, 2, 3] {
-                    var split = c0
-                    BLAS.withThreadCount(threads) {
-                        Parallel.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
-                                       beta: beta, c: &split, ldc: n)
+                func product(threads: Int, insideLane: Bool = false) -> [Float] {
+                    var c = c0
+                    Parallel.withThreadCount(threads) {
+                        c.withUnsafeMutableBufferPointer { out in
+                            let box = UncheckedBox(out.baseAddress!)
+                            Parallel.forEach(insideLane ? 2 : 1, lanes: 2) { item, _ in
+                                guard item == 0 else { return }
+                                Parallel.sgemm(transA, transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+                                               beta: beta, c: box.value, ldc: n)
+                            }
+                        }
                     }
-                    #expect(split == whole, "\(m)×\(n)×\(k) \(transA) \(transB) beta \(beta) threads \(threads)")
+                    return c
                 }
+                let reference = product(threads: 1)
+                let label = "\(m)×\(n)×\(k) \(transA) \(transB) beta \(beta) on \(BLAS.kernel)"
+                for threads in [2, 3] { #expect(product(threads: threads) == reference, "\(label) threads \(threads)") }
+                #expect(product(threads: 2, insideLane: true) == reference, "\(label) inside a lane")
+                // Spot-check rows against binary64 (the product is exact to within k float roundings).
+                var worst = 0.0
+                for i in stride(from: 0, to: m, by: max(1, m / 7)) {
+                    for j in stride(from: 0, to: n, by: max(1, n / 7)) {
+                        var acc = Double(beta) * Double(c0[i * n + j])
+                        for p in 0..<k {
+                            let x = transA == .none ? a[i * k + p] : a[p * m + i]
+                            let y = transB == .none ? b[p * n + j] : b[j * k + p]
+                            acc += Double(x) * Double(y)
+                        }
+                        worst = max(worst, abs(acc - Double(reference[i * n + j])))
+                    }
+                }
+                #expect(worst < 1e-5 * Double(k), "\(label): max |Δ| \(worst)")
             }
         }
     }
 
+    /// Blocks cover the side once, in order, cut at a multiple of 16, and only large products are cut.
+    @Test func productBlocksDependOnTheShapeOnly() {
+        #expect(Parallel.productBlocks(m: 257, n: 1536, k: 512) == [0..<768, 768..<1536])
+        #expect(Parallel.productBlocks(m: 1000, n: 256, k: 4608) == [0..<512, 512..<1000])
+        #expect(Parallel.productBlocks(m: 129, n: 128, k: 64) == [0..<129])
+        #expect(Parallel.productBlocks(m: 40, n: 100_000, k: 100) == [0..<50_000, 50_000..<100_000])
+        #expect(Parallel.productBlocks(m: 48, n: 2048, k: 64) == [0..<2048])  // 6.3 M multiply-adds: whole
+    }
+
     @Test func lanesAreOneInsideALane() {
-        BLAS.withThreadCount(2) {
+        Parallel.withThreadCount(2) {
             #expect(Parallel.lanes == 2)
             let seen = Mutex<[Int]>([])
             Parallel.forEach(4) { _, _ in
@@ -269,10 +297,10 @@ import Testing
         }
     }
 
-    /// `mtok` stops OpenBLAS's pool at start; a product that wants threads afterwards must get
-    /// them back and the same bytes as on one thread.
+    /// `mtok` stops OpenBLAS's pool at start; products afterwards run on the calling thread
+    /// with the same bytes.
     @Test func productsAfterStoppingIdleThreadsAreUnchanged() {
-        let n = 384  // large enough for OpenBLAS to split over its threads
+        let n = 384
         let a = (0..<(n * n)).map { Float(($0 * 7919) % 1009) / 1009 - 0.5 }
         let b = (0..<(n * n)).map { Float(($0 * 104_729) % 997) / 997 - 0.5 }
         func product() -> [Float] {
@@ -280,26 +308,29 @@ import Testing
             BLAS.sgemm(.none, .none, m: n, n: n, k: n, a: a, lda: n, b: b, ldb: n, c: &c, ldc: n)
             return c
         }
-        BLAS.withThreadCount(1) {
-            let single = product()
-            BLAS.setThreadCount(2)
-            BLAS.stopIdleThreads()
-            let threaded = product()
-            BLAS.stopIdleThreads()
-            #expect(threaded == single)
-            #expect(product() == single)
+        let before = product()
+        BLAS.stopIdleThreads()
+        #expect(product() == before)
+    }
+
+    @Test func kernelIsNamed() {
+        #expect(BLAS.kernel.library == "OpenBLAS")
+        #expect(BLAS.kernel.version.first?.isNumber == true, "version \(BLAS.kernel.version)")
+        #expect(!BLAS.kernel.core.isEmpty)
+        if let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"], !forced.isEmpty {
+            #expect(BLAS.kernel.core.lowercased() == forced.lowercased())
         }
     }
 
     /// Everything inside one turn: other suites run in parallel and take their own turns with
     /// other counts, so a count read outside a turn may be theirs.
     @Test func threadCountIsSettable() {
-        BLAS.withThreadCount(3) {
-            #expect(BLAS.threadCount == 3)
-            BLAS.setThreadCount(1)
-            #expect(BLAS.threadCount == 1)
-            BLAS.setThreadCount(2)
-            #expect(BLAS.threadCount == 2)
+        Parallel.withThreadCount(3) {
+            #expect(Parallel.threadCount == 3)
+            Parallel.setThreadCount(1)
+            #expect(Parallel.threadCount == 1)
+            Parallel.setThreadCount(2)
+            #expect(Parallel.threadCount == 2)
         }
     }
 }

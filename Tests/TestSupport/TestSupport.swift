@@ -114,3 +114,36 @@ final class LockedData: @unchecked Sendable {  // guarded by `lock`
     func set(_ d: Data) { lock.lock(); data = d; lock.unlock() }
     func get() -> Data { lock.lock(); defer { lock.unlock() }; return data }
 }
+
+/// The OpenBLAS kernel sets (`OPENBLAS_CORETYPE` values) this CPU can execute, one per family of
+/// GEMM kernels, read from the CPU's flags: what the determinism checks run under, so that a
+/// machine of one kind also tests the kernels that machines of other kinds pick.
+public enum KernelFamilies {
+    /// Widest first: SkylakeX (AVX-512), Haswell (AVX2 + FMA), Sandybridge (AVX), Nehalem (SSE).
+    public static var available: [String] {
+        let flags = cpuFlags
+        var out: [String] = []
+        if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]) { out.append("SkylakeX") }
+        if flags.isSuperset(of: ["avx2", "fma"]) { out.append("Haswell") }
+        if flags.contains("avx") { out.append("Sandybridge") }
+        if flags.isSuperset(of: ["ssse3", "sse4_1", "sse4_2"]) { out.append("Nehalem") }
+        return out
+    }
+
+    /// The `flags` line of /proc/cpuinfo (empty where there is none, e.g. not Linux x86).
+    static var cpuFlags: Set<String> {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
+              let colon = line.firstIndex(of: ":") else { return [] }
+        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+    }
+
+    /// Whether this is an x86-64 machine, where OpenBLAS has several kernel families to choose from.
+    public static var isX86: Bool {
+        #if arch(x86_64)
+        return true
+        #else
+        return false
+        #endif
+    }
+}
