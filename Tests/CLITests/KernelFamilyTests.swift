@@ -29,7 +29,7 @@ struct KernelFamilyTests {
     func byteSuitesPassUnder(_ family: String) throws {
         let r = try TestSupport.run(CommandLine.arguments[0],
                                     ["--testing-library", "swift-testing", "--filter", Self.byteSuites],
-                                    environment: ["OPENBLAS_CORETYPE": family, Self.childMarker: "1"])
+                                    environment: ["OPENBLAS_CORETYPE": family, "MTOK_EXPECT_KERNEL": family, Self.childMarker: "1"])
         let output = r.stdout + r.stderr
         let summary = output.split(separator: "\n").last { $0.contains("Test run with") }.map(String.init) ?? "(no summary)"
         print("kernel family \(family): \(summary)")
@@ -38,6 +38,7 @@ struct KernelFamilyTests {
         for suite in ["KernelTests", "DeterminismTests", "GoldenFixtureTests"] {
             #expect(output.contains("Suite \(suite) passed"), "under \(family): suite \(suite) did not pass (\(summary))")
         }
+        #expect(output.contains("Test kernelIsNamed() passed"), "under \(family): the child did not check its kernel set")
     }
 
     /// Four photographs as a list, one view: small enough to tokenize 6 ways per family; with

@@ -1,4 +1,5 @@
 import Foundation
+import ShardFormat
 import ShardReader
 import TensorFiles
 import TestSupport
@@ -155,6 +156,11 @@ struct TokenizeCLITests {
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try TestSupport.mtok(["verify", dir + "/crashed", "--deep"]).status == 0)
         #expect(try digest(dir + "/crashed") == (try digest(dir + "/clean")))
+        // Every record is attributed to a session, the killed ones included (one kernel set here).
+        let m = try TokenCache(path: dir + "/crashed").manifest
+        #expect(m.arithmeticProblem == nil, "\(m.arithmetic ?? [])")
+        #expect(Set((m.arithmetic ?? []).map { $0.madeBy?.kernel }).count == 1, "\(m.arithmetic ?? [])")
+        #expect(m.arithmetic?.last?.records ?? 0 > 0)
     }
 
     @Test func sigtermFinishesTheBatchAndTheRunResumes() throws {
