@@ -394,3 +394,72 @@ struct ResumeKeepsLayoutTests {
         #expect(huffman.totals.compressedBytes != uninterrupted.totals.compressedBytes, "the two codings should differ in size")
     }
 }
+
+/// `Manifest.arithmetic`: which kernels made which records, per writing session.
+struct ArithmeticSegmentTests {
+    static let haswell = Manifest.Arithmetic(revision: 3, blas: "OpenBLAS 0.3.21", kernel: "Haswell")
+    static let skylake = Manifest.Arithmetic(revision: 3, blas: "OpenBLAS 0.3.21", kernel: "SkylakeX")
+
+    func append(_ path: String, _ gen: SyntheticRecords, _ range: Range<Int>, by arithmetic: Manifest.Arithmetic?,
+                finish: Bool = false) throws -> Manifest {
+        let w = try CacheWriter(path: path, settings: gen.settings, arithmetic: arithmetic, options: smallOptions())
+        if !range.isEmpty { try w.append(range.map(gen.record)) }
+        return finish ? try w.finish() : w.manifest
+    }
+
+    @Test func sessionsGetSegmentsBackToBack() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        _ = try append(dir, gen, 0..<5, by: Self.haswell)
+        // A session that commits nothing leaves no segment.
+        _ = try append(dir, gen, 5..<5, by: Self.skylake)
+        _ = try append(dir, gen, 5..<12, by: Self.skylake)
+        let m = try append(dir, gen, 12..<20, by: Self.skylake, finish: true)
+        #expect(m.arithmetic == [
+            Manifest.ArithmeticSegment(firstRecord: 0, records: 5, madeBy: Self.haswell),
+            Manifest.ArithmeticSegment(firstRecord: 5, records: 7, madeBy: Self.skylake),
+            Manifest.ArithmeticSegment(firstRecord: 12, records: 8, madeBy: Self.skylake),
+        ])
+        #expect(m.arithmeticUse.map(\.records) == [5, 15] && m.arithmeticUse.map(\.madeBy) == [Self.haswell, Self.skylake])
+        let report = CacheVerifier.verify(path: dir, deep: true)
+        #expect(report.isClean, "\(report.faults)")
+        #expect(report.arithmetic.map(\.records) == [5, 15])
+    }
+
+    /// Records of a writer that recorded nothing (an earlier build, synth-cache) stay unrecorded.
+    @Test func recordsOfAWriterThatSaidNothingAreUnrecorded() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        #expect(try append(dir, gen, 0..<4, by: nil).arithmetic == nil)
+        let m = try append(dir, gen, 4..<6, by: Self.haswell, finish: true)
+        #expect(m.arithmetic == [Manifest.ArithmeticSegment(firstRecord: 0, records: 4, madeBy: nil),
+                                 Manifest.ArithmeticSegment(firstRecord: 4, records: 2, madeBy: Self.haswell)])
+        #expect(CacheVerifier.verify(path: dir, deep: false).isClean)
+    }
+
+    /// Forged segments: a verify fault, never a crash (counts near Int.max included), and a
+    /// segment list of the wrong JSON type is no manifest at all.
+    @Test func forgedSegmentsAreFaults() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let gen = synthetic()
+        _ = try append(dir, gen, 0..<6, by: Self.haswell, finish: true)
+        let path = dir + "/" + Manifest.fileName
+        let good = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        func with(_ arithmetic: Any) throws -> VerifyReport {
+            var m = good
+            m["arithmetic"] = arithmetic
+            try JSONSerialization.data(withJSONObject: m).write(to: URL(fileURLWithPath: path))
+            return CacheVerifier.verify(path: dir, deep: false)
+        }
+        let kernel: [String: Any] = ["revision": 3, "blas": "OpenBLAS 0.3.21", "kernel": "Haswell"]
+        let gap = try with([["first_record": 0, "records": 2, "made_by": kernel], ["first_record": 3, "records": 3, "made_by": kernel]])
+        #expect(gap.faults.contains { $0.message.contains("arithmetic[1]") }, "\(gap.faults)")
+        let short = try with([["first_record": 0, "records": 5, "made_by": kernel]])
+        #expect(short.faults.contains { $0.message.contains("cover 5 records, the cache holds 6") }, "\(short.faults)")
+        let huge = try with([["first_record": 0, "records": Int.max, "made_by": kernel],
+                             ["first_record": Int.min, "records": Int.max, "made_by": kernel]])
+        #expect(!huge.isClean && huge.arithmetic.count == 1)
+        let wrongType = try with(["not a segment"])
+        #expect(wrongType.faults.contains { $0.kind == .notACache }, "\(wrongType.faults)")
+    }
+}

@@ -75,10 +75,12 @@ _STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false"
 _MANIFEST = (("created_by", _STR, True), ("complete", _BOOL, True), ("records_per_chunk", _INT, True),
              ("compression", _OBJ, True), ("shard_cap_bytes", _INT, True), ("settings", _ANY, True),
              ("classes", _LIST, False), ("part", _OBJ, False), ("shards", _LIST, True), ("totals", _OBJ, True),
-             ("content_digest", _STR, False), ("inputs_done", _INT, False))
+             ("content_digest", _STR, False), ("inputs_done", _INT, False), ("arithmetic", _LIST, False))
 _COMPRESSION = (("codec", _STR, True), ("level", _INT, True), ("checksum", _BOOL, True), ("shuffle", _STR, True),
                 ("literals", _STR, False))
 _PART = (("rank", _INT, True), ("world_size", _INT, True))
+_SEGMENT = (("first_record", _INT, True), ("records", _INT, True), ("rank", _INT, False), ("made_by", _OBJ, False))
+_MADE_BY = (("revision", _INT, True), ("blas", _STR, True), ("kernel", _STR, True))
 _SHARD_ENTRY = (("file", _STR, True), ("records", _INT, True), ("payload_bytes", _INT, True),
                 ("compressed_bytes", _INT, True), ("bytes", _INT, True), ("sealed", _BOOL, True),
                 ("sha256", _STR, False))
@@ -114,6 +116,14 @@ def _check_manifest(m, mpath):
     _check_fields(m["compression"], _COMPRESSION, "compression.", mpath)
     if m.get("part") is not None:
         _check_fields(m["part"], _PART, "part.", mpath)
+    # FORMAT.md 2.1: which kernels made which records. Only its types are checked here (as the
+    # Swift reader decodes it); whether the segments cover the records is `mtok verify`'s question.
+    for i, seg in enumerate(m.get("arithmetic") or []):
+        if not isinstance(seg, dict):
+            raise NotACacheError("%s: arithmetic[%d] must be an object, got %r" % (mpath, i, seg))
+        _check_fields(seg, _SEGMENT, "arithmetic[%d]." % i, mpath)
+        if seg.get("made_by") is not None:
+            _check_fields(seg["made_by"], _MADE_BY, "arithmetic[%d].made_by." % i, mpath)
     if m.get("classes") is not None and not all(isinstance(c, str) for c in m["classes"]):
         raise NotACacheError("%s: classes must be strings" % mpath)
     _check_fields(m["totals"], _TOTALS, "totals.", mpath)

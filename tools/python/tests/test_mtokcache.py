@@ -1101,6 +1101,11 @@ def test_manifest_types_and_compression_refused():
             (lambda m: m.update(complete=1), mtokcache.NotACacheError, "complete must be true or false"),
             (lambda m: m.update(classes=["a", 1]), mtokcache.NotACacheError, "classes"),
             (lambda m: m.update(part={"rank": "0", "world_size": 1}), mtokcache.NotACacheError, "part.rank"),
+            (lambda m: m.update(arithmetic={}), mtokcache.NotACacheError, "arithmetic must be an array"),
+            (lambda m: m.update(arithmetic=[{"first_record": 0, "records": "3"}]), mtokcache.NotACacheError,
+             "arithmetic[0].records"),
+            (lambda m: m.update(arithmetic=[{"first_record": 0, "records": 3, "made_by": {"revision": 3, "blas": "x"}}]),
+             mtokcache.NotACacheError, "lacks the field arithmetic[0].made_by.kernel"),
         ]
         for change, error, words in cases:
             m = json.loads(json.dumps(good))
@@ -1111,7 +1116,8 @@ def test_manifest_types_and_compression_refused():
         m = json.loads(json.dumps(good))
         m["shards"][0]["records"] = 3.0
         m["format_version"] = 1.0
-        m.update(classes=None, part=None, inputs_done=None)
+        m.update(classes=None, part=None, inputs_done=None, arithmetic=[
+            {"first_record": 0, "records": 3, "made_by": {"revision": 3, "blas": "OpenBLAS 0.3.21", "kernel": "Haswell"}}])
         json.dump(m, open(mpath, "w"))
         c = mtokcache.open(d + "/c")
         assert len(c) == 3 and c[2]["id"] == "img/00002.jpg"
