@@ -13,7 +13,10 @@ public enum AtomicFile {
 
     public static func write(_ data: Data, to path: String) throws {
         let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        // A fresh temporary file, never an existing one: whatever sits at its name (a leftover,
+        // or a link planted to make the writer write elsewhere) is removed, not written through.
+        unlink(tmp)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw WriteError(path: tmp, reason: String(cString: strerror(errno))) }
         var ok = data.withUnsafeBytes { raw -> Bool in
             var off = 0

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 public import TensorFiles
 
 /// `manifest.json` at the cache root (Schemas/manifest.schema.json).
@@ -285,8 +288,23 @@ extension Manifest {
         try AtomicFile.write(data, to: root + "/" + Self.fileName)
     }
 
+    /// Largest manifest read: about 4 KB a shard, so a billion-record cache of 1 GiB shards
+    /// stays far below it; anything larger is no manifest this build wrote.
+    public static let maximumBytes = 1 << 30
+
+    /// Reads and decodes `root/manifest.json`, which must be a regular file (a FIFO would block
+    /// the reader, a link to a device would feed it without end) of at most ``maximumBytes``.
     public static func read(fromCache root: String) throws -> Manifest {
-        let url = URL(fileURLWithPath: root + "/" + fileName)
-        return try decode(try Data(contentsOf: url))
+        let path = root + "/" + fileName
+        var st = stat()
+        if stat(path, &st) == 0 {
+            guard st.st_mode & S_IFMT == S_IFREG else {
+                throw FormatError(.badContainer, "\(fileName) is not a regular file")
+            }
+            guard st.st_size <= maximumBytes else {
+                throw FormatError(.badValue, "\(fileName) is \(st.st_size) bytes, more than the \(maximumBytes >> 20) MiB a manifest may be")
+            }
+        }
+        return try decode(try Data(contentsOf: URL(fileURLWithPath: path)))  // absent: the file error says so
     }
 }

@@ -30,13 +30,12 @@ public final class TokenCache: Sendable {
     public init(path root: String) throws(CacheError) {
         self.root = root
         let manifestPath = root + "/" + Manifest.fileName
-        guard let data = FileManager.default.contents(atPath: manifestPath) else {
-            throw CacheError(.notACache, Self.noManifest(root))
-        }
         do {
-            manifest = try Manifest.decode(data)
-        } catch {
+            manifest = try Manifest.read(fromCache: root)
+        } catch let error as FormatError {
             throw CacheError(error.kind == .unknownVersion ? .unknownVersion : .notACache, "\(manifestPath): \(error)")
+        } catch {
+            throw CacheError(.notACache, Self.noManifest(root))
         }
         var opened: [Shard] = []
         for entry in manifest.shards {
@@ -125,9 +124,22 @@ public final class TokenCache: Sendable {
     }
 
     /// The record of (id, view), or nil if the cache does not hold it.
+    ///
+    /// - Throws: `CacheError.idIndexMismatch` when the id index points at a record of another
+    ///   (id, view) (a damaged or forged index): never another image's record.
     public func record(id: String, view: Int = 0) throws -> TokenRecord? {
         guard let i = try index(of: id, view: view) else { return nil }
-        return try record(at: i)
+        let r = try record(at: i)
+        try Self.checkLookup(r, id: id, view: view, index: i)
+        return r
+    }
+
+    /// A read by id returns only the record that names that id and view itself.
+    public static func checkLookup(_ r: TokenRecord, id: String, view: Int, index: Int) throws {
+        guard r.id == id, r.view == view else {
+            throw CacheError(.idIndexMismatch, "the id index points at record \(index), which is (\(r.id), view \(r.view))",
+                             at: CacheLocation(index: index, id: id, view: view))
+        }
     }
 
     /// Visits every record in index order.

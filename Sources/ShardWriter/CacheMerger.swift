@@ -35,19 +35,18 @@ public enum CacheMerger {
             throw CacheError(.notACache, "\(root) is not a directory")
         }
         // Several ranks may try to merge as they finish; one merges, the others are told so.
-        let lockFD = open(root + "/.merge.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard lockFD >= 0 else { throw CacheError(.io, "\(root)/.merge.lock: \(String(cString: strerror(errno)))") }
+        let lockFD = try OwnFiles.open(root + "/.merge.lock", O_RDWR | O_CREAT)
         defer { close(lockFD) }
         guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else { throw CacheError(.busy, "another process is merging \(root)") }
         let planPath = root + "/" + planFile
         let plan: Plan
-        if let data = fm.contents(atPath: planPath) {
+        if let data = try OwnFiles.contents(planPath) {
             plan = try JSONDecoder().decode(Plan.self, from: data)
         } else {
             plan = try makePlan(root: root)
             try AtomicFile.write(try JSONEncoder().encode(plan), to: planPath)
         }
-        try fm.createDirectory(atPath: root + "/shards", withIntermediateDirectories: true)
+        try OwnFiles.makeDirectory(root + "/shards")
         for move in plan.moves {
             let from = root + "/" + move[0], to = root + "/" + move[1]
             if fm.fileExists(atPath: from) {
@@ -63,7 +62,7 @@ public enum CacheMerger {
         var failures = Data()
         let parts = (try? fm.contentsOfDirectory(atPath: root + "/" + partsDirectory))?.sorted() ?? []
         for part in parts {
-            if let d = fm.contents(atPath: root + "/" + partsDirectory + "/" + part + "/failures.jsonl") { failures.append(d) }
+            if let d = try OwnFiles.contents(root + "/" + partsDirectory + "/" + part + "/failures.jsonl") { failures.append(d) }
         }
         if !failures.isEmpty { try AtomicFile.write(failures, to: root + "/failures.jsonl") }
         try? fm.removeItem(atPath: root + "/" + partsDirectory)

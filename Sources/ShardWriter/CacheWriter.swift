@@ -70,13 +70,8 @@ public final class CacheWriter {
             throw CacheError(.settingsMismatch, "records per chunk must be 1...65536, got \(options.recordsPerChunk)")
         }
         try Self.checkOutputDirectory(path)
-        do {
-            try fm.createDirectory(atPath: path + "/shards", withIntermediateDirectories: true)
-        } catch {
-            throw CacheError(.io, "cannot create \(path)/shards: \(describeFileError(error))")
-        }
-        let fd = open(path + "/.writer.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CacheError(.io, "\(path)/.writer.lock: \(String(cString: strerror(errno)))") }
+        try OwnFiles.makeDirectory(path + "/shards")
+        let fd = try OwnFiles.open(path + "/.writer.lock", O_RDWR | O_CREAT)
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             close(fd)
             throw CacheError(.busy, "another process is writing \(path)")
@@ -86,6 +81,7 @@ public final class CacheWriter {
         if fm.fileExists(atPath: path + "/" + Manifest.fileName) {
             let existing: Manifest
             do {
+                try OwnFiles.checkFile(path + "/" + Manifest.fileName)
                 existing = try Manifest.read(fromCache: path)
             } catch let e as FormatError {
                 throw CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(path)/\(Manifest.fileName): \(e)")
@@ -147,6 +143,7 @@ public final class CacheWriter {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return }
         guard isDirectory.boolValue else { throw CacheError(.notACache, "\(path) exists and is not a directory") }
+        try OwnFiles.checkDirectory(path + "/shards")  // before listing it: a link would list another folder
         if FileManager.default.fileExists(atPath: path + "/" + Manifest.fileName) { return }
         var entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
         // A writer's own shards folder holds only shard files and their LMDB and compaction leftovers.

@@ -33,6 +33,9 @@ final class WritableShard {
         self.file = file
         self.recordsPerChunk = recordsPerChunk
         let loc = CacheLocation(shard: file)
+        // LMDB opens (and creates) the data and lock files itself, following links: refuse them first.
+        try OwnFiles.checkFile(root + "/" + file)
+        try OwnFiles.checkFile(root + "/" + file + "-lock")
         var opts = LMDBEnvironment.Options(readOnly: false, mapSize: mapSize, noSync: true)
         opts.maxDatabases = 4
         do {

@@ -1,6 +1,7 @@
 import Foundation
 import ImageDecoding
 import ShardFormat
+import ShardWriter
 
 /// `failures.jsonl`: one JSON object per input that could not be tokenized
 /// (Schemas/failure.schema.json).
@@ -30,8 +31,7 @@ enum FailureLog {
             data.append(try e.encode(entry))
             data.append(0x0A)
         }
-        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        let h = FileHandle(fileDescriptor: try OwnFiles.open(path, O_WRONLY | O_CREAT), closeOnDealloc: true)
         defer { try? h.close() }
         try h.seekToEnd()
         try h.write(contentsOf: data)
@@ -40,7 +40,7 @@ enum FailureLog {
 
     /// Keeps only entries of inputs before `index`: those after the resume point will be retried.
     static func truncate(at path: String, keepingBelow index: Int) throws {
-        guard let data = FileManager.default.contents(atPath: path) else { return }
+        guard let data = try OwnFiles.contents(path) else { return }
         var kept = Data()
         for line in data.split(separator: 0x0A) where !line.isEmpty {
             if let entry = try? JSONDecoder().decode(Entry.self, from: Data(line)), entry.index < index {

@@ -123,7 +123,8 @@ public final class TokenizeJob {
             try Self.checkPartsAgree(root: output, worldSize: options.worldSize)
             do {
                 try CacheWriter.checkOutputDirectory(output, alsoAllowed: [CacheMerger.partsDirectory])
-                try FileManager.default.createDirectory(atPath: outputPath, withIntermediateDirectories: true)
+                try OwnFiles.checkDirectory(output + "/" + CacheMerger.partsDirectory)
+                try OwnFiles.makeDirectory(outputPath)
             } catch {
                 throw SetupError(message: "output \(output): \(error is CacheError ? "\(error)" : describeFileError(error))")
             }

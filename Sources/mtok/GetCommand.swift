@@ -44,6 +44,7 @@ struct GetCommand: ParsableCommand {
         do {
             payload = try c.payload(at: i)
             r = try c.record(at: i)  // (decoded again, so that a bad record's error names its place)
+            if let id { try TokenCache.checkLookup(r, id: id, view: view, index: i) }
         } catch {
             throw fail("\(error)")
         }

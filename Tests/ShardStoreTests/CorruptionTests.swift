@@ -76,6 +76,50 @@ struct CorruptionTests {
         }
     }
 
+    /// An id index with two records' entries swapped: a read by id refuses instead of returning
+    /// the other image's record (library, `mtok get` and Python), and deep verify locates it.
+    @Test func swappedIdIndexNeverReturnsAnotherRecord() throws {
+        let (dir, m) = try freshCache()
+        let file = m.shards[0].file
+        let (a, b) = (gen.record(2), gen.record(5))
+        chmod(dir + "/" + file, 0o644)
+        do {
+            let env = try LMDBEnvironment(path: dir + "/" + file, options: .init(readOnly: false, mapSize: 64 << 20))
+            try env.write { txn in
+                let db = try #require(try txn.openDatabase(ShardLayout.idsDatabase))
+                let (ka, kb) = (try ShardLayout.idKey(id: a.id, view: a.view), try ShardLayout.idKey(id: b.id, view: b.view))
+                let va = try #require(try txn.get(db, key: ka) { Array($0) })
+                let vb = try #require(try txn.get(db, key: kb) { Array($0) })
+                try txn.put(db, key: ka, value: vb)
+                try txn.put(db, key: kb, value: va)
+            }
+        }
+        try? FileManager.default.removeItem(atPath: dir + "/" + file + "-lock")
+        let cache = try TokenCache(path: dir)
+        #expect(throws: CacheError.self) { _ = try cache.record(id: a.id, view: a.view) }
+        do {
+            _ = try cache.record(id: b.id, view: b.view)
+        } catch let e as CacheError {
+            #expect(e.kind == .idIndexMismatch && e.location.id == b.id, "\(e)")
+        }
+        #expect(try cache.record(id: gen.record(3).id) == gen.record(3))
+        let get = try TestSupport.mtok(["get", dir, a.id])
+        #expect(get.status == 1 && get.stderr.contains("id index points at record 5"), "\(get.stdout) \(get.stderr)")
+        #expect(CacheVerifier.verify(path: dir, deep: true).faults.contains { $0.kind == .idIndexMismatch })
+        if let python = TestSupport.python {
+            let script = """
+                import sys; sys.path.insert(0, sys.argv[2])
+                import mtokcache
+                try:
+                    print(mtokcache.open(sys.argv[1]).get(sys.argv[3])["id"])
+                except mtokcache.CorruptRecordError as e:
+                    print("refused:", e)
+                """
+            let r = try TestSupport.run(python, ["-c", script, dir, TestSupport.packageRoot + "/tools/python", a.id])
+            #expect(r.stdout.hasPrefix("refused:") && r.stdout.contains("points at record 5"), "\(r.stdout) \(r.stderr)")
+        }
+    }
+
     @Test func wrongStoredDigestIsFoundByRehash() throws {
         let (dir, m) = try freshCache()
         let file = m.shards[0].file

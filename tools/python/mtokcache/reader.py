@@ -69,6 +69,9 @@ def _unique_keys(pairs):
     return obj
 
 
+# Largest manifest read (Swift: Manifest.maximumBytes).
+MANIFEST_MAX_BYTES = 1 << 30
+
 _STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false", "an object", "an array", "any"
 # FORMAT.md 2 and manifest.schema.json: (field, type, required). The Swift reader decodes these
 # types and refuses a manifest that does not fit them; so does this one.
@@ -578,8 +581,16 @@ class Cache:
         self.latent_format = latent_format
         mpath = os.path.join(self.path, "manifest.json")
         try:
+            # A regular file of bounded size only (as Swift's Manifest.read): a FIFO would block
+            # the open, a link to /dev/zero would be read without end.
+            st = os.stat(mpath)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotACacheError("%s is not a regular file" % mpath)
+            if st.st_size > MANIFEST_MAX_BYTES:
+                raise NotACacheError("%s is %d bytes, more than the %d MiB a manifest may be"
+                                     % (mpath, st.st_size, MANIFEST_MAX_BYTES >> 20))
             with builtins.open(mpath, "rb") as f:
-                raw = f.read()
+                raw = f.read(MANIFEST_MAX_BYTES + 1)
         except OSError as e:
             raise NotACacheError("%s has no readable manifest.json (%s)" % (self.path, e.strerror)) from e
         try:
@@ -769,11 +780,17 @@ class Cache:
         return out
 
     def get(self, id, view=0):
-        """The record of (id, view); KeyError if the cache does not hold it."""
+        """The record of (id, view); KeyError if the cache does not hold it. A damaged or forged
+        id index that points at another (id, view) raises CorruptRecordError: never another
+        image's record (as Swift's record(id:view:))."""
         i = self.index_of(id, view)
         if i is None:
             raise KeyError((id, view))
-        return self[i]
+        r = self[i]
+        if r["id"] != id or r["view"] != view:
+            raise CorruptRecordError("the id index points at record %d, which is (%s, view %d)" % (i, r["id"], r["view"]),
+                                     index=i, id=id, view=view)
+        return r
 
     def index_of(self, id, view=0):
         """Global index of (id, view), or None (FORMAT 3.1, database `ids`)."""
