@@ -64,7 +64,15 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
         }
         env = handle
         reusesReaders = options.readOnly
+        if options.readOnly {
+            var fd: mdb_filehandle_t = -1
+            if mdb_env_get_fd(handle, &fd) == 0, fd >= 0 { bounds = MapBounds(path: path, fd: fd) }
+        }
     }
+
+    /// Checks every value a read transaction hands out (read-only environments only: a writer
+    /// reads what it wrote itself).
+    private var bounds: MapBounds?
 
     deinit {
         // lmdb.h: every transaction must end before the environment closes.
@@ -137,8 +145,9 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
     /// (`setMapSize` maps it anew).
     private let mappedRange = Mutex<(looked: Bool, range: (UInt, Int))>((false, (0, 0)))
 
-    /// The address range of the mapping of `path` (the largest, if several), from /proc/self/maps.
-    static func findMapping(of path: String) -> (UInt, Int)? {
+    /// The address range of the mapping of `path` (the one holding `address` if given, else the
+    /// largest), from /proc/self/maps.
+    static func findMapping(of path: String, containing address: UInt? = nil) -> (UInt, Int)? {
         #if os(Linux)
         var st = stat()
         guard stat(path, &st) == 0, let maps = fopen("/proc/self/maps", "r") else { return nil }
@@ -160,7 +169,11 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
             let bounds = fields[0].split(separator: "-").compactMap { UInt(String($0), radix: 16) }
             guard bounds.count == 2, bounds[1] > bounds[0] else { continue }
             let size = Int(bounds[1] - bounds[0])
-            if size > (best?.1 ?? 0) { best = (bounds[0], size) }
+            if let address {
+                if address >= bounds[0] && address < bounds[1] { return (bounds[0], size) }
+            } else if size > (best?.1 ?? 0) {
+                best = (bounds[0], size)
+            }
         }
         return best
         #else
@@ -236,11 +249,11 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
                 mdb_txn_reset(txn)
                 idleReaders.withLock { $0.append(IdleTransaction(txn: txn)) }
             }
-            return try body(LMDBTransaction(txn: txn))
+            return try body(LMDBTransaction(txn: txn, bounds: bounds))
         }
         var txn: OpaquePointer?
         try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin")
-        let transaction = LMDBTransaction(txn: txn!)
+        let transaction = LMDBTransaction(txn: txn!, bounds: bounds)
         defer { mdb_txn_abort(txn) }
         return try body(transaction)
     }
@@ -266,4 +279,50 @@ public final class LMDBEnvironment: @unchecked Sendable {  // MDB_env is thread-
 /// there, so it may be handed to another thread (`MDB_NOTLS`).
 struct IdleTransaction: @unchecked Sendable {
     let txn: OpaquePointer
+}
+
+/// The part of a read-only environment's map that the file backs. LMDB hands out a value as a
+/// pointer into its map with the size its leaf node claims; a damaged or forged node can claim
+/// more than the file holds, and touching a mapped page past the end of a file kills the process
+/// with SIGBUS. So every value must lie inside [map start, map start + file size). The map's
+/// address comes from /proc/self/maps (LMDB does not say it) on the first value that is not
+/// already known to be inside; the file size is read again before refusing, since a live shard
+/// grows while it is read. Where the map cannot be found (not Linux), values are not checked.
+final class MapBounds: Sendable {
+    private let path: String
+    private let fd: Int32
+    /// Map start (0 until looked up, 1 when not found) and end of the file-backed part.
+    private let start = Atomic<UInt>(0)
+    private let end = Atomic<UInt>(0)
+
+    init(path: String, fd: Int32) {
+        self.path = path
+        self.fd = fd
+    }
+
+    @inline(__always)
+    func contains(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return true }
+        let lo = UInt(bitPattern: base)
+        let (hi, overflow) = lo.addingReportingOverflow(UInt(bytes.count))
+        if !overflow, lo >= start.load(ordering: .relaxed), hi <= end.load(ordering: .relaxed) { return true }
+        return slowContains(lo, hi, overflow)
+    }
+
+    private func slowContains(_ lo: UInt, _ hi: UInt, _ overflow: Bool) -> Bool {
+        if overflow { return false }
+        if start.load(ordering: .acquiring) == 0 {
+            // The mapping holding this value's first byte is this environment's map (the same
+            // file may be mapped again by a writer in this process).
+            let found = LMDBEnvironment.findMapping(of: path, containing: lo)
+            start.store(found?.0 ?? 1, ordering: .releasing)
+        }
+        let s = start.load(ordering: .acquiring)
+        if s == 1 { return true }  // map not found: nothing to check against
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return true }
+        let e = s &+ UInt(st.st_size)
+        end.store(e, ordering: .releasing)
+        return lo >= s && hi <= e
+    }
 }

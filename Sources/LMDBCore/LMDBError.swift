@@ -10,10 +10,23 @@ public struct LMDBError: Error, CustomStringConvertible, Sendable, Equatable {
     /// `MDB_KEYEXIST`: `MDB_NOOVERWRITE` found the key.
     public static let keyExistsCode: Int32 = -30799
 
+    /// `MDB_CORRUPTED`: also what a value that runs past the end of its file raises (`MapBounds`).
+    public static let corruptedCode: Int32 = -30796
+
     public var isMapFull: Bool { code == Self.mapFullCode }
     public var isKeyExists: Bool { code == Self.keyExistsCode }
+    public var isCorrupted: Bool { code == Self.corruptedCode }
 
-    public var message: String { String(cString: mdb_strerror(code)) }
+    /// What went wrong, when LMDB's own message for `code` would not say it.
+    let detail: String?
+
+    init(code: Int32, function: String, detail: String? = nil) {
+        self.code = code
+        self.function = function
+        self.detail = detail
+    }
+
+    public var message: String { detail ?? String(cString: mdb_strerror(code)) }
     public var description: String { "\(function): \(message) (\(code))" }
 }
 

@@ -10,6 +10,19 @@ public struct LMDBDatabase: Sendable, Hashable {
 /// during the callback.
 public struct LMDBTransaction {
     let txn: OpaquePointer
+    /// Where values may lie (read-only environments): see `MapBounds`.
+    var bounds: MapBounds? = nil
+
+    /// The bytes of an `MDB_val`, refused when they run past the end of the file.
+    @inline(__always)
+    func bytes(_ v: MDB_val, _ function: String) throws(LMDBError) -> UnsafeRawBufferPointer {
+        let bytes = UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size)
+        if let bounds, !bounds.contains(bytes) {
+            throw LMDBError(code: LMDBError.corruptedCode, function: function,
+                            detail: "a value of \(v.mv_size) bytes runs past the end of the file (a damaged or forged page)")
+        }
+        return bytes
+    }
 
     /// Opens a named database (`mdb_dbi_open`), creating it when `create` is set (write txns only).
     /// Returns nil when it does not exist and `create` is false.
@@ -29,7 +42,7 @@ public struct LMDBTransaction {
         let rc = mdb_get(txn, db.dbi, &k, &v)
         if rc == MDB_NOTFOUND { return nil }
         try check(rc, "mdb_get")
-        return try body(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
+        return try body(try bytes(v, "mdb_get"))
     }
 
     public func get<T>(_ db: LMDBDatabase, key: [UInt8], _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
@@ -112,8 +125,7 @@ public struct LMDBTransaction {
             let rc = mdb_cursor_get(cursor, &k, &v, op)
             if rc == MDB_NOTFOUND { return }
             try check(rc, "mdb_cursor_get")
-            let goOn = try body(UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size),
-                                UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
+            let goOn = try body(try bytes(k, "mdb_cursor_get"), try bytes(v, "mdb_cursor_get"))
             if !goOn { return }
             op = MDB_NEXT
         }

@@ -130,6 +130,8 @@ package final class Shard: Sendable {
             } }
         } catch let e as CacheError {
             throw e
+        } catch let e as LMDBError where e.isCorrupted {
+            throw CacheError(.corruptRecord, "\(e)", at: loc)
         } catch {
             throw CacheError(.io, "\(error)", at: loc)
         }

@@ -120,7 +120,15 @@ public final class ZstdDecompressor {
 
     /// A record's bytes must be one frame and nothing else: zstd would also decode frames (or
     /// skip skippable ones) concatenated after it, which another reader may refuse.
+    ///
+    /// And it must carry the content checksum (FORMAT.md 4.2): zstd decodes a frame without one
+    /// just as well, so a flipped byte in it would come back as a silently different record.
+    /// RFC 8878 3.1.1.1: after the 4-byte magic number comes the frame header descriptor, whose
+    /// bit 2 is the Content_Checksum_flag.
     static func checkSingleFrame(_ frame: UnsafeRawBufferPointer) throws(ZstdError) {
+        guard frame.count > 4, frame[4] & 0x04 != 0 else {
+            throw ZstdError(kind: .corrupt, function: "frame header", message: "the frame has no content checksum (every record's frame must carry one)")
+        }
         let n = ZSTD_findFrameCompressedSize(frame.baseAddress, frame.count)
         guard ZSTD_isError(n) == 0, n == frame.count else {
             throw ZstdError(kind: .corrupt, function: "ZSTD_findFrameCompressedSize",

@@ -249,6 +249,67 @@ struct CrossLanguageTests {
         #expect(latents == (try cache.batch(Array(0..<cache.count)).latents))
     }
 
+    /// A record whose frame was written without the content checksum (then one byte of it
+    /// altered, which zstd alone cannot notice): every reader in both languages refuses it.
+    @Test func frameWithoutChecksumIsRefusedEverywhere() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 12, shuffle: false, recordsPerChunk: 4, shardCap: 1 << 20)
+        // Recompress record 5 (chunk 1, slot 1) without a checksum and flip a literal byte.
+        let forge = """
+            import os, struct, sys, lmdb, zstandard
+            path = os.path.join(sys.argv[1], "shards", "shard-00000.mdb")
+            os.chmod(path, 0o644)
+            env = lmdb.open(path, subdir=False, max_dbs=4, lock=False)
+            db = env.open_db(b"records")
+            with env.begin(write=True) as txn:
+                key = struct.pack(">Q", 1)
+                chunk = bytes(txn.get(key, db=db))
+                n = struct.unpack_from("<I", chunk)[0]
+                offs = struct.unpack_from("<%dI" % (n + 1), chunk, 4)
+                base = 4 * (n + 2)
+                frames = [chunk[base + offs[i]:base + offs[i + 1]] for i in range(n)]
+                payload = zstandard.ZstdDecompressor().decompress(frames[1])
+                plain = zstandard.ZstdCompressor(level=0, write_checksum=False, write_content_size=True)
+                raw = bytearray(plain.compress(payload))
+                raw[-3] ^= 0x01
+                frames[1] = bytes(raw)
+                offsets = [0]
+                for f in frames: offsets.append(offsets[-1] + len(f))
+                txn.put(key, struct.pack("<%dI" % (n + 2), n, *offsets) + b"".join(frames), db=db)
+            env.close()
+            print("ok")
+            """
+        guard let forged = try Py.run(forge, [dir]) else { return }
+        #expect(forged.status == 0 && forged.stdout.contains("ok"), "\(forged.stderr)")
+        let cache = try TokenCache(path: dir)
+        do {
+            _ = try cache.record(at: 5)
+            Issue.record("a frame without a checksum was read")
+        } catch let e as CacheError {
+            #expect(e.location.index == 5 && e.description.contains("no content checksum"), "\(e)")
+        }
+        #expect(throws: CacheError.self) { _ = try cache.batch([4, 5]) }
+        #expect(try cache.record(at: 4).view >= 0)  // the other records of the chunk still read
+        #expect(CacheVerifier.verify(path: dir, deep: true).faults.contains { $0.index == 5 })
+        for command in [["get", dir, "--index", "5"], ["stream", dir]] {
+            let r = try TestSupport.mtok(command)
+            #expect(r.status == 1 && r.stderr.contains("no content checksum"), "\(command): \(r.stderr)")
+        }
+        let python = """
+            import sys, mtokcache
+            c = mtokcache.open(sys.argv[1])
+            c[4]
+            for read in (lambda: c[5], lambda: c.batch([4, 5])):
+                try:
+                    read()
+                    print("read")
+                except mtokcache.CorruptRecordError as e:
+                    print("refused" if "no content checksum" in str(e) else "other: %s" % e)
+            """
+        guard let r = try Py.run(python, [dir]) else { return }
+        #expect(r.stdout == "refused\nrefused\n", "\(r.stdout) \(r.stderr)")
+    }
+
     @Test func pythonUnitTests() throws {
         guard let r = try Py.run("import runpy, sys; sys.argv = ['t']; runpy.run_path(sys.argv_path, run_name='__main__')"
             .replacingOccurrences(of: "sys.argv_path", with: "'\(Py.packagePath)/tests/test_mtokcache.py'")) else { return }

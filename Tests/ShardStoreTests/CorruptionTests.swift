@@ -76,6 +76,45 @@ struct CorruptionTests {
         }
     }
 
+    /// A leaf node that claims a chunk of 2 GiB, far past the end of the file (a forged or
+    /// damaged page): every reader refuses that chunk with a located error instead of dying with
+    /// SIGBUS when it touches the missing pages; the other chunks still read.
+    @Test func valueRunningPastTheFileIsRefusedNotFatal() throws {
+        let (dir, m) = try freshCache()
+        let file = m.shards[0].file
+        let path = dir + "/" + file
+        let env = try LMDBEnvironment(path: path, options: .readOnly)
+        let records = try #require(try env.openDatabases([ShardLayout.recordsDatabase])[0])
+        let size = try #require(try env.read { txn in try txn.get(records, key: ShardLayout.chunkKey(1)) { $0.count } })
+        // The node of chunk 1: data size (lo, hi 16-bit words), flags F_BIGDATA, key size 8, key.
+        var pattern: [UInt8] = [UInt8(size & 0xFF), UInt8(size >> 8 & 0xFF), UInt8(size >> 16 & 0xFF), UInt8(size >> 24 & 0xFF),
+                                0x01, 0x00, 0x08, 0x00]
+        pattern += ShardLayout.chunkKey(1)
+        var patched = 0
+        try patch(path) { data in
+            for i in 0..<(data.count - pattern.count) where data[i] == pattern[0] && Array(data[i..<(i + pattern.count)]) == pattern {
+                data[i + 2] = 0xFF; data[i + 3] = 0x7F  // 2 GiB
+                patched += 1
+            }
+        }
+        #expect(patched == 1, "found the node of chunk 1 \(patched) times (value of \(size) bytes)")
+        let cache = try TokenCache(path: dir)
+        do {
+            _ = try cache.record(at: 4)
+            Issue.record("a 2 GiB value was read")
+        } catch let e as CacheError {
+            #expect(e.kind == .corruptRecord && e.location.chunk == 1 && e.message.contains("past the end of the file"), "\(e)")
+        }
+        #expect(try cache.record(at: 0) == gen.record(0))
+        #expect(throws: CacheError.self) { _ = try cache.batch([0, 5]) }
+        let deep = CacheVerifier.verify(path: dir, deep: true)
+        #expect(deep.faults.contains { $0.shard == file && $0.message.contains("past the end") }, "\(deep.faults)")
+        for command in [["get", dir, "--index", "5"], ["get", dir, gen.record(5).id], ["verify", dir, "--deep"], ["stream", dir]] {
+            let r = try TestSupport.mtok(command)
+            #expect(r.status == 1, "\(command): status \(r.status) (a signal is 128+): \(r.stderr)")
+        }
+    }
+
     /// An id index with two records' entries swapped: a read by id refuses instead of returning
     /// the other image's record (library, `mtok get` and Python), and deep verify locates it.
     @Test func swappedIdIndexNeverReturnsAnotherRecord() throws {

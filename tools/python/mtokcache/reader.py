@@ -703,6 +703,11 @@ class Cache:
             raise CorruptRecordError("not a zstd frame with a declared content size", **loc)
         if declared > MAX_PAYLOAD:
             raise CorruptRecordError("frame declares %d bytes, limit is %d" % (declared, MAX_PAYLOAD), **loc)
+        # FORMAT 4.2: every frame carries its content checksum (RFC 8878 3.1.1.1: bit 2 of the
+        # frame header descriptor after the magic number). zstd decodes a frame without one just
+        # as well, so a flipped byte in it would come back as a silently different record.
+        if not frame[4] & 0x04:
+            raise CorruptRecordError("the frame has no content checksum (every record's frame must carry one)", **loc)
         try:
             # Verifies the XXH64 content checksum. A record is one frame (FORMAT 4.2): bytes after
             # it in its slot (a second frame, or garbage) are refused, as Swift's reader refuses them.
