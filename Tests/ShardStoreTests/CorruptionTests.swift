@@ -113,6 +113,22 @@ struct CorruptionTests {
             let r = try TestSupport.mtok(command)
             #expect(r.status == 1, "\(command): status \(r.status) (a signal is 128+): \(r.stderr)")
         }
+        if let python = TestSupport.python {
+            let script = """
+                import sys; sys.path.insert(0, sys.argv[2])
+                import mtokcache
+                c = mtokcache.open(sys.argv[1])
+                c[0]
+                for read in (lambda: c[5], lambda: c.get(sys.argv[3]), lambda: c.batch([0, 5])):
+                    try:
+                        read()
+                        print("read")
+                    except mtokcache.CorruptRecordError as e:
+                        print("refused" if "past the end of the file" in str(e) else "other: %s" % e)
+                """
+            let r = try TestSupport.run(python, ["-c", script, dir, TestSupport.packageRoot + "/tools/python", gen.record(5).id])
+            #expect(r.status == 0 && r.stdout == "refused\nrefused\nrefused\n", "status \(r.status): \(r.stdout) \(r.stderr)")
+        }
     }
 
     /// An id index with two records' entries swapped: a read by id refuses instead of returning

@@ -223,6 +223,7 @@ class _Env:
                 # written passes too.
                 need = _pages_bytes(env)
                 size = os.fstat(fd).st_size
+                self.path, self.size, self.map_start = path, size, None
                 if size < need:
                     raise ShardMismatchError("file is truncated: %d bytes, its pages need %d" % (size, need),
                                              shard=file)
@@ -230,6 +231,7 @@ class _Env:
                 self.ids = env.open_db(b"ids", create=False)
                 self.digests = env.open_db(b"digests", create=False)
                 self.meta = env.open_db(b"meta", create=False)
+                self.past_end = _values_past_end(env, fd, size)
             except lmdb.Error as e:
                 env.close()
                 raise ShardMismatchError("not an mtok shard (named databases missing): %s" % e, shard=file) from e
@@ -241,6 +243,98 @@ class _Env:
         self.env = env
         self.key = key
         self.users = 0
+
+    def refuse_past_end(self, name, key, loc):
+        """Raises for a value that _values_past_end found running past the end of the file: py-lmdb
+        reads every page of a value as it hands it out, so such a value must never be asked for."""
+        if (name, bytes(key)) in self.past_end:
+            raise CorruptRecordError("a value runs past the end of the file (a damaged or forged page)", **loc)
+
+    def check(self, value, loc):
+        """Refuses a value (a buffer into the map) that runs past the end of the file: a damaged
+        or forged leaf node can claim more bytes than the file holds, and touching a mapped page
+        past the end of a file kills the process with SIGBUS (as Swift's MapBounds). The map's
+        start comes from /proc/self/maps; the size is read again before refusing, since a shard
+        being written grows."""
+        n = len(value)
+        if not n:
+            return
+        address = np.frombuffer(value, np.uint8).__array_interface__["data"][0]  # touches no byte
+        if self.map_start is None:
+            self.map_start = _mapping_start(self.key, address) or 0
+        start = self.map_start
+        if not start or (start <= address and address + n <= start + self.size):
+            return
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self.key:
+                self.size = st.st_size
+        except OSError:
+            pass
+        if not (start <= address and address + n <= start + self.size):
+            raise CorruptRecordError("a value of %d bytes runs past the end of the file (a damaged or forged page)" % n,
+                                     **loc)
+
+
+def _values_past_end(env, fd, size):
+    """The (database, key) pairs of the records, ids and digests databases whose value would run
+    past the end of the file. LMDB takes a large value's size from its leaf node; py-lmdb touches
+    every page of a value before it returns it, so a forged size would kill the process with
+    SIGBUS inside `get`, before any check of ours. So the trees are walked once when the file is
+    opened, reading pages with pread (never through the map): a branch or leaf page is one page,
+    and a large (F_BIGDATA) value starts after its overflow page's 16-byte header. Each database's
+    root comes from its record in the main database (MDB_db, root page number at byte 40). Values
+    added to a shard being written after it was opened are not walked."""
+    psize = env.stat()["psize"]
+    pages = size // psize
+    bad = set()
+    with env.begin() as txn:
+        roots = {name: txn.get(name) for name in (b"records", b"ids", b"digests")}
+    for name, record in roots.items():
+        if record is None or len(record) != 48:
+            continue
+        (root,) = struct.unpack_from("<Q", record, 40)
+        todo, seen = [root], set()
+        while todo:
+            pgno = todo.pop()
+            if pgno in seen or pgno >= pages:
+                continue  # a cycle, or a page LMDB itself refuses (past its last page)
+            seen.add(pgno)
+            page = os.pread(fd, psize, pgno * psize)
+            if len(page) < psize:
+                continue
+            flags, lower = struct.unpack_from("<HH", page, 10)
+            if not flags & 0x03 or not 16 <= lower <= psize:
+                continue
+            for i in range((lower - 16) // 2):
+                (ptr,) = struct.unpack_from("<H", page, 16 + 2 * i)
+                if ptr + 8 > psize:
+                    continue
+                lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, ptr)
+                if flags & 0x01:  # branch: the child's page number is lo | hi << 16 | flags << 32
+                    todo.append(lo | hi << 16 | nflags << 32)
+                elif nflags & 0x01 and ptr + 8 + ksize + 8 <= psize:  # F_BIGDATA
+                    key = page[ptr + 8:ptr + 8 + ksize]
+                    (opg,) = struct.unpack_from("<Q", page, ptr + 8 + ksize)
+                    if opg * psize + 16 + (lo | hi << 16) > size:
+                        bad.add((name.decode(), bytes(key)))
+    return bad
+
+
+def _mapping_start(key, address):
+    """Start of this process's mapping of the file `key` (st_dev, st_ino) that holds `address`,
+    from /proc/self/maps; None where there is none to read."""
+    try:
+        with builtins.open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 5 and fields[4] == str(key[1]):
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    if lo <= address < hi:
+                        return lo
+    except OSError:
+        pass
+    return None
 
 
 class _Borrowed:
@@ -320,7 +414,17 @@ class _Shard:
         # A sealed shard keeps one long read transaction per Cache: no writer touches the file, so
         # it pins nothing, and it saves a begin/abort per record.
 
-    def get(self, key, name):
+    def check(self, value, loc):
+        """Refuses a value past the end of the file (_Env.check); a writer's own environment,
+        lent to this process, holds what that writer wrote."""
+        if not self._env.borrowed:
+            self._env.check(value, loc)
+
+    def refuse_past_end(self, name, key, loc):
+        if not self._env.borrowed:
+            self._env.refuse_past_end(name, key, loc)
+
+    def get(self, key, name, loc=None):
         """The value of `key` in the database `name` ("records", "ids", ...; a copy), read in a
         snapshot of the shard as it is now."""
         e = self._env
@@ -333,8 +437,13 @@ class _Shard:
             # this Cache lists) or closed it: read the file as it is now, as another process would.
             self._reopen(e)
         try:
-            with self.env.begin() as txn:
-                return txn.get(key, db=getattr(self._env, name))
+            # As buffers, checked before the copy touches them.
+            with self.env.begin(buffers=True) as txn:
+                v = txn.get(key, db=getattr(self._env, name))
+                if v is None:
+                    return None
+                self._env.check(v, loc or {"shard": self.file})
+                return bytes(v)
         except lmdb.MapResizedError as e:
             raise ShardMismatchError("grew past the %d bytes this process mapped for it; close its Caches and "
                                      "open it again" % self.env.info()["map_size"], shard=self.file) from e
@@ -681,10 +790,13 @@ class Cache:
         chunk_no, slot = divmod(local, R)
         loc = dict(shard=shard.file, chunk=chunk_no, index=index)
         txn = shard.txn
+        shard.refuse_past_end("records", struct.pack(">Q", chunk_no), loc)
         if txn is not None:
             chunk = txn.get(struct.pack(">Q", chunk_no), db=shard.records)
+            if chunk is not None:
+                shard.check(chunk, loc)
         else:
-            chunk = shard.get(struct.pack(">Q", chunk_no), "records")
+            chunk = shard.get(struct.pack(">Q", chunk_no), "records", loc)
         if chunk is None:
             raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
         try:
@@ -804,7 +916,10 @@ class Cache:
             return None
         key = raw + b"\x00" + struct.pack(">H", view)
         for s, shard in enumerate(self._open()):
+            shard.refuse_past_end("ids", key, {"shard": shard.file, "id": id, "view": view})
             v = shard.txn.get(key, db=shard.ids) if shard.txn is not None else shard.get(key, "ids")
+            if v is not None and shard.txn is not None:
+                shard.check(v, {"shard": shard.file, "id": id, "view": view})
             if v is not None:
                 if len(v) != 4:
                     raise CorruptRecordError("ids value of %d bytes" % len(v), shard=shard.file, id=id, view=view)
