@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 internal import LMDBCore
 import ShardFormat
@@ -79,10 +80,31 @@ package final class Shard: Sendable {
             self.recordsPerChunk = rpc
             count = entry.records
             sealed = entry.sealed
+            if meta["shuffle"] == nil, let shuffle { try checkShuffle(shuffle) }
         } catch let e as CacheError {
             throw e
         } catch {
             throw CacheError(.shardMismatch, "cannot open as LMDB: \(error)", at: CacheLocation(shard: entry.file))
+        }
+    }
+
+    /// For a shard that does not record its shuffle setting (written before `meta.shuffle`
+    /// existed, or with the key removed): record 0, read with the manifest's setting, must be
+    /// the payload whose SHA-256 the shard stores. Otherwise a manifest edited to the other
+    /// setting would make every record decode to other values with every checksum intact.
+    private func checkShuffle(_ shuffle: String) throws {
+        guard count > 0 else { return }
+        let loc = CacheLocation(shard: file, chunk: 0, index: 0)
+        let payload = try? withFrame(local: 0, globalIndex: 0) { frame in
+            try TokenCache.payload(fromFrame: frame, decompressor: ZstdDecompressor(),
+                                   shuffled: shuffle == Manifest.byteShuffle, at: loc)
+        }
+        // A record that does not decode at all is a damaged record, which reading it reports.
+        guard let payload else { return }
+        let stored = try env.read { txn in try txn.get(digests, key: ShardLayout.chunkKey(0)) { Array($0.prefix(32)) } }
+        guard let stored, stored == Array(SHA256.hash(data: payload)) else {
+            throw CacheError(.shardMismatch, "its first record does not read back as stored with shuffle \(shuffle): the manifest's shuffle setting is not the one this shard was written with",
+                             at: CacheLocation(shard: file))
         }
     }
 

@@ -131,6 +131,48 @@ struct CorruptionTests {
         }
     }
 
+    /// A shuffled cache whose shards lost their own `meta.shuffle` and whose manifest then says
+    /// `shuffle: none`: refused in both languages instead of every record reading scrambled. With
+    /// the manifest left alone, such shards (as early writers made them) still read.
+    @Test func manifestShuffleThatShardsWereNotWrittenWithIsRefused() throws {
+        let (dir, m) = try freshCache()
+        for entry in m.shards {
+            chmod(dir + "/" + entry.file, 0o644)
+            let env = try LMDBEnvironment(path: dir + "/" + entry.file, options: .init(readOnly: false, mapSize: 64 << 20))
+            try env.write { txn in
+                let meta = try #require(try txn.openDatabase(ShardLayout.metaDatabase))
+                #expect(try txn.delete(meta, key: Array("shuffle".utf8)))
+            }
+            try? FileManager.default.removeItem(atPath: dir + "/" + entry.file + "-lock")
+        }
+        #expect(try TokenCache(path: dir).record(at: 7) == gen.record(7), "without the key, the manifest's setting is used")
+        let path = dir + "/" + Manifest.fileName
+        var edited = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        var compression = edited["compression"] as! [String: Any]
+        compression["shuffle"] = "none"
+        edited["compression"] = compression
+        try JSONSerialization.data(withJSONObject: edited).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try TokenCache(path: dir)
+            Issue.record("a cache whose manifest names the other shuffle was opened")
+        } catch {
+            #expect(error.kind == .shardMismatch && error.message.contains("shuffle"), "\(error)")
+        }
+        #expect(CacheVerifier.verify(path: dir, deep: true).faults.contains { $0.message.contains("shuffle") })
+        if let python = TestSupport.python {
+            let script = """
+                import sys; sys.path.insert(0, sys.argv[2])
+                import mtokcache
+                try:
+                    print(mtokcache.open(sys.argv[1])[0]["id"])
+                except mtokcache.ShardMismatchError as e:
+                    print("refused" if "shuffle" in str(e) else "other: %s" % e)
+                """
+            let r = try TestSupport.run(python, ["-c", script, dir, TestSupport.packageRoot + "/tools/python"])
+            #expect(r.stdout == "refused\n", "\(r.stdout) \(r.stderr)")
+        }
+    }
+
     /// An id index with two records' entries swapped: a read by id refuses instead of returning
     /// the other image's record (library, `mtok get` and Python), and deep verify locates it.
     @Test func swappedIdIndexNeverReturnsAnotherRecord() throws {

@@ -2,6 +2,7 @@
 
 import bisect
 import builtins
+import hashlib
 import json
 import os
 import re
@@ -391,6 +392,7 @@ class _Shard:
                                       shard=self.file)
         # A shard written since meta.shuffle exists records its byte-shuffle setting: a manifest
         # that says otherwise would make every value decode wrong with every checksum intact.
+        self.records_shuffle = "shuffle" in meta
         if "shuffle" in meta and meta["shuffle"] != self._shuffle:
             raise ShardMismatchError("written with shuffle %s, the manifest says %s" % (meta["shuffle"], self._shuffle),
                                      shard=self.file)
@@ -747,7 +749,34 @@ class Cache:
             self._shards = shards
             self._dctx = zstandard.ZstdDecompressor()
             self._pid = pid
+            try:
+                self._check_shuffle(shards)
+            except BaseException:
+                self.close()
+                raise
         return self._shards
+
+    def _check_shuffle(self, shards):
+        """For a shard that does not record its shuffle setting (written before meta.shuffle
+        existed, or with the key removed), its first record read with the manifest's setting must
+        be the payload whose SHA-256 the shard stores: a manifest edited to the other setting
+        would make every record decode to other values with every checksum intact (as Swift's
+        Shard.checkShuffle). A first record that does not decode is left for its read to report."""
+        for s, shard in enumerate(shards):
+            if shard.records_shuffle or not shard.count:
+                continue
+            try:
+                payload = self.payload(int(self.bounds[s]))
+            except CorruptRecordError:
+                continue
+            key = struct.pack(">Q", 0)
+            shard.refuse_past_end("digests", key, {"shard": shard.file})
+            stored = (shard.txn.get(key, db=shard.digests) if shard.txn is not None
+                      else shard.get(key, "digests"))
+            if stored is None or bytes(stored[:32]) != hashlib.sha256(payload).digest():
+                raise ShardMismatchError("its first record does not read back as stored with shuffle %s: the manifest's "
+                                         "shuffle setting is not the one this shard was written with"
+                                         % self.manifest["compression"]["shuffle"], shard=shard.file)
 
     def close(self):
         """Releases this Cache's shards; reading again reopens them."""
