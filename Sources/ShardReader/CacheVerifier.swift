@@ -49,7 +49,16 @@ public struct VerifyReport: Encodable, Sendable {
     /// Which arithmetics made the records (from the manifest), in order of first use. More
     /// than one is not a fault, but those records are not bit-identical to a one-kernel run.
     public var arithmetic: [ArithmeticUse] = []
+    /// Shards whose files live outside the cache folder (symbolic links, to shared storage say):
+    /// not a fault, but the cache is then only as sound as those places.
+    public var shardsElsewhere: [ShardElsewhere] = []
     public var isClean: Bool { faults.isEmpty }
+
+    public struct ShardElsewhere: Encodable, Sendable, Equatable {
+        public var shard: String
+        /// The real path of the file the shard's link leads to.
+        public var path: String
+    }
 
     public struct ArithmeticUse: Encodable, Sendable, Equatable {
         /// nil: not recorded.
@@ -60,7 +69,7 @@ public struct VerifyReport: Encodable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case path, deep, records, shards, recordsChecked = "records_checked", payloadBytesChecked = "payload_bytes_checked"
-        case contentDigest = "content_digest", seconds, faults, arithmetic, isClean = "clean"
+        case contentDigest = "content_digest", seconds, faults, arithmetic, shardsElsewhere = "shards_elsewhere", isClean = "clean"
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -75,6 +84,7 @@ public struct VerifyReport: Encodable, Sendable {
         try c.encode(seconds, forKey: .seconds)
         try c.encode(faults, forKey: .faults)
         try c.encode(arithmetic, forKey: .arithmetic)
+        try c.encode(shardsElsewhere, forKey: .shardsElsewhere)
         try c.encode(isClean, forKey: .isClean)
     }
 }
@@ -147,6 +157,12 @@ public enum CacheVerifier {
         // shard order.
         let sizes: [Result<Int, CacheError>] = manifest.shards.map { entry in
             Result { () throws(CacheError) in try Shard.fileSize(root + "/" + entry.file, at: CacheLocation(shard: entry.file)) }
+        }
+        let rootReal = realPath(root).map { $0.hasSuffix("/") ? $0 : $0 + "/" }
+        for entry in manifest.shards {
+            if let rootReal, let real = realPath(root + "/" + entry.file), !real.hasPrefix(rootReal) {
+                report.shardsElsewhere.append(VerifyReport.ShardElsewhere(shard: entry.file, path: real))
+            }
         }
         let toHash = manifest.shards.indices.filter { manifest.shards[$0].sealed && (try? sizes[$0].get()) == manifest.shards[$0].bytes }
         let hashes = FileHashes(count: manifest.shards.count)
@@ -453,4 +469,11 @@ public enum CacheVerifier {
         }
         return (hex(hasher.finalize()), size)
     }
+}
+
+/// The canonical path of `path` (every link resolved), or nil when it does not resolve.
+private func realPath(_ path: String) -> String? {
+    guard let r = realpath(path, nil) else { return nil }
+    defer { free(r) }
+    return String(cString: r)
 }

@@ -25,6 +25,7 @@ struct VerifyCommand: ParsableCommand {
             try printJSON(report)
         } else {
             for f in report.faults { print("FAULT  \(f)") }
+            for s in report.shardsElsewhere { print("NOTE   \(s.shard) lives outside the cache, at \(s.path)") }
             if let line = arithmeticLine(report.arithmetic.map { ($0.madeBy, $0.records) }) {
                 print("NOTE   arithmetic: \(line)")
             }

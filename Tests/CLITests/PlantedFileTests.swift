@@ -111,6 +111,26 @@ struct PlantedFileTests {
         }
     }
 
+    /// Readers follow a shard link to shared storage, and `mtok verify` says where it leads; a
+    /// link to something that is not a regular file is refused.
+    @Test func verifySaysWhereLinkedShardsLive() throws {
+        let outside = try Outside()
+        let cache = try TestSupport.temporaryDirectory() + "/cache"
+        #expect(try synth(cache, records: 10).status == 0)
+        let shard = cache + "/shards/shard-00000.mdb"
+        let moved = outside.dir + "/moved.mdb"
+        try FileManager.default.moveItem(atPath: shard, toPath: moved)
+        try link(shard, to: moved)
+        let r = try TestSupport.mtok(["verify", cache, "--deep"])
+        let real = URL(fileURLWithPath: moved).resolvingSymlinksInPath().path
+        #expect(r.status == 0 && r.stdout.contains("NOTE   shards/shard-00000.mdb lives outside the cache, at \(real)"), "\(r.stdout)")
+        #expect(try TestSupport.mtok(["get", cache, "--index", "3"]).status == 0)
+        try FileManager.default.removeItem(atPath: shard)
+        try link(shard, to: "/dev/zero")
+        let zero = try TestSupport.run("/usr/bin/timeout", ["20", TestSupport.mtokBinary, "verify", cache])
+        #expect(zero.status == 1 && zero.stdout.contains("not a regular file"), "\(zero.stdout)")
+    }
+
     /// A scaled-out rank: `parts` planted as a link to a folder outside.
     @Test func rankWithPlantedPartsLinkIsRefused() throws {
         let outside = try Outside()
