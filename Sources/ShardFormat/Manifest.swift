@@ -161,6 +161,32 @@ public struct Manifest: Codable, Sendable, Equatable {
         self.part = part
     }
 
+    /// Where `decode` hands `init(from:)` the settings it has parsed already.
+    static let settingsKey = CodingUserInfoKey(rawValue: "mtok.manifest.settings")!
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        format = try c.decode(String.self, forKey: .format)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        createdBy = try c.decode(String.self, forKey: .createdBy)
+        complete = try c.decode(Bool.self, forKey: .complete)
+        recordsPerChunk = try c.decode(Int.self, forKey: .recordsPerChunk)
+        compression = try c.decode(Compression.self, forKey: .compression)
+        shardCapBytes = try c.decode(Int.self, forKey: .shardCapBytes)
+        if let parsed = decoder.userInfo[Self.settingsKey] as? JSONValue, c.contains(.settings) {
+            settings = parsed
+        } else {
+            settings = try c.decode(JSONValue.self, forKey: .settings)
+        }
+        classes = try c.decodeIfPresent([String].self, forKey: .classes)
+        part = try c.decodeIfPresent(Part.self, forKey: .part)
+        shards = try c.decode([Shard].self, forKey: .shards)
+        totals = try c.decode(Totals.self, forKey: .totals)
+        contentDigest = try c.decodeIfPresent(String.self, forKey: .contentDigest)
+        inputsDone = try c.decodeIfPresent(Int.self, forKey: .inputsDone)
+        arithmetic = try c.decodeIfPresent([ArithmeticSegment].self, forKey: .arithmetic)
+    }
+
     /// Recomputes `totals` from `shards`, and runs the last arithmetic segment to the last record:
     /// the session that wrote the last segment is the only one that can have committed records
     /// after it began (a writer records its segment before its first commit).
@@ -252,6 +278,9 @@ extension Manifest {
             throw FormatError(.unknownVersion, "cache format version \(version), this build reads \(currentVersion)")
         }
         let d = JSONDecoder()
+        // The settings are already parsed (header): decoding them again through Codable costs
+        // about 20 µs a value, minutes for a manifest with large settings.
+        if let settings = header["settings"] { d.userInfo[settingsKey] = settings }
         let m: Manifest
         do {
             m = try d.decode(Manifest.self, from: data)
