@@ -1136,9 +1136,12 @@ def _check_layout(h, data_len, loc):
         if name not in TENSORS:
             raise BadRecordError("unexpected tensor %r" % name, **loc)
         try:
-            dt, shape, (b, e) = v["dtype"], [int(d) for d in v["shape"]], v["data_offsets"]
+            dt, shape, (b, e) = v["dtype"], [_integer(d) for d in v["shape"]], v["data_offsets"]
         except (KeyError, TypeError, ValueError) as ex:
             raise BadRecordError("tensor %s: bad header entry (%s)" % (name, ex), **loc) from ex
+        # Whole numbers only, as Swift's JSONValue.intValue: int() would make 169.5 a 169, "3" a 3.
+        if None in shape:
+            raise BadRecordError("tensor %s: shape %r is not a list of whole numbers" % (name, v["shape"]), **loc)
         if dt not in DTYPES:
             raise BadRecordError("tensor %s: unknown dtype %r" % (name, dt), **loc)
         if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e <= data_len):

@@ -1307,6 +1307,20 @@ def test_header_with_a_duplicate_key_refused():
             (meta_last, ['the key "id" twice'])])
 
 
+def test_header_shapes_must_be_whole_numbers():
+    """A shape of 15.5, "16" or true is no shape (Swift's parser takes whole numbers only): int()
+    would have read them as 15, 16 and 1, and a fitting data length would then read as a record."""
+    def shape(first):
+        def edit(text):
+            header = json.loads(text)
+            name = next(k for k in header if k != "__metadata__")
+            header[name]["shape"][0] = first
+            return json.dumps(header, separators=(",", ":"))
+        return edit
+    with TempDir() as d:
+        refused_at_record_5(d, [(shape(v), ["not a list of whole numbers"]) for v in (15.5, "16", True)])
+
+
 def test_chunk_offsets_and_frames_checked_as_the_format_states():
     """FORMAT 3.2: offsets[0] = 0, non-decreasing, offsets[n] = the bytes of the frames; else
     every record of the chunk is refused, even one whose own slot is intact. And a slot holds one
