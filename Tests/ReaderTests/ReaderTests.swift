@@ -2,6 +2,7 @@ import Foundation
 import ShardFormat
 import ShardReader
 import ShardWriter
+import TensorFiles
 import TestSupport
 import Testing
 
@@ -308,6 +309,27 @@ struct CrossLanguageTests {
             """
         guard let r = try Py.run(python, [dir]) else { return }
         #expect(r.stdout == "refused\nrefused\n", "\(r.stdout) \(r.stderr)")
+    }
+
+    /// Both readers take JSON nested as deep as the Swift parser allows and refuse one level
+    /// more: a manifest must not be a cache to one and not to the other.
+    @Test func manifestNestingLimitIsTheSameInBothLanguages() throws {
+        let dir = try TestSupport.temporaryDirectory() + "/cache"
+        try writeSwiftCache(dir, count: 3)
+        let path = dir + "/" + Manifest.fileName
+        let good = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        // settings is 1 container deep; `levels` more arrays put the innermost 0 at 1 + levels.
+        for (levels, accepted) in [(JSONValue.maxDepth - 2, true), (JSONValue.maxDepth - 1, false)] {
+            var nested: Any = 0
+            for _ in 0..<levels { nested = [nested] }
+            var m = good
+            m["settings"] = nested
+            try JSONSerialization.data(withJSONObject: m).write(to: URL(fileURLWithPath: path))
+            let swift = (try? TokenCache(path: dir)) != nil
+            #expect(swift == accepted, "Swift, innermost value \(1 + levels) deep")
+            guard let r = try Py.run("import sys, mtokcache\ntry:\n    mtokcache.open(sys.argv[1]); print('open')\nexcept mtokcache.NotACacheError as e:\n    print('refused')", [dir]) else { return }
+            #expect(r.stdout == (accepted ? "open\n" : "refused\n"), "Python, innermost value \(1 + levels) deep: \(r.stdout) \(r.stderr)")
+        }
     }
 
     @Test func pythonUnitTests() throws {

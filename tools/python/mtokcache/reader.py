@@ -72,6 +72,23 @@ def _unique_keys(pairs):
 
 # Largest manifest read (Swift: Manifest.maximumBytes).
 MANIFEST_MAX_BYTES = 1 << 30
+# JSON nesting either reader takes (Swift: JSONValue.maxDepth): every value, scalars included,
+# lies fewer than this many containers deep.
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value):
+    """How many containers deep the deepest value of parsed JSON lies (the top value: 0),
+    without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        v, d = todo.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            todo.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            todo.extend((x, d + 1) for x in v)
+    return deepest
 
 _STR, _INT, _BOOL, _OBJ, _LIST, _ANY = "a string", "an integer", "true or false", "an object", "an array", "any"
 # FORMAT.md 2 and manifest.schema.json: (field, type, required). The Swift reader decodes these
@@ -710,6 +727,10 @@ class Cache:
             raise NotACacheError("%s names the key %s twice in one object" % (mpath, json.dumps(e.args[0]))) from None
         except (UnicodeDecodeError, ValueError) as e:
             raise NotACacheError("%s is not JSON: %s" % (mpath, e)) from e
+        except RecursionError:
+            raise NotACacheError("%s nests deeper than %d levels" % (mpath, MAX_JSON_DEPTH)) from None
+        if _depth(m) >= MAX_JSON_DEPTH:
+            raise NotACacheError("%s nests deeper than %d levels" % (mpath, MAX_JSON_DEPTH))
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise NotACacheError("%s does not name format %r" % (mpath, FORMAT))
         if _integer(m.get("format_version")) != FORMAT_VERSION:
