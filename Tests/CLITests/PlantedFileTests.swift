@@ -131,6 +131,19 @@ struct PlantedFileTests {
         #expect(zero.status == 1 && zero.stdout.contains("not a regular file"), "\(zero.stdout)")
     }
 
+    /// tools/hostile_caches.py: crafted and damaged caches (and random bit flips, sealed and
+    /// unsealed) against every command and the Python package: no signal death, no hang, no
+    /// memory past the bound, nothing outside the cache touched, no silent wrong read.
+    @Test func hostileCachesHurtNoReader() throws {
+        guard let python = TestSupport.python else {
+            Issue.record("no Python with numpy, lmdb and zstandard: run tools/install-deps.sh")
+            return
+        }
+        let r = try TestSupport.run(python, [TestSupport.packageRoot + "/tools/hostile_caches.py",
+                                             "--mtok", TestSupport.mtokBinary, "--flips", "16", "--seed", "7"])
+        #expect(r.status == 0 && r.stdout.contains("no crash, no hang"), "\(r.stdout.suffix(3000)) \(r.stderr.suffix(2000))")
+    }
+
     /// A scaled-out rank: `parts` planted as a link to a folder outside.
     @Test func rankWithPlantedPartsLinkIsRefused() throws {
         let outside = try Outside()
