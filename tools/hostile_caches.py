@@ -187,26 +187,35 @@ def swapped_ids(cache, outside):
     lmdb_edit(cache, edit)
 
 
-def frame_without_checksum(cache, outside):
+def rewrite_frame(cache, chunk_no, slot, remake):
+    """Replaces one frame of a chunk of shard 0 by `remake(payload)` (the new frame's bytes)."""
     import zstandard
 
     def edit(env, txn):
         db = env.open_db(b"records", txn=txn)
-        key = struct.pack(">Q", 1)
+        key = struct.pack(">Q", chunk_no)
         chunk = bytes(txn.get(key, db=db))
         n = struct.unpack_from("<I", chunk)[0]
         offs = struct.unpack_from("<%dI" % (n + 1), chunk, 4)
         base = 4 * (n + 2)
         frames = [chunk[base + offs[i]:base + offs[i + 1]] for i in range(n)]
-        raw = bytearray(zstandard.ZstdCompressor(write_checksum=False, write_content_size=True).compress(
-            zstandard.ZstdDecompressor().decompress(frames[1])))
-        raw[-3] ^= 1
-        frames[1] = bytes(raw)
+        frames[slot] = remake(zstandard.ZstdDecompressor().decompress(frames[slot]))
         ends = [0]
         for f in frames:
             ends.append(ends[-1] + len(f))
         txn.put(key, struct.pack("<%dI" % (n + 2), n, *ends) + b"".join(frames), db=db)
     lmdb_edit(cache, edit)
+
+
+def frame_without_checksum(cache, outside=None):
+    """Record 5 (chunk 1, slot 1) recompressed without the content checksum, one byte then altered."""
+    import zstandard
+
+    def remake(payload):
+        raw = bytearray(zstandard.ZstdCompressor(write_checksum=False, write_content_size=True).compress(payload))
+        raw[-3] ^= 1
+        return bytes(raw)
+    rewrite_frame(cache, 1, 1, remake)
 
 
 def other_shuffle(cache, outside):
@@ -245,15 +254,7 @@ def fractional_shape(cache, outside):
     """Record 5's header: the first tensor's shape made fractional (rewritten with a new length)."""
     import zstandard
 
-    def edit(env, txn):
-        db = env.open_db(b"records", txn=txn)
-        key = struct.pack(">Q", 1)
-        chunk = bytes(txn.get(key, db=db))
-        n = struct.unpack_from("<I", chunk)[0]
-        offs = struct.unpack_from("<%dI" % (n + 1), chunk, 4)
-        base = 4 * (n + 2)
-        frames = [chunk[base + offs[i]:base + offs[i + 1]] for i in range(n)]
-        stored = zstandard.ZstdDecompressor().decompress(frames[1])
+    def remake(stored):
         hlen = struct.unpack_from("<Q", stored)[0]
         header = json.loads(stored[8:8 + hlen])
         name = next(k for k in header if k != "__metadata__")
@@ -261,12 +262,8 @@ def fractional_shape(cache, outside):
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)
         payload = struct.pack("<Q", len(text)) + text + stored[8 + hlen:]
-        frames[1] = zstandard.ZstdCompressor(write_checksum=True, write_content_size=True).compress(payload)
-        ends = [0]
-        for f in frames:
-            ends.append(ends[-1] + len(f))
-        txn.put(key, struct.pack("<%dI" % (n + 2), n, *ends) + b"".join(frames), db=db)
-    lmdb_edit(cache, edit)
+        return zstandard.ZstdCompressor(write_checksum=True, write_content_size=True).compress(payload)
+    rewrite_frame(cache, 1, 1, remake)
 
 
 def planted_shard_link(cache, outside):

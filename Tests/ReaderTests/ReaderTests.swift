@@ -255,32 +255,14 @@ struct CrossLanguageTests {
     @Test func frameWithoutChecksumIsRefusedEverywhere() throws {
         let dir = try TestSupport.temporaryDirectory() + "/cache"
         try writeSwiftCache(dir, count: 12, shuffle: false, recordsPerChunk: 4, shardCap: 1 << 20)
-        // Recompress record 5 (chunk 1, slot 1) without a checksum and flip a literal byte.
+        // Record 5 (chunk 1, slot 1) recompressed without a checksum, a literal byte flipped.
         let forge = """
-            import os, struct, sys, lmdb, zstandard
-            path = os.path.join(sys.argv[1], "shards", "shard-00000.mdb")
-            os.chmod(path, 0o644)
-            env = lmdb.open(path, subdir=False, max_dbs=4, lock=False)
-            db = env.open_db(b"records")
-            with env.begin(write=True) as txn:
-                key = struct.pack(">Q", 1)
-                chunk = bytes(txn.get(key, db=db))
-                n = struct.unpack_from("<I", chunk)[0]
-                offs = struct.unpack_from("<%dI" % (n + 1), chunk, 4)
-                base = 4 * (n + 2)
-                frames = [chunk[base + offs[i]:base + offs[i + 1]] for i in range(n)]
-                payload = zstandard.ZstdDecompressor().decompress(frames[1])
-                plain = zstandard.ZstdCompressor(level=0, write_checksum=False, write_content_size=True)
-                raw = bytearray(plain.compress(payload))
-                raw[-3] ^= 0x01
-                frames[1] = bytes(raw)
-                offsets = [0]
-                for f in frames: offsets.append(offsets[-1] + len(f))
-                txn.put(key, struct.pack("<%dI" % (n + 2), n, *offsets) + b"".join(frames), db=db)
-            env.close()
+            import sys; sys.path.insert(0, sys.argv[2])
+            from hostile_caches import frame_without_checksum
+            frame_without_checksum(sys.argv[1])
             print("ok")
             """
-        guard let forged = try Py.run(forge, [dir]) else { return }
+        guard let forged = try Py.run(forge, [dir, TestSupport.packageRoot + "/tools"]) else { return }
         #expect(forged.status == 0 && forged.stdout.contains("ok"), "\(forged.stderr)")
         let cache = try TokenCache(path: dir)
         do {
