@@ -20,7 +20,7 @@ public final class RecordChecker {
         var groups: Range<Int>
         var groupsDType: TensorDType
         var k: Int
-        var dtypes: RecordDTypes
+        var dtypes: RecordLayout
     }
 
     private var layouts: [Layout] = []
@@ -33,7 +33,7 @@ public final class RecordChecker {
     public init() {}
 
     /// The checks of `RecordCodec.check(stored:shuffled:)`, with its result and errors.
-    public func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordDTypes) {
+    public func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordLayout) {
         if let scan = MetadataScan(payload: stored), let layout = layouts.first(where: { matches($0, scan, stored) }),
            let result = scan.checked() {
             let groups = UnsafeRawBufferPointer(rebasing: stored[layout.groups])
@@ -51,7 +51,7 @@ public final class RecordChecker {
     }
 
     /// Keeps the layout of a record that just passed the full check.
-    private func remember(_ p: UnsafeRawBufferPointer, _ dtypes: RecordDTypes) {
+    private func remember(_ p: UnsafeRawBufferPointer, _ dtypes: RecordLayout) {
         guard layouts.count < Self.maxLayouts, tries > 0 else { return }
         tries -= 1
         guard let scan = MetadataScan(payload: p),

@@ -153,7 +153,7 @@ public enum RecordCodec {
     /// Schema-checks a stored frame's content (the payload, byte-shuffled or not) without
     /// materializing it: the same checks as `decode`, at the cost of reading the header and the
     /// group map. Returns the record's (id, view).
-    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordDTypes) {
+    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordLayout) {
         let header: SafetensorsHeader
         do {
             header = try Safetensors.parseHeader(stored)
@@ -168,7 +168,8 @@ public enum RecordCodec {
                                 indices: (indices.dtype, indices.shape), groups: (groups.dtype, groups.shape))
         let bytes = UnsafeRawBufferPointer(rebasing: stored[(header.dataOffset + groups.byteRange.lowerBound)..<(header.dataOffset + groups.byteRange.upperBound)])
         try checkGroups(bytes, dtype: groups.dtype, planar: shuffled, k: k)
-        return (meta.id, meta.view, RecordDTypes(latents: latents.dtype, logvar: logvar?.dtype, indices: indices.dtype, groups: groups.dtype))
+        return (meta.id, meta.view, RecordLayout(latents: latents.dtype, logvar: logvar?.dtype, indices: indices.dtype, groups: groups.dtype,
+                                                 tokens: latents.shape[0], channels: latents.shape[1], patches: groups.shape[0]))
     }
 
     /// Checks dtypes, shape agreement and that every group id names a kept token.
@@ -293,34 +294,52 @@ public enum RecordCodec {
 
 /// The dtypes a record stores its tensors in. Every record of a cache has the same (FORMAT.md
 /// 4.1): readers gather a batch into one array per tensor.
-public struct RecordDTypes: Equatable, Sendable, CustomStringConvertible {
+/// What every record of a cache shares (FORMAT.md 4.1): each tensor's dtype, whether there is a
+/// logvar, and the shapes K (kept tokens), C (latent channels) and N (patch tokens). Readers
+/// gather batches into one array per tensor, so a record that differs cannot be served with the
+/// others: writers refuse it, `mtok merge` refuses such parts, and `mtok verify --deep` reports it.
+public struct RecordLayout: Equatable, Sendable, CustomStringConvertible {
     public var latents: TensorDType
     /// nil: no logvar.
     public var logvar: TensorDType?
     public var indices: TensorDType
     public var groups: TensorDType
+    /// K, C and N.
+    public var tokens: Int
+    public var channels: Int
+    public var patches: Int
 
-    public init(latents: TensorDType, logvar: TensorDType?, indices: TensorDType, groups: TensorDType) {
+    public init(latents: TensorDType, logvar: TensorDType?, indices: TensorDType, groups: TensorDType,
+                tokens: Int, channels: Int, patches: Int) {
         self.latents = latents
         self.logvar = logvar
         self.indices = indices
         self.groups = groups
+        self.tokens = tokens
+        self.channels = channels
+        self.patches = patches
     }
 
+    /// A record that passed `RecordCodec.validate` (latents [K, C], groups [N]).
     public init(_ record: TokenRecord) {
-        self.init(latents: record.latents.dtype, logvar: record.logvar?.dtype, indices: record.indices.dtype, groups: record.groups.dtype)
+        self.init(latents: record.latents.dtype, logvar: record.logvar?.dtype, indices: record.indices.dtype,
+                  groups: record.groups.dtype, tokens: record.latents.shape[0], channels: record.latents.shape[1],
+                  patches: record.groups.shape[0])
     }
 
     public var description: String {
-        "latents \(latents.rawValue), logvar \(logvar?.rawValue ?? "none"), indices \(indices.rawValue), groups \(groups.rawValue)"
+        "latents \(latents.rawValue) [\(tokens), \(channels)], logvar \(logvar?.rawValue ?? "none"), indices \(indices.rawValue), groups \(groups.rawValue) [\(patches)]"
     }
 
-    /// What differs from `other`, as "indices U16, not U32"; nil when nothing does.
-    public func difference(from other: RecordDTypes) -> String? {
+    /// What differs from `other`, as "indices U16, not U32" or "K = 64 tokens, not 16"; nil when nothing does.
+    public func difference(from other: RecordLayout) -> String? {
         if latents != other.latents { return "latents \(latents.rawValue), not \(other.latents.rawValue)" }
         if logvar != other.logvar { return "logvar \(logvar?.rawValue ?? "none"), not \(other.logvar?.rawValue ?? "none")" }
         if indices != other.indices { return "indices \(indices.rawValue), not \(other.indices.rawValue)" }
         if groups != other.groups { return "groups \(groups.rawValue), not \(other.groups.rawValue)" }
+        if tokens != other.tokens { return "K = \(tokens) tokens, not \(other.tokens)" }
+        if channels != other.channels { return "C = \(channels) latent channels, not \(other.channels)" }
+        if patches != other.patches { return "N = \(patches) patch tokens, not \(other.patches)" }
         return nil
     }
 }

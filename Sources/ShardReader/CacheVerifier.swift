@@ -223,7 +223,7 @@ public enum CacheVerifier {
             let shuffled = manifest.compression.shuffle == Manifest.byteShuffle
             // The dtypes every record must share: the first record's (when it reads; if it does
             // not, its own fault says so).
-            let dtypes = opened.first { $0.1.count > 0 }.flatMap { _, shard in try? shard.firstRecordDTypes(shuffled: shuffled) } ?? nil
+            let dtypes = opened.first { $0.1.count > 0 }.flatMap { _, shard in try? shard.firstRecordLayout(shuffled: shuffled) } ?? nil
             for (firstIndex, shard) in opened {
                 let result = checkRecords(shard, firstIndex: firstIndex, shuffled: shuffled, dtypes: dtypes,
                                           rehash: rehash, threads: max(1, threads))
@@ -276,7 +276,7 @@ public enum CacheVerifier {
     }
 
     /// Checks every record of one shard, chunks spread over `threads` threads.
-    static func checkRecords(_ shard: Shard, firstIndex: Int, shuffled: Bool, dtypes: RecordDTypes?, rehash: Bool,
+    static func checkRecords(_ shard: Shard, firstIndex: Int, shuffled: Bool, dtypes: RecordLayout?, rehash: Bool,
                              threads: Int) -> ShardResult {
         let rpc = shard.recordsPerChunk
         let chunks = (shard.count + rpc - 1) / rpc
@@ -352,7 +352,7 @@ public enum CacheVerifier {
         init(_ parts: [PartResult]) { self.parts = parts }
     }
 
-    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, dtypes: RecordDTypes?, rehash: Bool,
+    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, dtypes: RecordLayout?, rehash: Bool,
                            decompressor: ZstdDecompressor, checker: RecordChecker, into part: PartResult) {
         let rpc = shard.recordsPerChunk
         let expected = min(rpc, shard.count - chunk * rpc)
@@ -397,7 +397,7 @@ public enum CacheVerifier {
                                 if let dtypes, let d = own.difference(from: dtypes) {
                                     var at = loc
                                     (at.id, at.view) = (id, view)
-                                    throw CacheError(.badRecord, "stores \(d) as the cache's first record does: a cache keeps one dtype per tensor", at: at)
+                                    throw CacheError(.badRecord, "has \(d), unlike the cache's first record: a cache keeps one dtype and shape per tensor", at: at)
                                 }
                                 return (id, view, stored.count)
                             }

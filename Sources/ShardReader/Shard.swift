@@ -185,7 +185,7 @@ package final class Shard: Sendable {
 
     /// The dtypes of local record 0 (the reference every record of a cache must match), or nil
     /// when the shard is empty.
-    package func firstRecordDTypes(shuffled: Bool) throws -> RecordDTypes? {
+    package func firstRecordLayout(shuffled: Bool) throws -> RecordLayout? {
         guard count > 0 else { return nil }
         return try withFrame(local: 0, globalIndex: 0) { frame in
             try ZstdDecompressor().withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) {

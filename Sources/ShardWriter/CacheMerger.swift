@@ -141,16 +141,16 @@ public enum CacheMerger {
         var hasher = SHA256()
         var seen = Set<[UInt8]>()
         // Equal settings do not make equal dtypes (a Python writer's parts may differ), and a
-        // cache keeps one dtype per tensor (FORMAT.md 4.1): each shard's first record must match
+        // cache keeps one dtype and shape per tensor (FORMAT.md 4.1): each shard's first record must match
         // the first part's.
-        var dtypes: (part: String, dtypes: RecordDTypes)?
+        var dtypes: (part: String, dtypes: RecordLayout)?
         for (rank, m) in manifests.enumerated() {
             let partRoot = partsDirectory + "/" + partNames[rank]
             for entry in m.shards {
                 let shard = try Shard(root: root + "/" + partRoot, entry: entry, recordsPerChunk: m.recordsPerChunk, shuffle: m.compression.shuffle)
-                if let own = try shard.firstRecordDTypes(shuffled: m.compression.shuffle == Manifest.byteShuffle) {
+                if let own = try shard.firstRecordLayout(shuffled: m.compression.shuffle == Manifest.byteShuffle) {
                     if let (firstPart, first) = dtypes, let d = own.difference(from: first) {
-                        throw CacheError(.settingsMismatch, "\(partNames[rank]) stores \(d) as \(firstPart) does: a cache keeps one dtype per tensor")
+                        throw CacheError(.settingsMismatch, "\(partNames[rank]) has \(d), unlike \(firstPart): a cache keeps one dtype and shape per tensor")
                     }
                     if dtypes == nil { dtypes = (partNames[rank], own) }
                 }

@@ -222,7 +222,7 @@ public final class CacheWriter {
     public var inputsDone: Int? { manifest.inputsDone }
 
     /// The dtypes of this writer's first record; every later one must match.
-    private var dtypes: RecordDTypes?
+    private var dtypes: RecordLayout?
 
     /// Appends `records` after the last committed one, as one or more committed transactions
     /// (one per shard touched). On return they are durable and listed in the manifest.
@@ -255,9 +255,9 @@ public final class CacheWriter {
                 }
                 // One dtype per tensor in a cache (FORMAT.md 4.1). Checked against this writer's
                 // first record: a resumed cache had to match the settings, which fix the dtypes.
-                let own = RecordDTypes(r)
+                let own = RecordLayout(r)
                 if let batchDTypes, let d = own.difference(from: batchDTypes) {
-                    throw FormatError(.badShape, "stores \(d) as the cache's other records do: a cache keeps one dtype per tensor")
+                    throw FormatError(.badShape, "has \(d), unlike the cache's other records: a cache keeps one dtype and shape per tensor")
                 }
                 if batchDTypes == nil { batchDTypes = own }
             } catch {

@@ -195,7 +195,7 @@ struct RecordCodecTests {
     /// The deep verifier's checker skips the tensor part of headers it has seen; on records that
     /// share a layout, valid or with damaged metadata, it must answer as the full check does.
     @Test func recordCheckerAgreesWithTheFullCheck() throws {
-        func outcome(_ stored: [UInt8], _ check: (UnsafeRawBufferPointer) throws(FormatError) -> (id: String, view: Int, dtypes: RecordDTypes)) -> String {
+        func outcome(_ stored: [UInt8], _ check: (UnsafeRawBufferPointer) throws(FormatError) -> (id: String, view: Int, dtypes: RecordLayout)) -> String {
             stored.withUnsafeBytes { raw in
                 do { let (id, view, dtypes) = try check(raw); return "\(id) \(view) \(dtypes)" } catch let e as FormatError { return "\(e.kind)" } catch { return "\(error)" }
             }

@@ -394,9 +394,19 @@ struct CorruptionTests {
     @Test func recordsOfAnotherDTypeAreFound() throws {
         let narrow = synthetic { $0.indexDType = .u16 }
         let a = try spliced(count: 8, second: (8..<12).map(narrow.record))
-        let faults = CacheVerifier.verify(path: a, deep: true).faults.filter { $0.message.contains("one dtype per tensor") }
+        let faults = CacheVerifier.verify(path: a, deep: true).faults.filter { $0.message.contains("one dtype and shape per tensor") }
         #expect(faults.count == 4 && faults.allSatisfy { $0.shard == "shards/shard-00001.mdb" && $0.message.contains("indices U16, not U32") },
                 "\(faults)")
+    }
+
+    /// Records with another K (kept tokens) spliced in: the same dtypes, so only their shape
+    /// tells; batches cannot hold both, and deep verify reports each one.
+    @Test func recordsOfAnotherShapeAreFound() throws {
+        let fewer = synthetic { $0.tokens = 48 }
+        let a = try spliced(count: 8, second: (8..<12).map(fewer.record))
+        let faults = CacheVerifier.verify(path: a, deep: true).faults.filter { $0.message.contains("one dtype and shape per tensor") }
+        #expect(faults.count == 4 && faults.allSatisfy { $0.message.contains("K = 48 tokens, not 64") }, "\(faults)")
+        #expect(throws: CacheError.self) { _ = try TokenCache(path: a).batch([0, 9]) }
     }
 
     @Test func unknownCacheVersionIsRefused() throws {

@@ -73,7 +73,9 @@ struct StoreRoundTripTests {
         #expect(b.logvar == nil)
     }
 
-    @Test func batchOfMixedShapesIsRefused() throws {
+    /// Readers gather batches into one array per tensor: the writer refuses a record whose K
+    /// differs from the cache's (a spliced cache with such records: CorruptionTests).
+    @Test func recordOfAnotherShapeIsRefused() throws {
         let dir = try TestSupport.temporaryDirectory()
         let a = synthetic()
         var b = synthetic { $0.tokens = 49 }
@@ -82,10 +84,14 @@ struct StoreRoundTripTests {
         try w.append([a.record(0)])
         var other = b.record(0)
         other.id = "other"
-        try w.append([other])
-        try w.finish()
-        let cache = try TokenCache(path: dir)
-        #expect(throws: CacheError.self) { try cache.batch([0, 1]) }
+        do {
+            try w.append([other])
+            Issue.record("a record with K = 49 joined records with K = 64")
+        } catch let e as CacheError {
+            #expect(e.message.contains("K = 49 tokens, not 64") && e.location.id == "other", "\(e)")
+        }
+        try w.append([a.record(1)])
+        #expect(try w.finish().totals.records == 2)
     }
 
     @Test func contentDigestIgnoresShardingChunkingAndCompression() throws {
@@ -355,7 +361,7 @@ struct MergeMessagesTests {
             try w.finish()
         }
         let message = mergeError(root)
-        #expect(message.contains("rank-00001 stores latents F16, not BF16"), "\(message)")
+        #expect(message.contains("rank-00001 has latents F16, not BF16"), "\(message)")
     }
 
     /// Parts made with other settings: the refusal names the first setting that differs.
