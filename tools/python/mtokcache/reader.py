@@ -241,7 +241,6 @@ class _Env:
                 # written passes too.
                 need = _pages_bytes(env)
                 size = os.fstat(fd).st_size
-                self.path, self.size, self.map_start = path, size, None
                 if size < need:
                     raise ShardMismatchError("file is truncated: %d bytes, its pages need %d" % (size, need),
                                              shard=file)
@@ -267,31 +266,6 @@ class _Env:
         reads every page of a value as it hands it out, so such a value must never be asked for."""
         if (name, bytes(key)) in self.past_end:
             raise CorruptRecordError("a value runs past the end of the file (a damaged or forged page)", **loc)
-
-    def check(self, value, loc):
-        """Refuses a value (a buffer into the map) that runs past the end of the file: a damaged
-        or forged leaf node can claim more bytes than the file holds, and touching a mapped page
-        past the end of a file kills the process with SIGBUS (as Swift's MapBounds). The map's
-        start comes from /proc/self/maps; the size is read again before refusing, since a shard
-        being written grows."""
-        n = len(value)
-        if not n:
-            return
-        address = np.frombuffer(value, np.uint8).__array_interface__["data"][0]  # touches no byte
-        if self.map_start is None:
-            self.map_start = _mapping_start(self.key, address) or 0
-        start = self.map_start
-        if not start or (start <= address and address + n <= start + self.size):
-            return
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self.key:
-                self.size = st.st_size
-        except OSError:
-            pass
-        if not (start <= address and address + n <= start + self.size):
-            raise CorruptRecordError("a value of %d bytes runs past the end of the file (a damaged or forged page)" % n,
-                                     **loc)
 
 
 def _values_past_end(env, fd, size):
@@ -337,22 +311,6 @@ def _values_past_end(env, fd, size):
                     if opg * psize + 16 + (lo | hi << 16) > size:
                         bad.add((name.decode(), bytes(key)))
     return bad
-
-
-def _mapping_start(key, address):
-    """Start of this process's mapping of the file `key` (st_dev, st_ino) that holds `address`,
-    from /proc/self/maps; None where there is none to read."""
-    try:
-        with builtins.open("/proc/self/maps") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 5 and fields[4] == str(key[1]):
-                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
-                    if lo <= address < hi:
-                        return lo
-    except OSError:
-        pass
-    return None
 
 
 class _Borrowed:
@@ -433,17 +391,13 @@ class _Shard:
         # A sealed shard keeps one long read transaction per Cache: no writer touches the file, so
         # it pins nothing, and it saves a begin/abort per record.
 
-    def check(self, value, loc):
-        """Refuses a value past the end of the file (_Env.check); a writer's own environment,
-        lent to this process, holds what that writer wrote."""
-        if not self._env.borrowed:
-            self._env.check(value, loc)
-
     def refuse_past_end(self, name, key, loc):
+        """_Env.refuse_past_end; a writer's own environment, lent to this process, holds what
+        that writer wrote."""
         if not self._env.borrowed:
             self._env.refuse_past_end(name, key, loc)
 
-    def get(self, key, name, loc=None):
+    def get(self, key, name):
         """The value of `key` in the database `name` ("records", "ids", ...; a copy), read in a
         snapshot of the shard as it is now."""
         e = self._env
@@ -456,13 +410,8 @@ class _Shard:
             # this Cache lists) or closed it: read the file as it is now, as another process would.
             self._reopen(e)
         try:
-            # As buffers, checked before the copy touches them.
-            with self.env.begin(buffers=True) as txn:
-                v = txn.get(key, db=getattr(self._env, name))
-                if v is None:
-                    return None
-                self._env.check(v, loc or {"shard": self.file})
-                return bytes(v)
+            with self.env.begin() as txn:
+                return txn.get(key, db=getattr(self._env, name))
         except lmdb.MapResizedError as e:
             raise ShardMismatchError("grew past the %d bytes this process mapped for it; close its Caches and "
                                      "open it again" % self.env.info()["map_size"], shard=self.file) from e
@@ -843,10 +792,8 @@ class Cache:
         shard.refuse_past_end("records", struct.pack(">Q", chunk_no), loc)
         if txn is not None:
             chunk = txn.get(struct.pack(">Q", chunk_no), db=shard.records)
-            if chunk is not None:
-                shard.check(chunk, loc)
         else:
-            chunk = shard.get(struct.pack(">Q", chunk_no), "records", loc)
+            chunk = shard.get(struct.pack(">Q", chunk_no), "records")
         if chunk is None:
             raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
         try:
@@ -968,8 +915,6 @@ class Cache:
         for s, shard in enumerate(self._open()):
             shard.refuse_past_end("ids", key, {"shard": shard.file, "id": id, "view": view})
             v = shard.txn.get(key, db=shard.ids) if shard.txn is not None else shard.get(key, "ids")
-            if v is not None and shard.txn is not None:
-                shard.check(v, {"shard": shard.file, "id": id, "view": view})
             if v is not None:
                 if len(v) != 4:
                     raise CorruptRecordError("ids value of %d bytes" % len(v), shard=shard.file, id=id, view=view)
