@@ -14,6 +14,9 @@ import ShardReader
 /// `merge-plan.json` before any file moves, so a merge that dies half-way finishes when run again.
 public enum CacheMerger {
     public static let partsDirectory = "parts"
+    /// The merge's `flock`: several ranks may try to merge as they finish. The lock dies with its
+    /// process; the file stays, and ranks that start or resume later ignore it.
+    public static let lockFile = ".merge.lock"
     static let planFile = "merge-plan.json"
 
     /// The directory of rank `rank`'s part inside `root`.
@@ -35,7 +38,7 @@ public enum CacheMerger {
             throw CacheError(.notACache, "\(root) is not a directory")
         }
         // Several ranks may try to merge as they finish; one merges, the others are told so.
-        let lockFD = try OwnFiles.open(root + "/.merge.lock", O_RDWR | O_CREAT)
+        let lockFD = try OwnFiles.open(root + "/" + lockFile, O_RDWR | O_CREAT)
         defer { close(lockFD) }
         guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else { throw CacheError(.busy, "another process is merging \(root)") }
         let planPath = root + "/" + planFile
@@ -70,6 +73,40 @@ public enum CacheMerger {
         return plan.manifest
     }
 
+    /// What a merge of `root` still waits for: nil when every rank's part is finished, else a
+    /// sentence naming the unfinished and the missing ranks. Reads only the parts' manifests, so
+    /// a merge step started early (`mtok merge --wait`) can ask it as often as it likes; it
+    /// leaves nothing behind that would stop a rank from starting or resuming.
+    public static func waitingFor(root: String) -> String? {
+        let fm = FileManager.default
+        let partNames = ((try? fm.contentsOfDirectory(atPath: root + "/" + partsDirectory)) ?? []).filter { $0.hasPrefix("rank-") }.sorted()
+        var worlds = Set<Int>()
+        var finished = Set<Int>(), unfinished = Set<Int>()
+        for name in partNames {
+            guard let folderRank = Int(name.dropFirst("rank-".count)) else { continue }
+            guard let m = try? Manifest.read(fromCache: root + "/" + partsDirectory + "/" + name) else {
+                unfinished.insert(folderRank)  // started, no manifest yet
+                continue
+            }
+            if let w = m.part?.worldSize { worlds.insert(w) }
+            if m.complete { finished.insert(folderRank) } else { unfinished.insert(folderRank) }
+        }
+        // Parts of two world sizes wait for nothing: the merge itself says which part is stray.
+        guard worlds.count <= 1 else { return nil }
+        guard let world = worlds.first else {
+            return partNames.isEmpty ? "no rank has started (\(partsDirectory)/ is empty)" : "no rank has committed anything yet"
+        }
+        let missing = (0..<world).filter { !finished.contains($0) && !unfinished.contains($0) }
+        if missing.isEmpty && unfinished.isEmpty { return nil }
+        func list(_ ranks: [Int]) -> String {
+            ranks.prefix(8).map(String.init).joined(separator: ", ") + (ranks.count > 8 ? ", … (\(ranks.count) in all)" : "")
+        }
+        var parts = ["\(finished.count) of \(world) parts finished"]
+        if !unfinished.isEmpty { parts.append("unfinished: rank \(list(unfinished.sorted())) (running, or to resume with the same command)") }
+        if !missing.isEmpty { parts.append("not started: rank \(list(missing))") }
+        return parts.joined(separator: "; ")
+    }
+
     static func makePlan(root: String) throws -> Plan {
         let fm = FileManager.default
         let partNames = ((try? fm.contentsOfDirectory(atPath: root + "/" + partsDirectory)) ?? []).filter { $0.hasPrefix("rank-") }.sorted()
@@ -80,6 +117,9 @@ public enum CacheMerger {
         }
         guard !hasManifest else {
             throw CacheError(.settingsMismatch, "\(root) already has a manifest; merge only joins parts into an empty cache")
+        }
+        if let waiting = waitingFor(root: root) {
+            throw CacheError(.missingShard, "\(root) is not ready to merge: \(waiting)")
         }
         var manifests: [Manifest] = []
         for name in partNames {

@@ -122,7 +122,8 @@ public final class TokenizeJob {
             }
             try Self.checkPartsAgree(root: output, worldSize: options.worldSize)
             do {
-                try CacheWriter.checkOutputDirectory(output, alsoAllowed: [CacheMerger.partsDirectory])
+                // A merge tried before every rank finished leaves its lock file: no obstacle.
+                try CacheWriter.checkOutputDirectory(output, alsoAllowed: [CacheMerger.partsDirectory, CacheMerger.lockFile])
                 try OwnFiles.checkDirectory(output + "/" + CacheMerger.partsDirectory)
                 try OwnFiles.makeDirectory(outputPath)
             } catch {

@@ -8,8 +8,31 @@ struct MergeCommand: ParsableCommand {
         abstract: "Join the finished parts of a scaled-out tokenize run (CACHE/parts/rank-*) into one cache.")
 
     @Argument(help: "The cache directory given to every rank's --out.") var cache: String
+    @Flag(help: "Wait until every rank's part is finished, then merge (for a merge step a scheduler starts early).") var wait = false
+    @Option(help: "With --wait: give up after this many seconds (default: wait for good).") var timeout: Double?
+    @Option(help: "With --wait: seconds between looks at the parts.") var poll: Double = 10
+
+    func validate() throws {
+        if !wait && timeout != nil { throw ValidationError("--timeout goes with --wait") }
+        if poll <= 0 { throw ValidationError("--poll must be positive") }
+    }
 
     func run() throws {
+        if wait {
+            let start = Date()
+            var said: String?
+            while let waiting = CacheMerger.waitingFor(root: cache),
+                  !FileManager.default.fileExists(atPath: cache + "/manifest.json") {
+                if let timeout, Date().timeIntervalSince(start) >= timeout {
+                    throw fail("gave up after \(Int(timeout)) s: \(cache) is not ready to merge: \(waiting)")
+                }
+                if waiting != said {
+                    FileHandle.standardError.write(Data("mtok merge: waiting: \(waiting)\n".utf8))
+                    said = waiting
+                }
+                Thread.sleep(forTimeInterval: poll)
+            }
+        }
         do {
             let m = try CacheMerger.merge(root: cache)
             print("merged \(m.shards.count) shard(s), \(m.totals.records) records into \(cache)")

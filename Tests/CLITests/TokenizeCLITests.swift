@@ -139,6 +139,40 @@ struct TokenizeCLITests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/four/parts"))
     }
 
+    /// A merge tried before every rank finished names the unfinished and missing ranks and
+    /// leaves nothing that stops the ranks (its lock file stays, and is no obstacle); `merge
+    /// --wait` started early merges once the last rank finishes.
+    @Test func earlyMergeNeverBlocksTheRanks() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        let out = dir + "/three"
+        func rank(_ r: Int) throws -> TestSupport.ProcessResult {
+            try tokenize(data, model, out, ["--rank", "\(r)", "--world-size", "3", "--views", "center"])
+        }
+        #expect(try rank(0).status == 0)
+        let early = try TestSupport.mtok(["merge", out])
+        #expect(early.status == 1 && early.stderr.contains("1 of 3 parts finished") && early.stderr.contains("not started: rank 1, 2"),
+                "\(early.stderr)")
+        #expect(FileManager.default.fileExists(atPath: out + "/.merge.lock"))
+        let timedOut = try TestSupport.mtok(["merge", out, "--wait", "--timeout", "1", "--poll", "0.2"])
+        #expect(timedOut.status == 1 && timedOut.stderr.contains("gave up after 1 s"), "\(timedOut.stderr)")
+        #expect(try rank(1).status == 0, "a rank starting after an early merge must not be refused")
+        // A merge step started before the last rank: it waits, then merges.
+        let waiting = Process()
+        waiting.executableURL = URL(fileURLWithPath: TestSupport.mtokBinary)
+        waiting.arguments = ["merge", out, "--wait", "--timeout", "300", "--poll", "0.2"]
+        waiting.standardOutput = FileHandle.nullDevice
+        waiting.standardError = FileHandle.nullDevice
+        try waiting.run()
+        let last = try rank(2)
+        #expect(last.status == 0, "\(last.stderr)")
+        waiting.waitUntilExit()
+        #expect(waiting.terminationStatus == 0)
+        #expect(try TestSupport.mtok(["verify", out, "--deep"]).status == 0)
+        #expect(try TokenCache(path: out).count == 11)
+    }
+
     @Test func killedWithSIGKILLAndResumedGivesTheSameCache() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
