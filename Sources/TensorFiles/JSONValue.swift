@@ -1,4 +1,4 @@
-import Foundation  // JSONEncoder, for jsonText
+import Foundation
 
 /// A parsed JSON value, from a small strict parser for untrusted headers.
 ///
@@ -306,10 +306,43 @@ extension JSONValue {
     }
 
     /// Compact JSON text, keys sorted; for messages.
-    public var jsonText: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
+    public var jsonText: String { compactText() }
+
+    /// Compact JSON text with keys sorted, the text `JSONEncoder` makes of this value
+    /// (`.sortedKeys`, `.withoutEscapingSlashes`), written directly: the encoder spends
+    /// microseconds a value, seconds on a large settings object. With `limit`, the text stops
+    /// once it passes that many bytes and ends with "…" (for display).
+    public func compactText(limit: Int = .max) -> String {
+        var out: [UInt8] = []
+        func write(_ v: JSONValue) {
+            guard out.count <= limit else { return }
+            switch v {
+            case .null: out += "null".utf8
+            case let .bool(b): out += (b ? "true" : "false").utf8
+            case let .number(d):
+                // As `encode(to:)`: whole numbers as integers.
+                if d.rounded(.towardZero) == d, abs(d) < 9.0e15 { out += String(Int(d)).utf8 } else { out += "\(d)".utf8 }
+            case let .string(s): Self.appendQuoted(s, to: &out)
+            case let .array(items):
+                out.append(UInt8(ascii: "["))
+                for (i, item) in items.enumerated() {
+                    if i > 0 { out.append(UInt8(ascii: ",")) }
+                    write(item)
+                }
+                out.append(UInt8(ascii: "]"))
+            case let .object(members):
+                out.append(UInt8(ascii: "{"))
+                for (i, (key, value)) in members.sorted(by: { $0.0 < $1.0 }).enumerated() {
+                    if i > 0 { out.append(UInt8(ascii: ",")) }
+                    Self.appendQuoted(key, to: &out)
+                    out.append(UInt8(ascii: ":"))
+                    write(value)
+                }
+                out.append(UInt8(ascii: "}"))
+            }
+        }
+        write(self)
+        return out.count > limit ? String(decoding: out.prefix(limit), as: UTF8.self) + "…" : String(decoding: out, as: UTF8.self)
     }
 }
 

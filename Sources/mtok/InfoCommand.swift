@@ -68,9 +68,6 @@ struct InfoCommand: ParsableCommand {
         print("settings        \(settingsLine(m.settings))")
     }
 
-    func settingsLine(_ v: JSONValue) -> String {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: e.encode(v), as: UTF8.self)) ?? "?"
-    }
+    /// The settings as compact JSON, cut after 100 KB (`--json` prints them whole).
+    func settingsLine(_ v: JSONValue) -> String { v.compactText(limit: 100_000) }
 }

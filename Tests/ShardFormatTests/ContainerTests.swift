@@ -41,6 +41,25 @@ struct JSONParserTests {
     }
 }
 
+/// `JSONValue.compactText` writes what JSONEncoder writes (sorted keys, no escaped slashes),
+/// without the encoder's cost; with a limit it stops soon after it.
+struct CompactTextTests {
+    @Test func matchesJSONEncoder() throws {
+        let texts = [#"{"b":[1,-2,350,0.1,-1.5e-07,1e+20,123456789012345678,true,false,null],"a":"x\"\\/\n\u0001é😀","c":{},"d":[]}"#,
+                     #"[{"z":1,"y":{"x":[2.5,"s"]}},-0.0,1e-05,4503599627370497]"#, #""plain""#, "3", "null"]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for text in texts {
+            let v = try JSONValue.parse(Array(text.utf8))
+            #expect(v.compactText() == String(decoding: try encoder.encode(v), as: UTF8.self), "\(text)")
+            #expect(try JSONValue.parse(Array(v.compactText().utf8)) == v)
+        }
+        let big = JSONValue.array((0..<10_000).map { .number(Double($0)) })
+        let cut = big.compactText(limit: 100)
+        #expect(cut.hasSuffix("…") && cut.utf8.count < 200 && cut.hasPrefix("[0,1,2,"))
+    }
+}
+
 struct SafetensorsTests {
     /// Headers in the writer's compact form take a direct scan instead of the JSON parser; on
     /// every input, valid or damaged, the outcome must be the parser's.
