@@ -266,6 +266,12 @@ def fractional_shape(cache, outside):
     rewrite_frame(cache, 1, 1, remake)
 
 
+def large_manifest(cache, outside):
+    """A valid manifest of about 30 MB (a million class names): every reader must read it in
+    time linear in its size, within the memory bound."""
+    edit_manifest(cache, lambda m: m.update(classes=["class-%07d-of-a-very-large-label-set" % i for i in range(1000000)]))
+
+
 def planted_shard_link(cache, outside):
     """For the writer: the shard being written swapped for a link to a copy outside."""
     unseal(cache)
@@ -281,7 +287,8 @@ def planted_lock_link(cache, outside):
 
 
 CASES = [forged_node, swapped_ids, frame_without_checksum, other_shuffle, fractional_shape, manifest_fifo,
-         manifest_dev_zero, shard_dev_zero, truncated_shard, deep_manifest, planted_shard_link, planted_lock_link]
+         manifest_dev_zero, shard_dev_zero, truncated_shard, deep_manifest, large_manifest, planted_shard_link,
+         planted_lock_link]
 
 
 def found_fault(result):
@@ -344,6 +351,13 @@ def examine(h, case, cache, outside, truth, reads=True):
         for i, answer in got.items():
             if answer == "WRONG":
                 h.failures.append("%s: mtok get --index %d returned other bytes" % (case, i))
+    else:  # each get would read the whole manifest again: one Python pass over every record
+        py = h.python_reads(case, cache, [])
+        if py is not None:
+            wrong = [i for i, v in py["records"].items() if len(v) == 64 and v != truth[int(i)][1]]
+            if wrong:
+                h.failures.append("%s: python read wrong data silently at %s" % (case, wrong))
+            summary["python"] = {"open": py["open"], "records": len(py["records"]), "stream": py["stream"]}
     if snapshot(outside) != before:
         h.failures.append("%s: a file outside the cache changed" % case)
     return summary
@@ -387,7 +401,7 @@ def main() -> int:
                 if snapshot(outside) != before:
                     h.failures.append("%s: the writer changed or made a file outside the cache" % case)
             else:
-                report[case] = examine(h, case, cache, outside, truth)
+                report[case] = examine(h, case, cache, outside, truth, reads=case != "large_manifest")
         # Random byte flips of the shard file, sealed and unsealed.
         rng = random.Random(args.seed)
         size = os.path.getsize(shard_path(base))
