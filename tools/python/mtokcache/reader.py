@@ -122,7 +122,8 @@ def _check_fields(obj, fields, where, mpath):
         value = obj[name]
         if kind is _INT:
             n = _integer(value)
-            if n is None:
+            # Swift decodes these as 64-bit integers and refuses a larger one: so does this reader.
+            if n is None or not -(1 << 63) <= n < (1 << 63):
                 raise NotACacheError("%s: %s%s must be %s, got %r" % (mpath, where, name, kind, value))
             obj[name] = n
         elif not _IS[kind](value):

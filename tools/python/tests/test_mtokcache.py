@@ -1102,6 +1102,7 @@ def test_manifest_types_and_compression_refused():
             (lambda m: m.update(classes=["a", 1]), mtokcache.NotACacheError, "classes"),
             (lambda m: m.update(part={"rank": "0", "world_size": 1}), mtokcache.NotACacheError, "part.rank"),
             (lambda m: m.update(arithmetic={}), mtokcache.NotACacheError, "arithmetic must be an array"),
+            (lambda m: m["totals"].update(records=1 << 64), mtokcache.NotACacheError, "totals.records"),
             (lambda m: m.update(arithmetic=[{"first_record": 0, "records": "3"}]), mtokcache.NotACacheError,
              "arithmetic[0].records"),
             (lambda m: m.update(arithmetic=[{"first_record": 0, "records": 3, "made_by": {"revision": 3, "blas": "x"}}]),
