@@ -303,6 +303,11 @@ def found_fault(result):
     return any("incomplete" not in f.get("message", "") for f in faults)
 
 
+def wrong_records(py, truth):
+    """Records the Python reader returned with other bytes than were written (a digest, not a refusal)."""
+    return [i for i, v in py["records"].items() if len(v) == 64 and v != truth[int(i)][1]]
+
+
 def swift_reads(h, case, cache, truth):
     """mtok get of every record by index: 'ok' (same bytes), 'WRONG' (other bytes) or the exit status."""
     answers = {}
@@ -340,7 +345,7 @@ def examine(h, case, cache, outside, truth, reads=True):
         summary["get (id)"] = sorted(set(map(str, ids.values())) - {r for r, _ in truth}) or ["ok"]
         py = h.python_reads(case, cache, [r for r, _ in truth])
         if py is not None:
-            wrong = [i for i, v in py["records"].items() if len(v) == 64 and v != truth[int(i)][1]]
+            wrong = wrong_records(py, truth)
             wrong += [i for i, v in py["ids"].items() if not v.startswith(("refused", "absent")) and v != i]
             if wrong:
                 h.failures.append("%s: python read wrong data silently at %s" % (case, wrong))
@@ -354,7 +359,7 @@ def examine(h, case, cache, outside, truth, reads=True):
     else:  # each get would read the whole manifest again: one Python pass over every record
         py = h.python_reads(case, cache, [])
         if py is not None:
-            wrong = [i for i, v in py["records"].items() if len(v) == 64 and v != truth[int(i)][1]]
+            wrong = wrong_records(py, truth)
             if wrong:
                 h.failures.append("%s: python read wrong data silently at %s" % (case, wrong))
             summary["python"] = {"open": py["open"], "records": len(py["records"]), "stream": py["stream"]}
@@ -428,7 +433,7 @@ def main() -> int:
             refused = any(v != "ok" for v in got.values())
             if py is not None:
                 refused = refused or py["open"] != "ok" or any(len(v) != 64 for v in py["records"].values())
-                wrong = [i for i, v in py["records"].items() if len(v) == 64 and v != truth[int(i)][1]]
+                wrong = wrong_records(py, truth)
                 if wrong:
                     h.failures.append("%s (byte %d): python read records %s wrongly, silently" % (case, at, wrong))
             for i, answer in got.items():

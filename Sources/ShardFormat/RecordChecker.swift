@@ -20,7 +20,7 @@ public final class RecordChecker {
         var groups: Range<Int>
         var groupsDType: TensorDType
         var k: Int
-        var dtypes: RecordLayout
+        var record: RecordLayout
     }
 
     private var layouts: [Layout] = []
@@ -33,15 +33,15 @@ public final class RecordChecker {
     public init() {}
 
     /// The checks of `RecordCodec.check(stored:shuffled:)`, with its result and errors.
-    public func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordLayout) {
+    public func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, layout: RecordLayout) {
         if let scan = MetadataScan(payload: stored), let layout = layouts.first(where: { matches($0, scan, stored) }),
            let result = scan.checked() {
             let groups = UnsafeRawBufferPointer(rebasing: stored[layout.groups])
             try RecordCodec.checkGroups(groups, dtype: layout.groupsDType, planar: shuffled, k: layout.k)
-            return (result.id, result.view, layout.dtypes)
+            return (result.id, result.view, layout.record)
         }
         let result = try RecordCodec.check(stored: stored, shuffled: shuffled)
-        remember(stored, result.dtypes)
+        remember(stored, result.layout)
         return result
     }
 
@@ -51,7 +51,7 @@ public final class RecordChecker {
     }
 
     /// Keeps the layout of a record that just passed the full check.
-    private func remember(_ p: UnsafeRawBufferPointer, _ dtypes: RecordLayout) {
+    private func remember(_ p: UnsafeRawBufferPointer, _ layout: RecordLayout) {
         guard layouts.count < Self.maxLayouts, tries > 0 else { return }
         tries -= 1
         guard let scan = MetadataScan(payload: p),
@@ -64,6 +64,6 @@ public final class RecordChecker {
         } }) else { return }
         layouts.append(Layout(tail: tail, headerLength: scan.headerLength, payloadCount: p.count,
                               groups: (header.dataOffset + groups.byteRange.lowerBound)..<(header.dataOffset + groups.byteRange.upperBound),
-                              groupsDType: groups.dtype, k: latents.shape[0], dtypes: dtypes))
+                              groupsDType: groups.dtype, k: latents.shape[0], record: layout))
     }
 }

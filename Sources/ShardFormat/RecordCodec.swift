@@ -153,7 +153,7 @@ public enum RecordCodec {
     /// Schema-checks a stored frame's content (the payload, byte-shuffled or not) without
     /// materializing it: the same checks as `decode`, at the cost of reading the header and the
     /// group map. Returns the record's (id, view).
-    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, dtypes: RecordLayout) {
+    public static func check(stored: UnsafeRawBufferPointer, shuffled: Bool) throws(FormatError) -> (id: String, view: Int, layout: RecordLayout) {
         let header: SafetensorsHeader
         do {
             header = try Safetensors.parseHeader(stored)
@@ -292,8 +292,6 @@ public enum RecordCodec {
     }
 }
 
-/// The dtypes a record stores its tensors in. Every record of a cache has the same (FORMAT.md
-/// 4.1): readers gather a batch into one array per tensor.
 /// What every record of a cache shares (FORMAT.md 4.1): each tensor's dtype, whether there is a
 /// logvar, and the shapes K (kept tokens), C (latent channels) and N (patch tokens). Readers
 /// gather batches into one array per tensor, so a record that differs cannot be served with the

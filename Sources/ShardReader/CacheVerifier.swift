@@ -221,11 +221,11 @@ public enum CacheVerifier {
             var hasher = SHA256()
             var seen = Set<IdHash>()
             let shuffled = manifest.compression.shuffle == Manifest.byteShuffle
-            // The dtypes every record must share: the first record's (when it reads; if it does
+            // The layout every record must share: the first record's (when it reads; if it does
             // not, its own fault says so).
-            let dtypes = opened.first { $0.1.count > 0 }.flatMap { _, shard in try? shard.firstRecordLayout(shuffled: shuffled) } ?? nil
+            let layout = opened.first { $0.1.count > 0 }.flatMap { _, shard in try? shard.firstRecordLayout(shuffled: shuffled) } ?? nil
             for (firstIndex, shard) in opened {
-                let result = checkRecords(shard, firstIndex: firstIndex, shuffled: shuffled, dtypes: dtypes,
+                let result = checkRecords(shard, firstIndex: firstIndex, shuffled: shuffled, layout: layout,
                                           rehash: rehash, threads: max(1, threads))
                 deepFaults += result.faults
                 report.recordsChecked += result.checked
@@ -276,7 +276,7 @@ public enum CacheVerifier {
     }
 
     /// Checks every record of one shard, chunks spread over `threads` threads.
-    static func checkRecords(_ shard: Shard, firstIndex: Int, shuffled: Bool, dtypes: RecordLayout?, rehash: Bool,
+    static func checkRecords(_ shard: Shard, firstIndex: Int, shuffled: Bool, layout: RecordLayout?, rehash: Bool,
                              threads: Int) -> ShardResult {
         let rpc = shard.recordsPerChunk
         let chunks = (shard.count + rpc - 1) / rpc
@@ -289,7 +289,7 @@ public enum CacheVerifier {
             let checker = RecordChecker()
             var chunk = t
             while chunk < chunks {
-                checkChunk(shard, chunk: chunk, firstIndex: firstIndex, shuffled: shuffled, dtypes: dtypes, rehash: rehash,
+                checkChunk(shard, chunk: chunk, firstIndex: firstIndex, shuffled: shuffled, layout: layout, rehash: rehash,
                            decompressor: decompressor, checker: checker, into: part)
                 chunk += threads
             }
@@ -352,7 +352,7 @@ public enum CacheVerifier {
         init(_ parts: [PartResult]) { self.parts = parts }
     }
 
-    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, dtypes: RecordLayout?, rehash: Bool,
+    static func checkChunk(_ shard: Shard, chunk: Int, firstIndex: Int, shuffled: Bool, layout: RecordLayout?, rehash: Bool,
                            decompressor: ZstdDecompressor, checker: RecordChecker, into part: PartResult) {
         let rpc = shard.recordsPerChunk
         let expected = min(rpc, shard.count - chunk * rpc)
@@ -394,7 +394,7 @@ public enum CacheVerifier {
                                     }
                                 }
                                 let (id, view, own) = try checker.check(stored: stored, shuffled: shuffled)
-                                if let dtypes, let d = own.difference(from: dtypes) {
+                                if let layout, let d = own.difference(from: layout) {
                                     var at = loc
                                     (at.id, at.view) = (id, view)
                                     throw CacheError(.badRecord, "has \(d), unlike the cache's first record: a cache keeps one dtype and shape per tensor", at: at)

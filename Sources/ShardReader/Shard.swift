@@ -183,13 +183,13 @@ package final class Shard: Sendable {
         } } ?? nil
     }
 
-    /// The dtypes of local record 0 (the reference every record of a cache must match), or nil
+    /// The layout of local record 0 (the reference every record of a cache must match), or nil
     /// when the shard is empty.
     package func firstRecordLayout(shuffled: Bool) throws -> RecordLayout? {
         guard count > 0 else { return nil }
         return try withFrame(local: 0, globalIndex: 0) { frame in
             try ZstdDecompressor().withDecompressed(frame, maxSize: RecordCodec.maxPayloadBytes) {
-                try RecordCodec.check(stored: $0, shuffled: shuffled).dtypes
+                try RecordCodec.check(stored: $0, shuffled: shuffled).layout
             }
         }
     }

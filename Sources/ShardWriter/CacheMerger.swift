@@ -180,19 +180,20 @@ public enum CacheMerger {
         var moves: [[String]] = []
         var hasher = SHA256()
         var seen = Set<[UInt8]>()
-        // Equal settings do not make equal dtypes (a Python writer's parts may differ), and a
+        // Equal settings do not make equal layouts (a Python writer's parts may differ), and a
         // cache keeps one dtype and shape per tensor (FORMAT.md 4.1): each shard's first record must match
         // the first part's.
-        var dtypes: (part: String, dtypes: RecordLayout)?
+        var layout: (part: String, layout: RecordLayout)?
+        var recordsBefore = 0  // records of the parts merged so far
         for (rank, m) in manifests.enumerated() {
             let partRoot = partsDirectory + "/" + partNames[rank]
             for entry in m.shards {
                 let shard = try Shard(root: root + "/" + partRoot, entry: entry, recordsPerChunk: m.recordsPerChunk, shuffle: m.compression.shuffle)
                 if let own = try shard.firstRecordLayout(shuffled: m.compression.shuffle == Manifest.byteShuffle) {
-                    if let (firstPart, first) = dtypes, let d = own.difference(from: first) {
+                    if let (firstPart, first) = layout, let d = own.difference(from: first) {
                         throw CacheError(.settingsMismatch, "\(partNames[rank]) has \(d), unlike \(firstPart): a cache keeps one dtype and shape per tensor")
                     }
-                    if dtypes == nil { dtypes = (partNames[rank], own) }
+                    if layout == nil { layout = (partNames[rank], own) }
                 }
                 try shard.forEachDigest { hasher.update(bufferPointer: $0) }
                 try shard.forEachIdKey { key in
@@ -209,8 +210,9 @@ public enum CacheMerger {
             merged.inputsDone = (merged.inputsDone ?? 0) + (m.inputsDone ?? 0)
             // Each part's arithmetic segments, renumbered into the merged order and marked with
             // the part's rank; a part that recorded none gets one segment saying so.
-            let offset = merged.arithmetic.map { $0.reduce(0) { $0 + $1.records } } ?? 0
             let partRecords = m.shards.reduce(0) { $0 + $1.records }
+            let offset = recordsBefore
+            recordsBefore += partRecords
             if manifests.contains(where: { $0.arithmetic != nil }), partRecords > 0 {
                 if let problem = m.arithmeticProblem {
                     throw CacheError(.notACache, "\(partNames[rank])/\(Manifest.fileName): \(problem)")

@@ -221,8 +221,8 @@ public final class CacheWriter {
     /// committed atomically with the records it covers), or nil if never set.
     public var inputsDone: Int? { manifest.inputsDone }
 
-    /// The dtypes of this writer's first record; every later one must match.
-    private var dtypes: RecordLayout?
+    /// The layout of this writer's first record; every later one must match.
+    private var layout: RecordLayout?
 
     /// Appends `records` after the last committed one, as one or more committed transactions
     /// (one per shard touched). On return they are durable and listed in the manifest.
@@ -243,7 +243,7 @@ public final class CacheWriter {
         var keys: [[UInt8]] = []
         keys.reserveCapacity(records.count)
         var seen = Set<[UInt8]>()
-        var batchDTypes = dtypes  // kept once the batch is written
+        var batchLayout = layout  // kept once the batch is written
         for r in records {
             let loc = CacheLocation(id: r.id, view: r.view)
             let key: [UInt8]
@@ -254,12 +254,12 @@ public final class CacheWriter {
                     throw FormatError(.badMetadata, "label \(r.label) is not in \(RecordCodec.labelRange)")
                 }
                 // One dtype per tensor in a cache (FORMAT.md 4.1). Checked against this writer's
-                // first record: a resumed cache had to match the settings, which fix the dtypes.
+                // first record: a resumed cache had to match the settings, which fix the layout.
                 let own = RecordLayout(r)
-                if let batchDTypes, let d = own.difference(from: batchDTypes) {
+                if let batchLayout, let d = own.difference(from: batchLayout) {
                     throw FormatError(.badShape, "has \(d), unlike the cache's other records: a cache keeps one dtype and shape per tensor")
                 }
-                if batchDTypes == nil { batchDTypes = own }
+                if batchLayout == nil { batchLayout = own }
             } catch {
                 throw CacheError(error, at: loc)
             }
@@ -298,7 +298,7 @@ public final class CacheWriter {
             if shard.estimatedBytes >= options.shardCapBytes { try sealCurrent() }
             start = end
         }
-        dtypes = batchDTypes
+        layout = batchLayout
     }
 
     struct Encoded {

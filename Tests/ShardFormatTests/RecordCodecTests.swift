@@ -195,9 +195,9 @@ struct RecordCodecTests {
     /// The deep verifier's checker skips the tensor part of headers it has seen; on records that
     /// share a layout, valid or with damaged metadata, it must answer as the full check does.
     @Test func recordCheckerAgreesWithTheFullCheck() throws {
-        func outcome(_ stored: [UInt8], _ check: (UnsafeRawBufferPointer) throws(FormatError) -> (id: String, view: Int, dtypes: RecordLayout)) -> String {
+        func outcome(_ stored: [UInt8], _ check: (UnsafeRawBufferPointer) throws(FormatError) -> (id: String, view: Int, layout: RecordLayout)) -> String {
             stored.withUnsafeBytes { raw in
-                do { let (id, view, dtypes) = try check(raw); return "\(id) \(view) \(dtypes)" } catch let e as FormatError { return "\(e.kind)" } catch { return "\(error)" }
+                do { let (id, view, layout) = try check(raw); return "\(id) \(view) \(layout)" } catch let e as FormatError { return "\(e.kind)" } catch { return "\(error)" }
             }
         }
         let checker = RecordChecker()
