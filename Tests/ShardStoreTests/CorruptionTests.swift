@@ -131,6 +131,39 @@ struct CorruptionTests {
         }
     }
 
+    /// The same forged node written into a shard being written after the Python reader opened
+    /// (and walked) it: the reader looks at a live shard's leaf node before asking py-lmdb for
+    /// the value, so it refuses instead of dying inside py-lmdb.
+    @Test func valueForgedIntoALiveShardIsRefusedInPython() throws {
+        guard let python = TestSupport.python else { return }
+        let (dir, _) = try freshCache()
+        let path = dir + "/" + Manifest.fileName
+        var m = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        m["shards"] = (m["shards"] as! [[String: Any]]).map { var e = $0; e["sealed"] = false; e["sha256"] = nil; return e }
+        m["complete"] = false
+        m["content_digest"] = NSNull()
+        try JSONSerialization.data(withJSONObject: m).write(to: URL(fileURLWithPath: path))
+        let script = """
+            import os, struct, sys; sys.path.insert(0, sys.argv[2])
+            import mtokcache
+            c = mtokcache.open(sys.argv[1])
+            c[0]  # opened and walked while the shard was sound
+            shard = os.path.join(sys.argv[1], "shards", "shard-00000.mdb")
+            data = bytearray(open(shard, "rb").read())
+            size = len(c._open()[0].get(struct.pack(">Q", 1), "records"))
+            at = data.find(struct.pack("<I", size) + b"\\x01\\x00\\x08\\x00" + struct.pack(">Q", 1))
+            os.chmod(shard, 0o644)
+            with open(shard, "r+b") as f:
+                f.seek(at + 2); f.write(b"\\xff\\x7f")  # 2 GiB, in place
+            try:
+                c[5]; print("read")
+            except mtokcache.CorruptRecordError as e:
+                print("refused" if "past the end of the file" in str(e) else "other: %s" % e)
+            """
+        let r = try TestSupport.run(python, ["-c", script, dir, TestSupport.packageRoot + "/tools/python"])
+        #expect(r.status == 0 && r.stdout == "refused\n", "status \(r.status): \(r.stdout) \(r.stderr)")
+    }
+
     /// A shuffled cache whose shards lost their own `meta.shuffle` and whose manifest then says
     /// `shuffle: none`: refused in both languages instead of every record reading scrambled. With
     /// the manifest left alone, such shards (as early writers made them) still read.

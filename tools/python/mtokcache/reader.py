@@ -269,6 +269,52 @@ class _Env:
             raise CorruptRecordError("a value runs past the end of the file (a damaged or forged page)", **loc)
 
 
+def _value_past_end(txn, path, name, key):
+    """Whether the value of `key` in database `name` would run past the end of the file, found by
+    descending the tree from its root in `txn`'s snapshot with pread (as _values_past_end, for one
+    key): the check for a shard being written, whose values are newer than its walk."""
+    record = txn.get(name.encode())
+    if record is None or len(record) != 48:
+        return False
+    (pgno,) = struct.unpack_from("<Q", record, 40)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        # The page size: md_pad of the free database's record in meta page 0 (header 16 bytes,
+        # magic, version, address, map size, then the record).
+        psize = struct.unpack_from("<I", os.pread(fd, 44, 0).ljust(44, b"\0"), 40)[0]
+        if not 512 <= psize <= 65536:
+            return False
+        for _ in range(64):  # deeper than any real tree: a forged cycle stops here
+            if pgno * psize >= size:
+                return False  # LMDB refuses a page past its last one itself
+            page = os.pread(fd, psize, pgno * psize)
+            flags, lower = struct.unpack_from("<HH", page, 10)
+            if not flags & 0x03 or not 16 <= lower <= psize:
+                return False
+            nodes = []
+            for i in range((lower - 16) // 2):
+                (ptr,) = struct.unpack_from("<H", page, 16 + 2 * i)
+                if ptr + 8 <= psize:
+                    lo, hi, nflags, ksize = struct.unpack_from("<HHHH", page, ptr)
+                    nodes.append((page[ptr + 8:ptr + 8 + ksize], lo, hi, nflags, ptr + 8 + ksize))
+            if flags & 0x01:  # branch: the last child whose key is at most `key` (the first's is empty)
+                child = [n for i, n in enumerate(nodes) if i == 0 or n[0] <= key]
+                if not child:
+                    return False
+                _, lo, hi, nflags, _ = child[-1]
+                pgno = lo | hi << 16 | nflags << 32
+                continue
+            for k, lo, hi, nflags, data in nodes:
+                if k == key and nflags & 0x01 and data + 8 <= psize:
+                    (opg,) = struct.unpack_from("<Q", page, data)
+                    return opg * psize + 16 + (lo | hi << 16) > size
+            return False
+        return False
+    finally:
+        os.close(fd)
+
+
 def _values_past_end(env, fd, size):
     """The (database, key) pairs of the records, ids and digests databases whose value would run
     past the end of the file. LMDB takes a large value's size from its leaf node; py-lmdb touches
@@ -412,6 +458,11 @@ class _Shard:
             self._reopen(e)
         try:
             with self.env.begin() as txn:
+                # A shard being written gains values after it was opened (and walked): look at
+                # this one's leaf node first, in the snapshot the value comes from.
+                if _value_past_end(txn, self.path, name, bytes(key)):
+                    raise CorruptRecordError("a value runs past the end of the file (a damaged or forged page)",
+                                             shard=self.file)
                 return txn.get(key, db=getattr(self._env, name))
         except lmdb.MapResizedError as e:
             raise ShardMismatchError("grew past the %d bytes this process mapped for it; close its Caches and "
