@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mtok builds against, and a Python virtual environment (.venv)
 # with what the Python tests and baselines need. Safe to run again: it installs only what is missing.
-# With --torch (tools/test.sh), PyTorch too, for the DataLoader test.
+# With --torch (tools/test.sh), PyTorch too, for the DataLoader test; with --slurm, Debian's Slurm
+# and munge, for the one-node Slurm test (tools/cluster/slurm-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+torch="" slurm=""
+for a in "$@"; do
+    case "$a" in
+        --torch) torch=1 ;;
+        --slurm) slurm=1 ;;
+        *) echo "usage: tools/install-deps.sh [--torch] [--slurm]" >&2; exit 64 ;;
+    esac
+done
 pkgs=(liblmdb-dev libzstd-dev libjpeg-dev libpng-dev libopenblas-dev pkg-config python3-venv)
+[ -n "$slurm" ] && pkgs+=(slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,7 +33,7 @@ fi
 # PyTorch only for the DataLoader test and the reader benchmark's DataLoader rows. It is large
 # (several GB with its CUDA wheels, under two minutes to install here), so a failed install is
 # not fatal: that one test then reports itself skipped.
-if [ "${1:-}" = "--torch" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if [ -n "$torch" ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q --disable-pip-version-check -r tools/requirements-torch.txt \
         || echo "install-deps: PyTorch did not install; the DataLoader test will be skipped" >&2
 fi
