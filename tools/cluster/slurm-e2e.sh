@@ -32,7 +32,7 @@ cleanup() {
     [ -n "${KEEP:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
-log() { echo "slurm-e2e: $*"; }
+log() { echo "slurm-e2e: [${SECONDS}s] $*"; }
 fail() {
     echo "slurm-e2e: FAILED: $*" >&2
     for f in "$W"/*.log "$W"/jobs/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
@@ -59,7 +59,9 @@ SlurmctldPort=$PORT
 SlurmdPort=$((PORT + 1))
 SlurmUser=root
 AuthType=auth/munge
-AuthInfo=socket=$W/munge/socket
+# A requeued job waits out the credential lifetime (cred_expire, 120 s by default) before it
+# starts again; 10 s keeps the test short.
+AuthInfo=socket=$W/munge/socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$W/state
 SlurmdSpoolDir=$W/spool
@@ -95,10 +97,10 @@ done
 [ "$state" = idle ] || skip "the Slurm node did not come up (state '${state:-none}'): $(tail -n 3 "$W/slurmd.log" "$W/slurmctld.log" 2>/dev/null)"
 log "Slurm $(sinfo -V | awk '{print $2}') up: node $HOST, $CPUS CPUs"
 
-# --- a dataset of real photos (the demo ImageFolder, 4 copies of each) and the tiny model
+# --- a dataset of real photos (the demo ImageFolder, 16 copies of each) and the tiny model
 for cls in "$ROOT"/tools/demo/images/*/; do
     c=$(basename "$cls"); mkdir -p "$W/data/$c"
-    for f in "$cls"*; do for i in $(seq 4); do cp "$f" "$W/data/$c/${i}_$(basename "$f")"; done; done
+    for f in "$cls"*; do for i in $(seq 16); do cp "$f" "$W/data/$c/${i}_$(basename "$f")"; done; done
 done
 "$MTOK" model init --preset tiny --seed 3 --out "$W/tiny.safetensors" >/dev/null
 OPTS=(--views center,hflip --batch-size 1)
@@ -133,7 +135,7 @@ PY
     sleep 0.05
 done
 [ -n "$victim" ] || fail "never saw task 1 mid-run"
-kill -9 "$victim"
+kill -9 "$victim" || fail "task 1 finished before it could be killed (make the dataset larger)"
 log "SIGKILLed task 1's mtok (pid $victim) after it committed part of its share"
 
 jobstate() { scontrol show job "$1" -o 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n 1 | cut -d= -f2; }
@@ -167,6 +169,9 @@ merges=$(grep -h "^merged " "$W"/jobs/*.log | wc -l)
 [ "$merges" = 1 ] || fail "$merges merges ran, expected exactly one"
 log "every task COMPLETED (task 1 after $restarts restart), merge job COMPLETED, one merge: $(grep -h '^merged ' "$W"/jobs/*.log)"
 
+before=$(grep -o '([0-9]* done before)' "$W/jobs/mtok-tokenize-${job}_1.log" | tr -dc 0-9)
+[ "${before:-0}" -gt 0 ] || fail "requeued task 1 did not resume from its committed batches"
+log "requeued task 1 resumed: $before images were done before the kill"
 "$MTOK" verify "$W/cache" --deep >/dev/null || fail "the merged cache does not verify deep"
 merged=$("$MTOK" info "$W/cache" | awk '/content digest/ {print $NF}')
 log "merged: content digest $merged"
