@@ -173,6 +173,45 @@ struct TokenizeCLITests {
         #expect(try TokenCache(path: out).count == 11)
     }
 
+    /// A merge SIGKILLed half-way (after its plan and some moves) leaves a cache that the next
+    /// `mtok merge` finishes, to the single-machine digest; a merge lock held by a live process
+    /// refuses a second merge, and the same lock left by a killed process is taken over.
+    @Test func killedMergeResumesAndADeadLockHolderIsNoObstacle() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir)
+        #expect(try tokenize(data, model, dir + "/one", ["--views", "center"]).status == 0)
+        let out = dir + "/three"
+        for r in 0..<3 {
+            #expect(try tokenize(data, model, out, ["--rank", "\(r)", "--world-size", "3", "--views", "center"]).status == 0)
+        }
+        // A live holder of the lock (util-linux flock, a real second process).
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = [out + "/.merge.lock", "sleep", "60"]
+        try holder.run()
+        var busy: TestSupport.ProcessResult?
+        for _ in 0..<50 {  // until flock has the lock
+            busy = try TestSupport.mtok(["merge", out])
+            if busy?.stderr.contains("another process is merging") == true { break }
+            usleep(100_000)
+        }
+        #expect(busy?.status == 1 && busy?.stderr.contains("another process is merging") == true, "\(busy?.stderr ?? "")")
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+
+        // The merge dies after one of its three moves.
+        let killed = try TestSupport.run(TestSupport.mtokBinary, ["merge", out], environment: ["MTOK_TEST_KILL_MERGE_AFTER_MOVES": "1"])
+        #expect(killed.status == SIGKILL, "\(killed.status) \(killed.stderr)")
+        #expect(FileManager.default.fileExists(atPath: out + "/merge-plan.json"))
+        #expect(!FileManager.default.fileExists(atPath: out + "/manifest.json"))
+        let resumed = try TestSupport.mtok(["merge", out])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try TestSupport.mtok(["verify", out, "--deep"]).status == 0)
+        #expect(try digest(out) == (try digest(dir + "/one")))
+        #expect(!FileManager.default.fileExists(atPath: out + "/merge-plan.json"))
+    }
+
     @Test func killedWithSIGKILLAndResumedGivesTheSameCache() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
