@@ -292,15 +292,14 @@ CASES = [forged_node, swapped_ids, frame_without_checksum, other_shuffle, fracti
 
 
 def found_fault(result):
-    """Whether `mtok verify --json` found a fault other than the one every unsealed cache has."""
+    """Whether `mtok verify --json` found a fault (an unfinished cache, exit 2, has none)."""
     status, out, _ = result
-    if status == 0:
+    if status in (0, 2):
         return False
     try:
-        faults = json.loads(out)["faults"]
+        return bool(json.loads(out)["faults"])
     except (ValueError, KeyError):
         return True  # refused outright
-    return any("incomplete" not in f.get("message", "") for f in faults)
 
 
 def wrong_records(py, truth):

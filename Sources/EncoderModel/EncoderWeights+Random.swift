@@ -10,6 +10,14 @@ import TensorFiles
 extension EncoderWeights {
     public static let untrainedKey = "mtok.untrained"
 
+    /// A phrase for messages when weights with this metadata are untrained (`mtok model init`
+    /// writes them; their tokens carry no meaning), else nil.
+    public static func untrainedNote(metadata: [String: String]) -> String? {
+        guard metadata[untrainedKey] == "true" else { return nil }
+        let from = [metadata["mtok.preset"].map { "preset \($0)" }, metadata["mtok.seed"].map { "seed \($0)" }].compactMap { $0 }
+        return "UNTRAINED random weights\(from.isEmpty ? "" : " (" + from.joined(separator: ", ") + ")"): tokens of this model carry no meaning; README \"Getting weights\" says how to get a trained one"
+    }
+
     public static func random(config: EncoderConfig, seed: UInt64) throws -> EncoderWeights {
         try config.validate()
         var rng = SeededNormal(seed: seed)

@@ -16,6 +16,9 @@ extension EncoderWeights {
     ///   or the file's own read/parse error.
     public static func load(path: String, config override: EncoderConfig? = nil) throws -> EncoderWeights {
         let file = try MappedFile(path: path)
+        if let kind = otherFileKind(file.bytes) {
+            throw EncoderError.missingConfig("\(path) is \(kind), not encoder weights (.safetensors)")
+        }
         let header = try Safetensors.parseHeader(file.bytes)
         var config: EncoderConfig
         if let override {
@@ -85,5 +88,21 @@ extension EncoderWeights {
         var meta = metadata.merging(extraMetadata) { _, new in new }
         meta[EncoderConfig.metadataKey] = config.jsonString()
         return Safetensors.serialize(tensors, metadata: meta)
+    }
+}
+
+extension EncoderWeights {
+    /// What a file given as weights is instead, told by its first bytes, when that is a common
+    /// mistake: an image, or a PyTorch checkpoint that still needs converting. A safetensors
+    /// file begins with a small little-endian header length and then "{".
+    static func otherFileKind(_ bytes: UnsafeRawBufferPointer) -> String? {
+        func starts(_ magic: [UInt8]) -> Bool { bytes.count >= magic.count && zip(bytes, magic).allSatisfy { $0 == $1 } }
+        if starts([0xFF, 0xD8, 0xFF]) { return "a JPEG image" }
+        if starts([0x89, 0x50, 0x4E, 0x47]) { return "a PNG image" }
+        if starts([0x50, 0x4B, 0x03, 0x04]) || starts([0x80, 0x02]) || starts([0x80, 0x04]) || starts([0x80, 0x05]) {
+            return "a PyTorch checkpoint (torch.save); convert it with tools/convert_checkpoint.py (README: Getting weights)"
+        }
+        if bytes.count >= 9, bytes[8] != UInt8(ascii: "{") { return "not a safetensors file (no JSON header after the 8-byte length)" }
+        return nil
     }
 }

@@ -44,6 +44,8 @@ public struct CacheError: Error, CustomStringConvertible, Sendable, Equatable {
         case shapeMismatch = "records differ in shape"
         case io = "I/O error"
         case busy = "cache is being written"
+        /// Not a fault: a writer (or a rank) has not finished yet; the same command resumes it.
+        case unfinished = "not finished yet"
     }
 
     public let kind: Kind

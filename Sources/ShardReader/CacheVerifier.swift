@@ -52,7 +52,10 @@ public struct VerifyReport: Encodable, Sendable {
     /// Shards whose files live outside the cache folder (symbolic links, to shared storage say):
     /// not a fault, but the cache is then only as sound as those places.
     public var shardsElsewhere: [ShardElsewhere] = []
-    public var isClean: Bool { faults.isEmpty }
+    /// Set when the writer has not finished (interrupted, or still running): not a fault, as the
+    /// same command resumes it, but not a finished cache either. Says what to do.
+    public var unfinished: String?
+    public var isClean: Bool { faults.isEmpty && unfinished == nil }
 
     public struct ShardElsewhere: Encodable, Sendable, Equatable {
         public var shard: String
@@ -69,7 +72,7 @@ public struct VerifyReport: Encodable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case path, deep, records, shards, recordsChecked = "records_checked", payloadBytesChecked = "payload_bytes_checked"
-        case contentDigest = "content_digest", seconds, faults, arithmetic, shardsElsewhere = "shards_elsewhere", isClean = "clean"
+        case contentDigest = "content_digest", seconds, faults, arithmetic, shardsElsewhere = "shards_elsewhere", unfinished, isClean = "clean"
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -85,6 +88,7 @@ public struct VerifyReport: Encodable, Sendable {
         try c.encode(faults, forKey: .faults)
         try c.encode(arithmetic, forKey: .arithmetic)
         try c.encode(shardsElsewhere, forKey: .shardsElsewhere)
+        try c.encode(unfinished, forKey: .unfinished)
         try c.encode(isClean, forKey: .isClean)
     }
 }
@@ -126,7 +130,10 @@ public enum CacheVerifier {
         report.contentDigest = manifest.contentDigest
         var faults: [CacheError] = []
         if !manifest.complete {
-            faults.append(CacheError(.shardMismatch, "the cache is incomplete: its writer has not finished"))
+            let records = manifest.totals.records
+            report.unfinished = manifest.part.map {
+                "rank \($0.rank) of \($0.worldSize) has not finished (\(records) records committed so far): run its `mtok tokenize` command again to resume it"
+            } ?? "its writer has not finished (\(records) records committed so far): run the same `mtok tokenize` command again to resume it"
         }
         var sums = Manifest.Totals()
         for s in manifest.shards {

@@ -122,7 +122,7 @@ public enum CacheMerger {
             throw CacheError(.settingsMismatch, "\(root) already has a manifest; merge only joins parts into an empty cache")
         }
         if let waiting = waitingFor(root: root) {
-            throw CacheError(.missingShard, "\(root) is not ready to merge: \(waiting)")
+            throw CacheError(.unfinished, "\(root) cannot be merged yet: \(waiting). Let those ranks finish (the same command resumes each), then merge; `mtok merge --wait` waits for them")
         }
         var manifests: [Manifest] = []
         for name in partNames {
@@ -133,7 +133,7 @@ public enum CacheMerger {
             }
             guard m.complete else {
                 let rank = m.part.map { " (the same command with --rank \($0.rank))" } ?? ""
-                throw CacheError(.shardMismatch, "\(path) is not finished: run its rank to completion\(rank) first")
+                throw CacheError(.unfinished, "\(path) is not finished: run its rank to completion\(rank) first")
             }
             manifests.append(m)
         }

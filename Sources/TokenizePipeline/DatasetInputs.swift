@@ -74,6 +74,28 @@ public struct DatasetInputs: Sendable {
     public var items: InputList
     /// Class names by label (ImageFolder: the sorted sub-folder names).
     public var classes: [String]?
+    /// Files in the folders that were left out because their extension is not an image's
+    /// (notes, archives, `.DS_Store`-like leftovers), and the first of them, for the summary.
+    public var skippedFiles = 0
+    public var skippedExample: String?
+
+    init(kind: Kind, items: InputList, classes: [String]?, skipped: Skipped = Skipped()) {
+        self.kind = kind
+        self.items = items
+        self.classes = classes
+        skippedFiles = skipped.count
+        skippedExample = skipped.example
+    }
+
+    /// Counts what a folder scan leaves out.
+    struct Skipped {
+        var count = 0
+        var example: String?
+        mutating func add(_ path: String) {
+            count += 1
+            if example == nil { example = path }
+        }
+    }
 
     public struct ScanError: Error, CustomStringConvertible {
         public let path: String
@@ -141,20 +163,24 @@ public struct DatasetInputs: Sendable {
         let root = URL(fileURLWithPath: input).standardizedFileURL.path
         let entries = try listDirectory(root)
         let subdirs = entries.filter(\.isDirectory).map(\.name).sorted(by: byteOrder)
+        var skipped = Skipped()
         if !subdirs.isEmpty {
             var items = InputList(prefix: root)
             for (label, cls) in subdirs.enumerated() {
-                for rel in try imagesBelow(root + "/" + cls) {
+                for rel in try imagesBelow(root + "/" + cls, skipped: &skipped, shownAs: cls + "/") {
                     let id = cls + "/" + rel
                     items.append(id: id, label: label)
                 }
             }
-            return DatasetInputs(kind: .imageFolder, items: items, classes: subdirs)
+            // Files beside the class folders are not inputs of an ImageFolder either.
+            for entry in entries where !entry.isDirectory { skipped.add(entry.name) }
+            return DatasetInputs(kind: .imageFolder, items: items, classes: subdirs, skipped: skipped)
         }
+        for entry in entries where !entry.isDirectory && !isImageName(entry.name) { skipped.add(entry.name) }
         let files = entries.filter { !$0.isDirectory && isImageName($0.name) }.map(\.name).sorted(by: byteOrder)
         var items = InputList(prefix: root)
         for name in files { items.append(id: name, label: -1) }
-        return DatasetInputs(kind: .flatFolder, items: items, classes: nil)
+        return DatasetInputs(kind: .flatFolder, items: items, classes: nil, skipped: skipped)
     }
 
     /// Python's `sorted` on str: code-point order, which is UTF-8 byte order (not Swift's `<`).
@@ -200,7 +226,7 @@ public struct DatasetInputs: Sendable {
     /// `sorted(os.walk(dir, followlinks=True))` visits them (whole paths compared as strings, so
     /// "sub-a" comes before "sub/x", whose parent "sub" comes first), files sorted within each.
     /// A folder reached twice through symbolic links is listed once (os.walk would loop).
-    static func imagesBelow(_ dir: String) throws -> [String] {
+    static func imagesBelow(_ dir: String, skipped: inout Skipped, shownAs label: String = "") throws -> [String] {
         var folders: [String] = []  // relative paths; "" is `dir` itself
         var seen = Set<String>()
         func collect(_ rel: String) throws {
@@ -217,7 +243,11 @@ public struct DatasetInputs: Sendable {
         var out: [String] = []
         for rel in folders {
             let path = rel.isEmpty ? dir : dir + "/" + rel
-            let files = try listDirectory(path).filter { !$0.isDirectory && isImageName($0.name) }.map(\.name)
+            let entries = try listDirectory(path).filter { !$0.isDirectory }
+            for entry in entries where !isImageName(entry.name) {
+                skipped.add(label + (rel.isEmpty ? entry.name : rel + "/" + entry.name))
+            }
+            let files = entries.filter { isImageName($0.name) }.map(\.name)
             for name in files.sorted(by: byteOrder) {
                 out.append(rel.isEmpty ? name : rel + "/" + name)
             }

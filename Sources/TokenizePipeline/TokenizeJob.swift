@@ -66,6 +66,8 @@ public struct TokenizeSummary: Sendable {
 /// inputs it completes, so a restarted run continues exactly after the last commit.
 public final class TokenizeJob {
     public let inputs: DatasetInputs
+    /// The weights file's metadata (where the weights come from; `mtok.untrained`).
+    public private(set) var modelMetadata: [String: String] = [:]
     public let options: TokenizeOptions
     /// Where this rank writes: the cache itself, or its part of a scaled-out run.
     public let outputPath: String
@@ -136,9 +138,23 @@ public final class TokenizeJob {
             writer = try CacheWriter(path: outputPath, settings: settings, classes: scanned.classes,
                                      part: options.worldSize > 1 ? Manifest.Part(rank: options.rank, worldSize: options.worldSize) : nil,
                                      arithmetic: Self.arithmetic, options: options.writer)
+        } catch let e as CacheError where e.kind == .settingsMismatch {
+            throw SetupError(message: "output \(outputPath): \(e)\(Self.hint(forDifference: e.message))")
         } catch {
             throw SetupError(message: "output \(outputPath): \(error)")
         }
+        modelMetadata = weights.metadata
+    }
+
+    /// What a settings difference between a cache and a run usually means, and what to do.
+    static func hint(forDifference message: String) -> String {
+        if message.contains("inputs.") {
+            return ". The inputs are not those of the run that wrote it (another folder or list, images added or removed, or another --limit): resume with the same inputs and --limit, or write to a new output"
+        }
+        if message.contains("model.") {
+            return ". It was written with another model (weights or configuration): use that model, or write to a new output"
+        }
+        return ""
     }
 
     /// Every part already under `root` must belong to a run of the same world size: parts of
@@ -165,15 +181,15 @@ public final class TokenizeJob {
             return String(cString: r)
         }
         guard let inputReal = real(input) else { return }
-        var probe = (output as NSString).standardizingPath
+        // Split by hand: NSString's path methods trap on some short relative paths ("c").
+        let absolute = output.hasPrefix("/") ? output : FileManager.default.currentDirectoryPath + "/" + output
+        var parts = absolute.split(separator: "/").map(String.init)
         var tail: [String] = []
-        while real(probe) == nil, !probe.isEmpty, probe != "/" {
-            tail.insert((probe as NSString).lastPathComponent, at: 0)
-            probe = (probe as NSString).deletingLastPathComponent
-            if probe.isEmpty { probe = "." }
+        while !parts.isEmpty, real("/" + parts.joined(separator: "/")) == nil {
+            tail.insert(parts.removeLast(), at: 0)
         }
-        guard let base = real(probe) else { return }
-        let outputReal = ([base] + tail).joined(separator: "/")
+        guard let base = real("/" + parts.joined(separator: "/")) else { return }
+        let outputReal = ([base == "/" ? "" : base] + tail).joined(separator: "/")
         if outputReal == inputReal || outputReal.hasPrefix(inputReal.hasSuffix("/") ? inputReal : inputReal + "/") {
             throw SetupError(message: "output \(output) is inside the input folder \(input): the next run would list the cache among the inputs; write it elsewhere")
         }

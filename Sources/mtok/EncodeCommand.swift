@@ -34,8 +34,12 @@ struct EncodeCommand: ParsableCommand {
 
     func run() throws {
         Parallel.setThreadCount(threads)
-        let weights = try EncoderWeights.load(path: model)
+        let weights: EncoderWeights
+        do { weights = try EncoderWeights.load(path: model) } catch { throw fail("model \(model) does not load: \(error)") }
         let config = weights.config
+        if let note = EncoderWeights.untrainedNote(metadata: weights.metadata) {
+            FileHandle.standardError.write(Data("mtok: note: \(model) holds \(note)\n".utf8))
+        }
         if let resolution, resolution != config.resolution {
             throw fail("--resolution \(resolution) differs from the model's \(config.resolution)", code: 64)
         }
@@ -63,6 +67,7 @@ struct EncodeCommand: ParsableCommand {
             bytes = Array(Self.json(tensors).utf8)
         }
         try writeOutput(bytes, to: out)
+        print("wrote \(out): \(inputs.count) image(s), \(config.keptTokens) tokens of \(config.zChannels) channels each")
     }
 
     static func readInput(_ path: String, resolution r: Int) throws -> [Float] {

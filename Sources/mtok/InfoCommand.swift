@@ -1,4 +1,5 @@
 import ArgumentParser
+import EncoderModel
 import Foundation
 import ShardFormat
 import ShardReader
@@ -45,13 +46,19 @@ struct InfoCommand: ParsableCommand {
             return
         }
         print("cache           \(cache)")
-        print("format          \(m.format) v\(m.formatVersion)\(m.complete ? "" : " (incomplete: writer not finished)")")
+        print("format          \(m.format) v\(m.formatVersion)\(m.complete ? "" : " (unfinished: the same mtok tokenize command resumes it)")")
         print("records         \(c.count) in \(m.shards.count) shard(s), \(m.recordsPerChunk) per chunk")
         print("payload         \(formatBytes(m.totals.payloadBytes)) uncompressed")
         print("compressed      \(formatBytes(m.totals.compressedBytes)) (zstd level \(m.compression.level)\(m.compression.literals.map { ", \($0) literals" } ?? ""), ratio \(String(format: "%.2f", ratio)))")
         print("on disk         \(formatBytes(m.totals.bytesOnDisk)) (\(String(format: "%.3f", Double(m.totals.bytesOnDisk) / Double(max(1, m.totals.compressedBytes))))× compressed)")
         print("content digest  \(m.contentDigest ?? "(none until finished)")")
-        if let classes = m.classes { print("classes         \(classes.count)") }
+        if let classes = m.classes {
+            let shown = classes.prefix(12).joined(separator: ", ")
+            print("classes         \(classes.count)\(classes.isEmpty ? "" : ": \(shown)\(classes.count > 12 ? ", … (mtok info --json lists all)" : "")")")
+        }
+        if let failures = Self.failureCount(cache) {
+            print("failures        \(failures) input(s) could not be tokenized: \(cache)/failures.jsonl")
+        }
         if let p = m.part { print("part            rank \(p.rank) of \(p.worldSize)") }
         if let line = arithmeticLine(m.arithmeticUse) {
             print("arithmetic      \(line)")
@@ -65,9 +72,54 @@ struct InfoCommand: ParsableCommand {
                 if segments.count > 20 { print("                … \(segments.count - 20) more segments (mtok info --json lists them)") }
             }
         }
-        print("settings        \(settingsLine(m.settings))")
+        if let lines = Self.readableSettings(m.settings) {
+            lines.forEach { print($0) }
+            print("settings        all of them: mtok info --json")
+        } else {
+            print("settings        \(m.settings.compactText(limit: 100_000))")
+        }
     }
 
-    /// The settings as compact JSON, cut after 100 KB (`--json` prints them whole).
-    func settingsLine(_ v: JSONValue) -> String { v.compactText(limit: 100_000) }
+    /// The settings `mtok tokenize` writes, as lines for people; nil for other settings (a
+    /// synthetic or Python-written cache), which are printed as JSON.
+    static func readableSettings(_ s: JSONValue) -> [String]? {
+        guard let model = s["model"], let pre = s["preprocessing"], let inputs = s["inputs"] else { return nil }
+        func text(_ v: JSONValue?) -> String { v?.stringValue ?? v.map { $0.compactText(limit: 200) } ?? "?" }
+        var metadata: [String: String] = [:]
+        if case let .object(members)? = model["metadata"] {
+            for (k, v) in members { if let sv = v.stringValue { metadata[k] = sv } }
+        }
+        let config = model["config"]
+        let provenance = EncoderWeights.untrainedNote(metadata: metadata)
+            ?? metadata["mtok.source"].map { "converted from \($0)\(metadata["mtok.weights"].map { " (\($0) weights)" } ?? "")" }
+            ?? "weights of unrecorded origin"
+        let views = (pre["views"].flatMap { v -> [String]? in
+            guard case let .array(items) = v else { return nil }
+            return items.map { item in ["0": "center", "1": "hflip"][item.compactText()] ?? "ten-crop \(item.compactText())" }
+        } ?? []).joined(separator: ",")
+        return [
+            "model           \(provenance)",
+            "                weights sha256 \(text(model["weights_sha256"]).prefix(16))…, resolution \(text(config?["resolution"])), z_channels \(text(config?["z_channels"])), merge_num \(text(config?["merge_num"])), quantizer \(text(config?["quantizer"]))\(config?["codebook_size"].map { " (\(text($0)) codes)" } ?? "")",
+            "preprocessing   crop \(text(pre["crop"])), views \(views), \(text(pre["resolution"])) px, resample \(text(pre["resample"]))",
+            "dtypes          latents \(text(s["latent_dtype"])), indices \(text(s["index_dtype"])), groups \(text(s["group_dtype"]))",
+            "inputs          \(text(inputs["count"])) (\(text(inputs["kind"])); fingerprint \(text(inputs["fingerprint"]).prefix(16))…)",
+        ]
+    }
+
+    /// Lines in `CACHE/failures.jsonl`, nil when there is none. The file may come from a
+    /// stranger: only a regular file (not a link to a device) is read, at most its size, in pieces.
+    static func failureCount(_ cache: String) -> Int? {
+        let path = cache + "/failures.jsonl"
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),  // lstat: links are not followed
+              attributes[.type] as? FileAttributeType == .typeRegular,
+              var left = (attributes[.size] as? NSNumber)?.intValue,
+              let h = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? h.close() }
+        var lines = 0
+        while left > 0, let chunk = try? h.read(upToCount: min(left, 1 << 20)), !chunk.isEmpty {
+            lines += chunk.reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) }
+            left -= chunk.count
+        }
+        return lines
+    }
 }

@@ -77,6 +77,7 @@ struct PreprocessCommand: ParsableCommand {
             } else {
                 try writeNPY(rgb.floatCHW(), shape: [3, rgb.height, rgb.width], to: out)
             }
+            print("wrote \(out): \(rgb.width)×\(rgb.height) view \(view) of \(image)")
         } catch let error as ImageDecodingError {
             FileHandle.standardError.write(Data("mtok preprocess: \(error)\n".utf8))
             throw ExitCode(1)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import EncoderModel
 import Foundation
 import ImageDecoding
 import TensorFiles
@@ -114,6 +115,9 @@ struct TokenizeCommand: ParsableCommand {
         } catch {
             throw fail("\(error)")
         }
+        if let note = EncoderWeights.untrainedNote(metadata: job.modelMetadata) {
+            FileHandle.standardError.write(Data("mtok: note: \(model) holds \(note)\n".utf8))
+        }
         let earlier = job.earlierArithmetics
         if !earlier.isEmpty {
             let names = earlier.map { $0.map { "\($0)" } ?? "an unrecorded arithmetic" }.joined(separator: "; ")
@@ -154,6 +158,12 @@ struct TokenizeCommand: ParsableCommand {
           bytes      \(summary.payloadBytes) payload, \(summary.compressedBytes) compressed (ratio \(String(format: "%.2f", Double(summary.payloadBytes) / Double(max(1, summary.compressedBytes))))), \(summary.bytesOnDisk) on disk
           time       \(String(format: "%.1f", summary.seconds)) s, \(String(format: "%.2f", rate)) images/s (encoder \(String(format: "%.1f", summary.encoderSeconds)) s)
         """)
+        if summary.failures > 0 {
+            print("  failures   \(summary.failures) input(s) could not be tokenized; each is a line of \(summary.cache)/failures.jsonl (id, path, reason)")
+        }
+        if job.inputs.skippedFiles > 0 {
+            print("  skipped    \(job.inputs.skippedFiles) file(s) that are not images by their extension, e.g. \(job.inputs.skippedExample ?? "?") (not inputs, not failures)")
+        }
         if let digest = summary.contentDigest { print("  digest     \(digest)") }
         if let line = arithmeticLine(summary.arithmetic) { print("  arithmetic \(line)") }
         if let reason = summary.stopReason {

@@ -5,7 +5,8 @@ import ShardReader
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Check a cache: manifest vs files and hashes (fast), or every record too (--deep). Exit 0 only if clean.")
+        abstract: "Check a cache: manifest vs files and hashes (fast), or every record too (--deep). Exit 0 only if clean.",
+        discussion: "Exit status: 0 clean; 1 faults found; 2 no fault, but the cache is unfinished (resume it with the same tokenize command).")
 
     @Argument(help: "The cache directory.") var cache: String
     @Flag(help: "Read, checksum and schema-check every record; check the id index and the content digest.") var deep = false
@@ -32,8 +33,12 @@ struct VerifyCommand: ParsableCommand {
             let rate = report.seconds > 0 ? Double(report.payloadBytesChecked) / report.seconds / 1e9 : 0
             let what = deep ? "deep: \(report.recordsChecked) records, \(formatBytes(report.payloadBytesChecked)) payload, \(String(format: "%.2f", rate)) GB/s"
                             : "fast: \(report.shards) shard(s), \(report.records) records"
-            print(report.isClean ? "OK     \(cache) (\(what))" : "FAILED \(cache): \(report.faults.count) fault(s) (\(what))")
+            if let unfinished = report.unfinished { print("UNFINISHED \(unfinished)") }
+            print(report.isClean ? "OK     \(cache) (\(what))"
+                  : report.faults.isEmpty ? "NOT FINISHED \(cache): no fault in what is committed (\(what))"
+                  : "FAILED \(cache): \(report.faults.count) fault(s) (\(what))")
         }
-        if !report.isClean { throw ExitCode(1) }
+        if !report.faults.isEmpty { throw ExitCode(1) }
+        if report.unfinished != nil { throw ExitCode(2) }
     }
 }

@@ -152,7 +152,8 @@ struct TokenizeCLITests {
         }
         #expect(try rank(0).status == 0)
         let early = try TestSupport.mtok(["merge", out])
-        #expect(early.status == 1 && early.stderr.contains("1 of 3 parts finished") && early.stderr.contains("not started: rank 1, 2"),
+        #expect(early.status == 1 && early.stderr.contains("cannot be merged yet: 1 of 3 parts finished") && early.stderr.contains("not started: rank 1, 2")
+                && !early.stderr.contains("shard"),
                 "\(early.stderr)")
         #expect(FileManager.default.fileExists(atPath: out + "/.merge.lock"))
         let timedOut = try TestSupport.mtok(["merge", out, "--wait", "--timeout", "1", "--poll", "0.2"])
@@ -210,6 +211,49 @@ struct TokenizeCLITests {
         #expect(try TestSupport.mtok(["verify", out, "--deep"]).status == 0)
         #expect(try digest(out) == (try digest(dir + "/one")))
         #expect(!FileManager.default.fileExists(atPath: out + "/merge-plan.json"))
+    }
+
+    /// First contact: every message says what happened and what to do next. An untrained model
+    /// is named as such; a summary names failures.jsonl and counts the non-image files it left
+    /// out; an unfinished cache is "unfinished" (exit 2), not faulty; a changed --limit, a JPEG
+    /// given as the model and an early merge say so; a relative output path works.
+    @Test func messagesSayWhatHappenedAndWhatToDo() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir, extras: ["zz_odd": ["empty.jpg", "not_an_image.jpg"]])
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: data + "/animals/notes.txt"))
+        try Data("readme".utf8).write(to: URL(fileURLWithPath: data + "/README.txt"))
+        func mtok(_ args: [String]) throws -> TestSupport.ProcessResult {
+            try TestSupport.run(TestSupport.mtokBinary, args, currentDirectory: dir)  // "c" is relative to dir
+        }
+        let base = ["tokenize", data, "--model", model, "--out", "c", "--resolution", "64"]
+
+        // Stops at the first failure (--max-failures 0): unfinished, resumable, no fault.
+        let stopped = try mtok(base + ["--max-failures", "0"])
+        #expect(stopped.status == 3, "\(stopped.stderr)")
+        #expect(stopped.stderr.contains("UNTRAINED random weights (preset tiny, seed 3)"), "\(stopped.stderr)")
+        let unfinished = try mtok(["verify", "c"])
+        #expect(unfinished.status == 2, "\(unfinished.stdout)")
+        #expect(unfinished.stdout.contains("UNFINISHED its writer has not finished") && !unfinished.stdout.contains("FAULT"), "\(unfinished.stdout)")
+
+        let resumed = try mtok(base)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stdout.contains("failures   1 input(s) could not be tokenized; each is a line of c/failures.jsonl"), "\(resumed.stdout)")
+        #expect(resumed.stdout.contains("skipped    2 file(s) that are not images by their extension, e.g. animals/notes.txt"), "\(resumed.stdout)")
+        #expect(try mtok(["verify", "c", "--deep"]).status == 0)
+        let info = try mtok(["info", "c"]).stdout
+        #expect(info.contains("classes         5: animals, objects, people, science, zz_odd"), "\(info)")
+        #expect(info.contains("failures        2 input(s) could not be tokenized"), "\(info)")
+        #expect(info.contains("model           UNTRAINED random weights"), "\(info)")
+        #expect(info.contains("preprocessing   crop adm, views center,hflip, 64 px"), "\(info)")
+
+        let limited = try mtok(base + ["--limit", "3"])
+        #expect(limited.status != 0 && limited.stderr.contains("inputs.count is 13 there, 3 now") && limited.stderr.contains("another --limit"),
+                "\(limited.stderr)")
+        let jpeg = try mtok(["tokenize", data, "--model", data + "/animals/0_chelsea.jpg", "--out", "d"])
+        #expect(jpeg.status != 0 && jpeg.stderr.contains("is a JPEG image, not encoder weights"), "\(jpeg.stderr)")
+        let version = try mtok(["--version"])
+        #expect(version.status == 0 && version.stdout.hasPrefix("mtok ") && version.stdout.contains("encoder arithmetic"), "\(version.stdout)")
     }
 
     @Test func killedWithSIGKILLAndResumedGivesTheSameCache() throws {

@@ -877,7 +877,7 @@ print(len(c), c[len(c) - 1]["id"] if len(c) else "-", c.batch(range(len(c)))["id
 def test_manifest_lists_the_open_shard():
     """Every commit is listed, the shard being written with `sealed: false` (FORMAT 2, 6.2), as
     the Swift writer lists it: readers in other processes see the records as they are committed,
-    and an unfinished cache is one `mtok verify` calls incomplete, not one with an unlisted shard."""
+    and an unfinished cache is one `mtok verify` calls unfinished, not one with an unlisted shard."""
     import subprocess
     here = os.path.dirname(os.path.abspath(__file__))
     recs = list(make_records(12))
