@@ -6,6 +6,8 @@ public enum EncoderError: Error, Equatable, CustomStringConvertible {
     case invalidWeights([String])
     /// No configuration in the file's metadata and no sidecar JSON.
     case missingConfig(String)
+    /// The file is something else (an image, an unconverted checkpoint): what it is and what to do.
+    case notWeights(String)
     /// An input image has the wrong number of values.
     case invalidInput(String)
     /// A ToMe metric vector had zero norm (NaN cosine scores), spec §3.5.
@@ -16,6 +18,7 @@ public enum EncoderError: Error, Equatable, CustomStringConvertible {
         case .invalidConfig(let p): "invalid encoder config: " + p.joined(separator: "; ")
         case .invalidWeights(let p): "invalid encoder weights: " + p.joined(separator: "; ")
         case .missingConfig(let s): "no encoder config: \(s)"
+        case .notWeights(let s): s
         case .invalidInput(let s): "invalid encoder input: \(s)"
         case .degenerateMetric(let l): "zero-norm token-merging metric in block \(l)"
         }

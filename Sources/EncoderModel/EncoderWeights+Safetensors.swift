@@ -17,7 +17,7 @@ extension EncoderWeights {
     public static func load(path: String, config override: EncoderConfig? = nil) throws -> EncoderWeights {
         let file = try MappedFile(path: path)
         if let kind = otherFileKind(file.bytes) {
-            throw EncoderError.missingConfig("\(path) is \(kind), not encoder weights (.safetensors)")
+            throw EncoderError.notWeights("\(path) is \(kind)")
         }
         let header = try Safetensors.parseHeader(file.bytes)
         var config: EncoderConfig
@@ -97,10 +97,10 @@ extension EncoderWeights {
     /// file begins with a small little-endian header length and then "{".
     static func otherFileKind(_ bytes: UnsafeRawBufferPointer) -> String? {
         func starts(_ magic: [UInt8]) -> Bool { bytes.count >= magic.count && zip(bytes, magic).allSatisfy { $0 == $1 } }
-        if starts([0xFF, 0xD8, 0xFF]) { return "a JPEG image" }
-        if starts([0x89, 0x50, 0x4E, 0x47]) { return "a PNG image" }
+        if starts([0xFF, 0xD8, 0xFF]) { return "a JPEG image, not encoder weights (.safetensors)" }
+        if starts([0x89, 0x50, 0x4E, 0x47]) { return "a PNG image, not encoder weights (.safetensors)" }
         if starts([0x50, 0x4B, 0x03, 0x04]) || starts([0x80, 0x02]) || starts([0x80, 0x04]) || starts([0x80, 0x05]) {
-            return "a PyTorch checkpoint (torch.save); convert it with tools/convert_checkpoint.py (README: Getting weights)"
+            return "a PyTorch checkpoint (torch.save), not yet encoder weights: convert it with tools/convert_checkpoint.py (README: Getting weights)"
         }
         if bytes.count >= 9, bytes[8] != UInt8(ascii: "{") { return "not a safetensors file (no JSON header after the 8-byte length)" }
         return nil

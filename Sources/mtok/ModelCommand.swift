@@ -84,7 +84,19 @@ struct ModelInfo: ParsableCommand {
 struct ModelPresets: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "presets", abstract: "List encoder presets.")
 
-    func run() {
+    @Flag(help: "Print {name: {summary, config}} as JSON (what tools/convert_checkpoint.py reads).") var json = false
+
+    func run() throws {
+        if json {
+            var object: [String: Any] = [:]
+            for p in EncoderPresets.all {
+                object[p.name] = ["summary": p.summary,
+                                  "config": try JSONSerialization.jsonObject(with: Data(p.config.jsonString().utf8))]
+            }
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
         let width = EncoderPresets.all.map(\.name.count).max() ?? 0
         for p in EncoderPresets.all {
             let gflop = Double(2 * p.config.macsPerImage) / 1e9

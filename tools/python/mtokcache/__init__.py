@@ -1,5 +1,5 @@
 """Read and write MergeTok token caches (Schemas/FORMAT.md) and stream them in the order of
-Schemas/STREAM.md. Depends on numpy, lmdb and zstandard; `mtokcache.torch` needs PyTorch.
+Schemas/STREAM.md. Depends on numpy, lmdb and zstandard; `mtokcache.datasets` (the PyTorch datasets) needs PyTorch.
 
     import mtokcache
     cache = mtokcache.open("imagenet.mtok")
