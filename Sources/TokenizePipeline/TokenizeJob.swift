@@ -28,6 +28,8 @@ public struct TokenizeOptions: Sendable {
     /// Only the first `limit` inputs (in input order), before splitting among ranks.
     public var limit: Int?
     public var writer = CacheWriter.Options()
+    /// How images are decoded; what differs from the default goes into the settings.
+    public var decode = DecodeOptions()
 
     public init() {}
 }
@@ -111,7 +113,7 @@ public final class TokenizeJob {
         options.resolution = side
         self.options = options
         encoder = MergeTokEncoder(weights: weights)
-        preprocessor = Preprocessor(resolution: side, crop: options.crop)
+        preprocessor = Preprocessor(resolution: side, crop: options.crop, decodeOptions: options.decode)
         indexDType = weights.config.codebookEntries <= 65536 ? .u16 : .u32
         groupDType = weights.config.keptTokens <= 256 ? .u8 : .u16
 
@@ -150,6 +152,9 @@ public final class TokenizeJob {
     static func hint(forDifference message: String) -> String {
         if message.contains("inputs.") {
             return ". The inputs are not those of the run that wrote it (another folder or list, images added or removed, or another --limit): resume with the same inputs and --limit, or write to a new output"
+        }
+        if message.contains("preprocessing.") || message.contains("_dtype") {
+            return ". It was written with other --crop, --views, --latent-dtype or decode options (mtok info shows them): resume with the same, or write to a new output"
         }
         if message.contains("model.") {
             return ". It was written with another model (weights or configuration): use that model, or write to a new output"
@@ -239,7 +244,7 @@ public final class TokenizeJob {
                 // Whose resampling arithmetic the pixels follow: Pillow 13 orders the two passes
                 // by the image's shape, earlier Pillow did not (PillowResampler).
                 ("resample", .string("pillow-13")),
-            ])),
+            ] + decodeSettings(options.decode))),
             ("latent_dtype", .string(options.latentDType.rawValue)),
             ("index_dtype", .string(indexDType.rawValue)),
             ("group_dtype", .string(groupDType.rawValue)),
@@ -249,6 +254,20 @@ public final class TokenizeJob {
                 ("fingerprint", .string(CacheVerifier.hex(fingerprint.finalize()))),
             ])),
         ])
+    }
+
+    /// The decode choices that differ from the defaults (so a cache made with the defaults has the
+    /// same settings as before these options existed, and resumes).
+    static func decodeSettings(_ d: DecodeOptions) -> [(String, JSONValue)] {
+        let standard = DecodeOptions()
+        var out: [(String, JSONValue)] = []
+        if d.appliesExifOrientation != standard.appliesExifOrientation { out.append(("exif_transpose", .bool(d.appliesExifOrientation))) }
+        if let bg = d.alphaBackground {
+            out.append(("alpha_background", .array([bg.red, bg.green, bg.blue].map { .number(Double($0)) })))
+        }
+        if d.acceptsTruncatedJPEG != standard.acceptsTruncatedJPEG { out.append(("accept_truncated_jpeg", .bool(d.acceptsTruncatedJPEG))) }
+        if d.maxPixels != standard.maxPixels { out.append(("max_pixels", .number(Double(d.maxPixels)))) }
+        return out
     }
 
     // MARK: Running

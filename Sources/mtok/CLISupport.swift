@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ImageDecoding
 import ShardFormat
 import ShardReader
 import TensorFiles
@@ -78,4 +79,42 @@ func arithmeticLine(_ uses: [(madeBy: Manifest.Arithmetic?, records: Int)]) -> S
     if uses.count == 1 { return "all records by \(name(uses[0].madeBy))" }
     let list = uses.map { "\($0.records) by \(name($0.madeBy))" }.joined(separator: "; ")
     return "MIXED: records made by \(uses.count) different arithmetics (\(list)); records of different kernels differ in their last bits"
+}
+
+/// How images are decoded, for `preprocess` and `tokenize` alike (`DecodeOptions`; the defaults
+/// are Pillow's `convert("RGB")`, what tokenizers were trained on).
+struct DecodeFlags: ParsableArguments {
+    @Flag(help: "Rotate JPEGs as their EXIF orientation says (ignored by default, as in training).")
+    var applyExif = false
+
+    @Option(help: "Composite alpha over this colour, as R,G,B (alpha is dropped by default).")
+    var background: String?
+
+    @Flag(help: "Accept truncated JPEGs (libjpeg fills the missing rows with gray).")
+    var acceptTruncated = false
+
+    @Option(help: "Refuse images with more pixels than this.")
+    var maxPixels: Int = DecodeOptions().maxPixels
+
+    func validate() throws {
+        if let background, Self.colour(background) == nil {
+            throw ValidationError("--background must be R,G,B with values 0...255")
+        }
+        guard maxPixels > 0 else { throw ValidationError("--max-pixels must be positive") }
+    }
+
+    var options: DecodeOptions {
+        var o = DecodeOptions()
+        o.appliesExifOrientation = applyExif
+        o.alphaBackground = background.flatMap(Self.colour)
+        o.acceptsTruncatedJPEG = acceptTruncated
+        o.maxPixels = maxPixels
+        return o
+    }
+
+    static func colour(_ text: String) -> RGBColor? {
+        let parts = text.split(separator: ",").map { UInt8($0.trimmingCharacters(in: .whitespaces)) }
+        guard parts.count == 3, let r = parts[0], let g = parts[1], let b = parts[2] else { return nil }
+        return RGBColor(red: r, green: g, blue: b)
+    }
 }

@@ -33,20 +33,10 @@ struct PreprocessCommand: ParsableCommand {
     @Option(help: "Output file: .png (8-bit RGB) or .npy (float32 [3,R,R], x/127.5-1).")
     var out: String
 
-    @Flag(help: "Rotate JPEGs as their EXIF orientation says (ignored by default, as in training).")
-    var applyExif = false
-
-    @Option(help: "Composite alpha over this colour, as R,G,B (alpha is dropped by default).")
-    var background: String?
-
-    @Flag(help: "Accept truncated JPEGs (libjpeg fills the missing rows with gray).")
-    var acceptTruncated = false
+    @OptionGroup var decode: DecodeFlags
 
     @Flag(help: "Fast path: DCT-domain downscaling of JPEGs (pixels differ slightly from the exact path).")
     var fast = false
-
-    @Option(help: "Refuse images with more pixels than this.")
-    var maxPixels: Int = DecodeOptions().maxPixels
 
     func validate() throws {
         guard resolution > 0 && resolution <= 16384 else { throw ValidationError("--resolution must be 1...16384") }
@@ -54,20 +44,11 @@ struct PreprocessCommand: ParsableCommand {
         guard View(number: view) != nil else { throw ValidationError("--view must be 0...11") }
         let ext = (out as NSString).pathExtension.lowercased()
         guard ext == "png" || ext == "npy" else { throw ValidationError("--out must end in .png or .npy") }
-        if let background, parseColour(background) == nil {
-            throw ValidationError("--background must be R,G,B with values 0...255")
-        }
         guard tenCropRange >= 1 && tenCropRange <= 2 else { throw ValidationError("--ten-crop-range must be 1...2") }
-        guard maxPixels > 0 else { throw ValidationError("--max-pixels must be positive") }
     }
 
     func run() throws {
-        var options = DecodeOptions()
-        options.appliesExifOrientation = applyExif
-        options.alphaBackground = background.flatMap(parseColour)
-        options.acceptsTruncatedJPEG = acceptTruncated
-        options.maxPixels = maxPixels
-        var pre = Preprocessor(resolution: resolution, crop: CropMode(rawValue: crop) ?? .adm, decodeOptions: options)
+        var pre = Preprocessor(resolution: resolution, crop: CropMode(rawValue: crop) ?? .adm, decodeOptions: decode.options)
         pre.usesDCTScaling = fast
         pre.tenCropRange = tenCropRange
         do {
@@ -85,12 +66,6 @@ struct PreprocessCommand: ParsableCommand {
             FileHandle.standardError.write(Data("mtok preprocess: cannot write \(out): \(describeFileError(error))\n".utf8))
             throw ExitCode(1)
         }
-    }
-
-    private func parseColour(_ text: String) -> RGBColor? {
-        let parts = text.split(separator: ",").map { UInt8($0.trimmingCharacters(in: .whitespaces)) }
-        guard parts.count == 3, let r = parts[0], let g = parts[1], let b = parts[2] else { return nil }
-        return RGBColor(red: r, green: g, blue: b)
     }
 
     /// NPY format 1.0: magic, version, little-endian header length, a Python dict literal padded

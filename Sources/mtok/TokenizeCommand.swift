@@ -36,6 +36,7 @@ struct TokenizeCommand: ParsableCommand {
     @Option(name: .customLong("max-failures"), help: "Stop (resumably) when more inputs than this have failed.") var maxFailures: Int?
     @Option(help: "Only the first N inputs.") var limit: Int?
     @Option(name: .customLong("shard-size-mb"), help: "Seal shards at this size (MiB).") var shardSizeMB = 1024
+    @OptionGroup(title: "Decoding (recorded in the cache's settings when not the default)") var decode: DecodeFlags
 
     func validate() throws {
         for (name, value, least) in [("--batch-size", batchSize, 1), ("--threads", threads ?? 1, 1),
@@ -108,6 +109,7 @@ struct TokenizeCommand: ParsableCommand {
         options.rank = r
         options.worldSize = w
         options.limit = limit
+        options.decode = decode.options
 
         let job: TokenizeJob
         do {

@@ -256,6 +256,37 @@ struct TokenizeCLITests {
         #expect(version.status == 0 && version.stdout.hasPrefix("mtok ") && version.stdout.contains("encoder arithmetic"), "\(version.stdout)")
     }
 
+    /// `tokenize` takes `preprocess`'s decode choices: EXIF rotation and an alpha background
+    /// change the records of exactly the images they concern, go into the settings (only when not
+    /// the default, so older caches still resume), and a resume with other choices is refused.
+    @Test func decodeChoicesChangeTheirImagesAndAreRecorded() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = dir + "/flat"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        for f in ["exif_orientation_6.jpg", "photo_ihc_rgba.png", "photo_chelsea_ycck.jpg"] {
+            try FileManager.default.copyItem(atPath: Self.fixtures + "/" + f, toPath: data + "/" + f)
+        }
+        #expect(try tokenize(data, model, dir + "/plain", ["--views", "center"]).status == 0)
+        let chosen = ["--views", "center", "--apply-exif", "--background", "255,255,255"]
+        let r = try tokenize(data, model, dir + "/chosen", chosen)
+        #expect(r.status == 0, "\(r.stderr)")
+        let plain = try TokenCache(path: dir + "/plain"), other = try TokenCache(path: dir + "/chosen")
+        func latents(_ c: TokenCache, _ id: String) throws -> [UInt8] {
+            try c.record(at: try #require(try c.index(of: id))).latents.bytes
+        }
+        #expect(try latents(plain, "exif_orientation_6.jpg") != latents(other, "exif_orientation_6.jpg"))
+        #expect(try latents(plain, "photo_ihc_rgba.png") != latents(other, "photo_ihc_rgba.png"))
+        #expect(try latents(plain, "photo_chelsea_ycck.jpg") == latents(other, "photo_chelsea_ycck.jpg"))
+        let pre = other.manifest.settings["preprocessing"]
+        #expect(pre?["exif_transpose"] == .bool(true))
+        #expect(pre?["alpha_background"] == .array([.number(255), .number(255), .number(255)]))
+        #expect(plain.manifest.settings["preprocessing"]?["exif_transpose"] == nil)
+        let again = try tokenize(data, model, dir + "/chosen", ["--views", "center"])
+        #expect(again.status != 0 && again.stderr.contains("preprocessing.alpha_background is [255,255,255] there, absent now")
+                && again.stderr.contains("mtok info shows them"), "\(again.stderr)")
+    }
+
     @Test func killedWithSIGKILLAndResumedGivesTheSameCache() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
