@@ -30,19 +30,22 @@ struct InfoCommand: ParsableCommand {
                 let contentDigest: String?
                 let settings: JSONValue
                 let classes: Int?
+                let classNames: [String]?
+                let failures: Int?
                 let part: Manifest.Part?
                 let arithmetic: [Manifest.ArithmeticSegment]?
                 enum CodingKeys: String, CodingKey {
                     case path, formatVersion = "format_version", complete, records, shards, payloadBytes = "payload_bytes"
                     case compressedBytes = "compressed_bytes", bytesOnDisk = "bytes_on_disk", compressionRatio = "compression_ratio"
-                    case contentDigest = "content_digest", settings, classes, part, arithmetic
+                    case contentDigest = "content_digest", settings, classes, classNames = "class_names", failures, part, arithmetic
                 }
             }
             try printJSON(Info(path: cache, formatVersion: m.formatVersion, complete: m.complete, records: c.count,
                                shards: m.shards.count, payloadBytes: m.totals.payloadBytes,
                                compressedBytes: m.totals.compressedBytes, bytesOnDisk: m.totals.bytesOnDisk,
                                compressionRatio: ratio, contentDigest: m.contentDigest, settings: m.settings,
-                               classes: m.classes?.count, part: m.part, arithmetic: m.arithmetic))
+                               classes: m.classes?.count, classNames: m.classes, failures: Self.failureCount(cache),
+                               part: m.part, arithmetic: m.arithmetic))
             return
         }
         print("cache           \(cache)")

@@ -246,6 +246,9 @@ struct TokenizeCLITests {
         #expect(info.contains("failures        2 input(s) could not be tokenized"), "\(info)")
         #expect(info.contains("model           UNTRAINED random weights"), "\(info)")
         #expect(info.contains("preprocessing   crop adm, views center,hflip, 64 px"), "\(info)")
+        let json = try JSONSerialization.jsonObject(with: Data(try mtok(["info", "c", "--json"]).stdout.utf8)) as? [String: Any]
+        #expect(json?["failures"] as? Int == 2)
+        #expect((json?["class_names"] as? [String])?.last == "zz_odd")
 
         let limited = try mtok(base + ["--limit", "3"])
         #expect(limited.status != 0 && limited.stderr.contains("inputs.count is 13 there, 3 now") && limited.stderr.contains("another --limit"),
