@@ -171,7 +171,12 @@ struct ClusterTests {
         #expect(lines.first?.hasSuffix("--views center") == true, "\(lines)")
         #expect(lines.last?.contains("mtok merge \"$0\" --wait") == true, "\(lines)")
 
-        let bad = try Self.shell("tools/cluster/k8s-job.sh --ranks 0")
-        #expect(bad.status == 64 && bad.stderr.contains("--ranks must be a positive whole number"), "\(bad.stderr)")
+        for (args, message) in [("--ranks 0", "--ranks must be a positive whole number"),
+                                ("--image 'x\" y'", "--image must be an image reference"),
+                                ("--memory 16GB", "--memory must be a quantity"),
+                                ("--cache-claim Cache", "--cache-claim must be a claim name")] {
+            let bad = try Self.shell("tools/cluster/k8s-job.sh \(args)")
+            #expect(bad.status == 64 && bad.stderr.contains(message), "\(args): \(bad.stderr)")
+        }
     }
 }

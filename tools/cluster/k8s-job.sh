@@ -36,6 +36,11 @@ for n in ranks cpus retries merge_timeout ${parallelism:+parallelism}; do
     [[ ${!n} =~ ^[1-9][0-9]*$ ]] || { echo "k8s-job.sh: --${n//_/-} must be a positive whole number" >&2; exit 64; }
 done
 [[ $name =~ ^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$ ]] || { echo "k8s-job.sh: --name must be a DNS label of at most 42 characters" >&2; exit 64; }
+for n in data_claim cache_claim; do
+    [[ ${!n} =~ ^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$ ]] || { echo "k8s-job.sh: --${n//_/-} must be a claim name (lower-case DNS subdomain)" >&2; exit 64; }
+done
+[[ $image =~ ^[^[:space:]\"]+$ ]] || { echo "k8s-job.sh: --image must be an image reference without spaces or quotes" >&2; exit 64; }
+[[ $memory =~ ^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$ ]] || { echo "k8s-job.sh: --memory must be a quantity such as 16Gi" >&2; exit 64; }
 
 # YAML flow-sequence items, JSON-quoted (a JSON string is a YAML string).
 quote() { python3 -c 'import json, sys; print(", ".join(json.dumps(a) for a in sys.argv[1:]))' "$@"; }
