@@ -61,8 +61,11 @@ public final class CacheWriter {
     ///   - part: for one rank of a scaled-out run.
     ///   - arithmetic: what computes the records this writer appends, recorded in the manifest
     ///     (`Manifest.arithmetic`) as a segment of its own; nil records nothing.
+    /// - Parameter growing: `settings` may differ from an existing cache's in its `appends`
+    ///   list alone, which must extend the cache's (`mtok tokenize --append`): the cache adopts
+    ///   them and is unfinished until `finish()`.
     public init(path: String, settings: JSONValue, classes: [String]? = nil, part: Manifest.Part? = nil,
-                arithmetic: Manifest.Arithmetic? = nil, options: Options = Options()) throws {
+                arithmetic: Manifest.Arithmetic? = nil, growing: Bool = false, options: Options = Options()) throws {
         root = path
         self.arithmetic = arithmetic
         let fm = FileManager.default
@@ -79,7 +82,7 @@ public final class CacheWriter {
         lockFD = fd
         var opts = options
         if fm.fileExists(atPath: path + "/" + Manifest.fileName) {
-            let existing: Manifest
+            var existing: Manifest
             do {
                 try OwnFiles.checkFile(path + "/" + Manifest.fileName)
                 existing = try Manifest.read(fromCache: path)
@@ -87,7 +90,12 @@ public final class CacheWriter {
                 throw CacheError(e.kind == .unknownVersion ? .unknownVersion : .notACache, "\(path)/\(Manifest.fileName): \(e)")
             }
             if let d = existing.settings.describeFirstDifference(from: settings, here: "now") {
-                throw CacheError(.settingsMismatch, "\(path) was written with other settings: \(d); use another output or the same settings")
+                guard growing, Self.onlyAppendsGrew(from: existing.settings, to: settings) else {
+                    throw CacheError(.settingsMismatch, "\(path) was written with other settings: \(d); use another output or the same settings")
+                }
+                existing.settings = settings
+                existing.complete = false
+                existing.contentDigest = nil
             }
             guard existing.part == part else {
                 throw CacheError(.settingsMismatch, "\(path) is a different part (rank/world size) of a scaled-out run")
@@ -114,6 +122,15 @@ public final class CacheWriter {
             // Records of a writer that did not record its arithmetic.
             manifest.arithmetic = [Manifest.ArithmeticSegment(firstRecord: 0, records: manifest.totals.records, madeBy: nil)]
         }
+    }
+
+    /// Whether `new` is `old` with entries added to its `appends` list and nothing else changed.
+    static func onlyAppendsGrew(from old: JSONValue, to new: JSONValue) -> Bool {
+        guard case let .object(a) = old, case let .object(b) = new else { return false }
+        func list(_ v: JSONValue?) -> [JSONValue] { if case let .array(items)? = v { return items } else { return [] } }
+        let before = list(old["appends"]), after = list(new["appends"])
+        return JSONValue.object(a.filter { $0.0 != "appends" }) == JSONValue.object(b.filter { $0.0 != "appends" })
+            && after.count > before.count && Array(after.prefix(before.count)) == before
     }
 
     /// What computes the records this writer appends (see `init`).

@@ -27,6 +27,8 @@ public struct TokenizeOptions: Sendable {
     public var worldSize = 1
     /// Only the first `limit` inputs (in input order), before splitting among ranks.
     public var limit: Int?
+    /// Add the inputs the (finished) output cache does not hold yet after its records (`CacheGrowth`).
+    public var append = false
     public var writer = CacheWriter.Options()
     /// How images are decoded; what differs from the default goes into the settings.
     public var decode = DecodeOptions()
@@ -75,6 +77,11 @@ public final class TokenizeJob {
     public let outputPath: String
     /// This rank's slice of `inputs.items`.
     public let range: Range<Int>
+    /// Inputs the cache held before this run's list (an append's: those before it; else 0).
+    /// Progress markers and failures.jsonl count inputs from the cache's first.
+    public let inputBase: Int
+    /// With --append: inputs of the scan that the cache already held.
+    public let alreadyInCache: Int
     let encoder: MergeTokEncoder
     let preprocessor: Preprocessor
     let writer: CacheWriter
@@ -97,7 +104,17 @@ public final class TokenizeJob {
         var scanned: DatasetInputs
         do { scanned = try DatasetInputs.scan(input) } catch { throw SetupError(message: "input \(error)") }
         if let limit = options.limit { scanned.items.truncate(to: limit) }
+        var growth: CacheGrowth?
+        if options.append {
+            guard options.worldSize == 1 else {
+                throw SetupError(message: "--append grows a cache from one process: it takes no --rank or --world-size")
+            }
+            growth = try CacheGrowth.plan(cache: output, input: input, scanned: scanned, view: options.views[0].number)
+            scanned = growth!.inputs
+        }
         inputs = scanned
+        inputBase = growth?.inputBase ?? 0
+        alreadyInCache = growth?.alreadyThere ?? 0
         let n = scanned.items.count
         range = (n * options.rank / options.worldSize)..<(n * (options.rank + 1) / options.worldSize)
 
@@ -117,8 +134,18 @@ public final class TokenizeJob {
         indexDType = weights.config.codebookEntries <= 65536 ? .u16 : .u32
         groupDType = weights.config.keptTokens <= 256 ? .u8 : .u16
 
-        let settings = try Self.settings(inputs: scanned, modelPath: modelPath, weights: weights, options: options,
+        var settings = try Self.settings(inputs: scanned, modelPath: modelPath, weights: weights, options: options,
                                          indexDType: indexDType, groupDType: groupDType)
+        if let growth {
+            settings = try growth.settings(run: settings, path: output)
+        } else if options.worldSize == 1, let existing = try? Manifest.read(fromCache: output),
+                  let appends = existing.settings[CacheGrowth.appendsKey] {
+            // The same command again on a grown cache: its first run's inputs, and what was added since.
+            guard existing.complete else {
+                throw SetupError(message: "output \(output) has an unfinished --append: run that command again (with --append and the same inputs)")
+            }
+            settings = CacheGrowth.setting(CacheGrowth.appendsKey, to: appends, in: settings)
+        }
         if options.worldSize > 1 {
             outputPath = CacheMerger.partPath(root: output, rank: options.rank)
             if FileManager.default.fileExists(atPath: output + "/" + Manifest.fileName) {
@@ -139,7 +166,7 @@ public final class TokenizeJob {
         do {
             writer = try CacheWriter(path: outputPath, settings: settings, classes: scanned.classes,
                                      part: options.worldSize > 1 ? Manifest.Part(rank: options.rank, worldSize: options.worldSize) : nil,
-                                     arithmetic: Self.arithmetic, options: options.writer)
+                                     arithmetic: Self.arithmetic, growing: growth != nil, options: options.writer)
         } catch let e as CacheError where e.kind == .settingsMismatch {
             throw SetupError(message: "output \(outputPath): \(e)\(Self.hint(forDifference: e.message))")
         } catch {
@@ -151,7 +178,7 @@ public final class TokenizeJob {
     /// What a settings difference between a cache and a run usually means, and what to do.
     static func hint(forDifference message: String) -> String {
         if message.contains("inputs.") {
-            return ". The inputs are not those of the run that wrote it (another folder or list, images added or removed, or another --limit): resume with the same inputs and --limit, or write to a new output"
+            return ". The inputs are not those of the run that wrote it (another folder or list, images added or removed, or another --limit): resume with the same inputs and --limit, add the new inputs to the finished cache with --append, or write to a new output"
         }
         if message.contains("preprocessing.") || message.contains("_dtype") {
             return ". It was written with other --crop, --views, --latent-dtype or decode options (mtok info shows them): resume with the same, or write to a new output"
@@ -214,7 +241,7 @@ public final class TokenizeJob {
     }
 
     /// Inputs of this rank already committed by an earlier run.
-    public var alreadyDone: Int { min(writer.inputsDone ?? 0, range.count) }
+    public var alreadyDone: Int { min(max(0, (writer.inputsDone ?? 0) - inputBase), range.count) }
 
     /// What the manifest records as `settings`: everything that decides the records' bytes and
     /// numbering, and nothing that does not (threads, batch size).
@@ -278,7 +305,7 @@ public final class TokenizeJob {
         let start = Date()
         Parallel.setThreadCount(max(1, options.encoderThreads))
         let first = range.lowerBound + alreadyDone
-        try FailureLog.truncate(at: outputPath + "/failures.jsonl", keepingBelow: first)
+        try FailureLog.truncate(at: outputPath + "/failures.jsonl", keepingBelow: inputBase + first)
         var summary = TokenizeSummary(cache: outputPath)
         summary.skippedAlreadyDone = alreadyDone
         progress?.begin(total: range.count, done: alreadyDone)
@@ -342,7 +369,7 @@ public final class TokenizeJob {
             switch e.outcome {
             case .failure(let error):
                 failures += 1
-                batchFailures.append(FailureLog.Entry(index: e.index, id: e.item.id, path: e.item.path, kind: error.kind, reason: error.reason))
+                batchFailures.append(FailureLog.Entry(index: inputBase + e.index, id: e.item.id, path: e.item.path, kind: error.kind, reason: error.reason))
             case .success(let views):
                 // An encoder error stops the run before this batch is committed.
                 batchRecords += try views.get()
@@ -350,19 +377,19 @@ public final class TokenizeJob {
             progress?.advance(failures: failures)
             let done = e.index + 1 - range.lowerBound
             if let max = options.maxFailures, failures > max {
-                try flush(inputsDone: done)
+                try flush(inputsDone: inputBase + done)
                 summary.stopReason = "more than \(max) inputs failed (failures.jsonl lists them); the run stopped with them committed as failures. Run the same command again to go on past them (each run counts its own failures); to tokenize them once fixed, fix them and write a new cache"
                 break
             }
             if batchRecords.count >= options.batchSize || shouldStop() {
-                try flush(inputsDone: done)
+                try flush(inputsDone: inputBase + done)
                 if shouldStop() {
                     summary.stopReason = "interrupted; run the same command again to resume"
                     break
                 }
             }
         }
-        if summary.stopReason == nil { try flush(inputsDone: range.count) }
+        if summary.stopReason == nil { try flush(inputsDone: inputBase + range.count) }
         queue.stop()
         encoded.stop()
         try sink.drain()

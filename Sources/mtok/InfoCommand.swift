@@ -105,8 +105,15 @@ struct InfoCommand: ParsableCommand {
             "                weights sha256 \(text(model["weights_sha256"]).prefix(16))…, resolution \(text(config?["resolution"])), z_channels \(text(config?["z_channels"])), merge_num \(text(config?["merge_num"])), quantizer \(text(config?["quantizer"]))\(config?["codebook_size"].map { " (\(text($0)) codes)" } ?? "")",
             "preprocessing   crop \(text(pre["crop"])), views \(views), \(text(pre["resolution"])) px, resample \(text(pre["resample"]))",
             "dtypes          latents \(text(s["latent_dtype"])), indices \(text(s["index_dtype"])), groups \(text(s["group_dtype"]))",
-            "inputs          \(text(inputs["count"])) (\(text(inputs["kind"])); fingerprint \(text(inputs["fingerprint"]).prefix(16))…)",
+            "inputs          \(text(inputs["count"])) (\(text(inputs["kind"])); fingerprint \(text(inputs["fingerprint"]).prefix(16))…)\(appended(s["appends"]))",
         ]
+    }
+
+    /// ", then N added by K appends" for a grown cache (`mtok tokenize --append`).
+    static func appended(_ appends: JSONValue?) -> String {
+        guard case let .array(items)? = appends, !items.isEmpty else { return "" }
+        let added = items.reduce(0) { $0 + ($1["count"]?.intValue ?? 0) }
+        return ", then \(added) added by \(items.count) append\(items.count == 1 ? "" : "s")"
     }
 
     /// Lines in `CACHE/failures.jsonl`, nil when there is none. The file may come from a

@@ -35,6 +35,7 @@ struct TokenizeCommand: ParsableCommand {
     @Option(name: .customLong("world-size"), help: "Number of ranks.") var worldSize: Int?
     @Option(name: .customLong("max-failures"), help: "Stop (resumably) when more inputs than this have failed.") var maxFailures: Int?
     @Option(help: "Only the first N inputs.") var limit: Int?
+    @Flag(help: "Add the inputs the finished cache at --out does not hold yet, after its records, without re-encoding the rest (same model and options; resumable).") var append = false
     @Option(name: .customLong("shard-size-mb"), help: "Seal shards at this size (MiB).") var shardSizeMB = 1024
     @OptionGroup(title: "Decoding (recorded in the cache's settings when not the default)") var decode: DecodeFlags
 
@@ -110,10 +111,14 @@ struct TokenizeCommand: ParsableCommand {
         options.worldSize = w
         options.limit = limit
         options.decode = decode.options
+        options.append = append
 
         let job: TokenizeJob
         do {
             job = try TokenizeJob(input: input, modelPath: model, output: out, options: options)
+        } catch let nothing as CacheGrowth.NothingToAdd {
+            print(nothing.description)
+            return
         } catch {
             throw fail("\(error)")
         }
@@ -162,6 +167,9 @@ struct TokenizeCommand: ParsableCommand {
         """)
         if summary.failures > 0 {
             print("  failures   \(summary.failures) input(s) could not be tokenized; each is a line of \(summary.cache)/failures.jsonl (id, path, reason)")
+        }
+        if append {
+            print("  appended   \(job.inputs.items.count) new input(s) after the cache's first \(job.inputBase) inputs; \(job.alreadyInCache) of the scanned inputs were in the cache already")
         }
         if job.inputs.skippedFiles > 0 {
             print("  skipped    \(job.inputs.skippedFiles) file(s) that are not images by their extension, e.g. \(job.inputs.skippedExample ?? "?") (not inputs, not failures)")

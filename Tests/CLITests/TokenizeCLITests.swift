@@ -290,6 +290,64 @@ struct TokenizeCLITests {
                 && again.stderr.contains("mtok info shows them"), "\(again.stderr)")
     }
 
+    /// `--append` adds only the new photos after the cache's records, survives SIGKILL, and gives
+    /// the records (and content digest) of a fresh run over the old inputs followed by the new.
+    @Test func appendAddsNewInputsAsAFreshRunOverOldThenNew() throws {
+        let dir = try TestSupport.temporaryDirectory()
+        let model = try tinyModel(dir)
+        let data = try dataset(dir, copies: 2)
+        let fm = FileManager.default
+        let later = ["objects/1_coins.jpg", "objects/1_rocket.jpg", "science/1_hubble_deep_field.jpg",
+                     "science/1_immunohistochemistry.jpg", "science/1_moon.jpg", "science/1_retina.jpg"]
+        try fm.createDirectory(atPath: dir + "/held", withIntermediateDirectories: true)
+        for (n, id) in later.enumerated() { try fm.moveItem(atPath: data + "/" + id, toPath: "\(dir)/held/\(n)") }
+        let args = ["--views", "center,hflip", "--batch-size", "1"]
+        #expect(try tokenize(data, model, dir + "/g", args).status == 0)
+        let oldIds = try (0..<16).map { try TokenCache(path: dir + "/g").record(at: 2 * $0).id }
+        for (n, id) in later.enumerated() { try fm.moveItem(atPath: "\(dir)/held/\(n)", toPath: data + "/" + id) }
+
+        // Not --append: the grown folder is refused, and the message names --append.
+        let plain = try tokenize(data, model, dir + "/g", args)
+        #expect(plain.status != 0 && plain.stderr.contains("--append"), "\(plain.stderr)")
+        // SIGKILL the append until a kill lands after some of its records are committed.
+        var committedBeforeKill: Int?
+        for delay in [0.5, 0.8, 1.1, 1.5, 2.0, 2.5, 3.0] where committedBeforeKill == nil {
+            let run = try TestSupport.mtok(["tokenize", data, "--model", model, "--out", dir + "/g", "--resolution", "64", "--append"] + args,
+                                           signal: SIGKILL, after: delay)
+            guard run.signalled else { break }
+            let count = try TokenCache(path: dir + "/g").count
+            if count > 32 { committedBeforeKill = count }
+        }
+        #expect(committedBeforeKill.map { $0 < 44 } == true, "no kill landed mid-append: \(String(describing: committedBeforeKill))")
+        #expect(try TestSupport.mtok(["verify", dir + "/g"]).status == 2, "a killed append leaves an unfinished cache")
+        let done = try tokenize(data, model, dir + "/g", args + ["--append"])
+        #expect(done.status == 0, "\(done.stderr)")
+        #expect(try TestSupport.mtok(["verify", dir + "/g", "--deep"]).status == 0)
+        let grown = try TokenCache(path: dir + "/g")
+        #expect(grown.count == 44)
+        #expect(try (32..<44).map { try grown.record(at: $0).id } == later.flatMap { [$0, $0] })
+
+        // A fresh run over a list: the old inputs in their order, then the new ones.
+        let classes = try #require(grown.manifest.classes)
+        let lines = try (oldIds + later).map { id -> String in
+            let label = try #require(classes.firstIndex(of: String(id.split(separator: "/")[0])))
+            return #"{"path": "\#(data)/\#(id)", "id": "\#(id)", "label": \#(label)}"#
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: dir + "/all.jsonl", atomically: true, encoding: .utf8)
+        #expect(try tokenize(dir + "/all.jsonl", model, dir + "/fresh", args).status == 0)
+        let fresh = try TokenCache(path: dir + "/fresh")
+        #expect(fresh.count == grown.count)
+        for i in 0..<grown.count { #expect(try grown.record(at: i) == fresh.record(at: i), "record \(i)") }
+        #expect(grown.manifest.contentDigest != nil && grown.manifest.contentDigest == fresh.manifest.contentDigest)
+
+        let again = try tokenize(data, model, dir + "/g", args + ["--append"])
+        #expect(again.status == 0 && again.stdout.contains("nothing to add: all 22 inputs"), "\(again.stdout)")
+        try fm.createDirectory(atPath: data + "/zz_new", withIntermediateDirectories: true)
+        try fm.copyItem(atPath: data + "/animals/0_chelsea.jpg", toPath: data + "/zz_new/x.jpg")
+        let newClass = try tokenize(data, model, dir + "/g", args + ["--append"])
+        #expect(newClass.status != 0 && newClass.stderr.contains("has a class 'zz_new' that"), "\(newClass.stderr)")
+    }
+
     @Test func killedWithSIGKILLAndResumedGivesTheSameCache() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
