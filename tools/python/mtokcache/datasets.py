@@ -21,6 +21,7 @@ batches arrive about twice as fast. Convert on the GPU (`x.float()`, `i.long()`)
 """
 
 import operator
+import sys
 
 import numpy as np
 import torch
@@ -168,9 +169,10 @@ class CacheIterableDataset(IterableDataset, _Lazy):
         return _order.rank_count(len(self._cache), self.rank, self.world_size, self.start, self.padding)
 
     def __iter__(self):
-        idx = self.indices()
         info = get_worker_info()
         k, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        _check_loader_batches(self, sys._getframe(1), workers)
+        idx = self.indices()
         b = self.batch_size
         for lo in range(k * b, len(idx), workers * b):
             if self.batched:
@@ -182,6 +184,29 @@ class CacheIterableDataset(IterableDataset, _Lazy):
                 continue
             for i in idx[lo:lo + b]:
                 yield _apply(self, self._cache[int(i)])
+
+
+def _check_loader_batches(ds, caller, workers):
+    """Refuses a DataLoader whose batches would not follow the rank's stream order.
+
+    DataLoader workers take turns batch by batch: with K > 1 workers each yielding the dataset's
+    blocks of `batch_size`, the loader's batches are the stream in order only when it collates
+    exactly `batch_size` samples (and, with batched=True, when it collates nothing). The loader
+    is not visible from here; what a batch of it asks for is: the first sample is requested by
+    PyTorch's iterable-dataset fetcher with the batch's index list in its frame. Where that frame
+    looks otherwise (another PyTorch, a plain loop), nothing is checked."""
+    asked = caller.f_locals.get("possibly_batched_index") if caller is not None else None
+    fetcher = caller.f_locals.get("self") if caller is not None else None
+    if asked is None or fetcher is None or not hasattr(fetcher, "auto_collation"):
+        return
+    collates = len(asked) if fetcher.auto_collation else None
+    if ds.batched and collates is not None:
+        raise ValueError("CacheIterableDataset(batched=True) yields whole batches: use DataLoader(batch_size=None)")
+    if not ds.batched and workers > 1 and collates != ds.batch_size:
+        raise ValueError("DataLoader collates %s samples a batch but the dataset's batch_size is %d: with %d workers the "
+                         "samples would leave the rank's stream order; use DataLoader(batch_size=%d) (or batched=True "
+                         "with DataLoader(batch_size=None))" % (collates if collates is not None else "no", ds.batch_size,
+                                                                 workers, ds.batch_size))
 
 
 def _apply(ds, record):

@@ -1168,6 +1168,32 @@ def test_iterable_dataset_epochs_reach_persistent_workers():
             del loader
 
 
+def test_loader_batches_that_break_the_stream_order_are_refused():
+    """With several workers, a DataLoader that collates another number of samples than the
+    dataset's batch_size would reorder the stream: refused with the fix; one worker (or none)
+    keeps the order whatever the loader's batch size; batched=True wants batch_size=None."""
+    if not have_torch():
+        return
+    from torch.utils.data import DataLoader
+    from mtokcache.datasets import CacheIterableDataset
+    with TempDir() as d:
+        write(d + "/c", make_records(30), records_per_chunk=4)
+        c = mtokcache.open(d + "/c")
+        want = c.stream_indices(0, 1, 0, 5).tolist()
+        ds = CacheIterableDataset(d + "/c", seed=5, batch_size=4)
+        refused(ValueError, lambda: [b for b in DataLoader(ds, batch_size=6, num_workers=2)],
+                ["collates 6 samples", "batch_size is 4", "DataLoader(batch_size=4)"])
+        for workers in (0, 1):
+            got = [int(i) for b in DataLoader(ds, batch_size=6, num_workers=workers) for i in b["index"]]
+            assert got == want, (workers, got)
+        got = [int(i) for b in DataLoader(ds, batch_size=4, num_workers=2) for i in b["index"]]
+        assert got == want, got
+        batched = CacheIterableDataset(d + "/c", seed=5, batch_size=4, batched=True)
+        refused(ValueError, lambda: next(iter(DataLoader(batched, batch_size=4))), ["batch_size=None"])
+        got = [int(i) for b in DataLoader(batched, batch_size=None, num_workers=2) for i in b["index"]]
+        assert got == want, got
+
+
 def test_iterable_dataset_takes_any_unsigned_epoch_and_start():
     """Epochs are unsigned 64-bit and a start may lie past the epoch (STREAM.md): the dataset's
     shared int64 progress tensor holds both; a negative start is refused."""
