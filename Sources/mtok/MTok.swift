@@ -13,6 +13,7 @@ struct MTok: ParsableCommand {
             TokenizeCommand.self,
             MergeCommand.self,
             InfoCommand.self,
+            StatsCommand.self,
             GetCommand.self,
             VerifyCommand.self,
             SynthCacheCommand.self,

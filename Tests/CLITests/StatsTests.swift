@@ -1,0 +1,54 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `mtok stats` against a float64 NumPy computation over the same records (read by the Python
+/// package): per-channel mean and std within 1e-9 relative (float64 sums in another order),
+/// min, max, code counts, group sizes and labels exactly.
+struct StatsTests {
+    @Test func statsEqualAFloat64NumPyComputation() throws {
+        guard let python = TestSupport.python else { Issue.record("no Python (.venv)"); return }
+        let dir = try TestSupport.temporaryDirectory("stats")
+        #expect(try TestSupport.mtok(["model", "init", "--preset", "tiny-vae-vq", "--seed", "4", "--out", dir + "/m.safetensors"]).status == 0)
+        let photos = TestSupport.packageRoot + "/tools/demo/images"
+        let made = try TestSupport.mtok(["tokenize", photos, "--model", dir + "/m.safetensors", "--out", dir + "/c", "--latent-dtype", "f32"])
+        #expect(made.status == 0, "\(made.stderr)")
+        let r = try TestSupport.mtok(["stats", dir + "/c", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        try r.stdout.write(toFile: dir + "/stats.json", atomically: true, encoding: .utf8)
+        let script = """
+            import json, sys, numpy as np, mtokcache
+            c = mtokcache.open(sys.argv[1])
+            s = json.load(open(sys.argv[2]))
+            recs = [c[i] for i in range(len(c))]
+            failures = []
+            def close(a, b, what):
+                if not np.allclose(a, b, rtol=1e-9, atol=1e-12): failures.append(what)
+            for key in ("latents", "logvar"):
+                x = np.concatenate([np.asarray(r[key], dtype=np.float64).reshape(-1, r[key].shape[-1]) for r in recs])
+                got = s[key]
+                close([g["mean"] for g in got], x.mean(0), key + " mean")
+                close([g["std"] for g in got], x.std(0), key + " std")
+                if [g["min"] for g in got] != x.min(0).tolist() or [g["max"] for g in got] != x.max(0).tolist(): failures.append(key + " min/max")
+                if any(g["count"] != x.shape[0] for g in got): failures.append(key + " count")
+            idx = np.concatenate([np.asarray(r["indices"]).ravel() for r in recs])
+            counts = np.bincount(idx, minlength=64)
+            cb = s["codebook"]
+            if cb["counts"] != counts.tolist() or cb["used"] != int((counts > 0).sum()) or cb["size"] != 64: failures.append("codebook counts")
+            p = counts[counts > 0] / counts.sum()
+            close(cb["perplexity"], np.exp(-(p * np.log(p)).sum()), "perplexity")
+            sizes = np.concatenate([np.bincount(np.asarray(r["groups"]).ravel(), minlength=len(r["indices"])) for r in recs])
+            hist = np.bincount(sizes[sizes > 0])
+            if s["groups"]["sizes"][1:] != hist.tolist()[1:] or s["groups"]["largest"] != int(sizes.max()): failures.append("group sizes")
+            labels = {}
+            for r in recs: labels[int(r["label"])] = labels.get(int(r["label"]), 0) + 1
+            if {d["label"]: d["records"] for d in s["labels"]} != labels: failures.append("labels")
+            print("records", len(recs), "failures", failures)
+            """
+        let py = try TestSupport.run(python, ["-c", script, dir + "/c", dir + "/stats.json"],
+                                     environment: ["PYTHONPATH": TestSupport.packageRoot + "/tools/python"])
+        #expect(py.status == 0 && py.stdout.contains("records 22 failures []"), "\(py.stdout)\n\(py.stderr)")
+        let text = try TestSupport.mtok(["stats", dir + "/c"])
+        #expect(text.status == 0 && text.stdout.contains("codebook  ") && text.stdout.contains("of 64 codes used"), "\(text.stdout)")
+    }
+}
