@@ -286,7 +286,7 @@ struct WriterRulesTests {
         // ahead of it (chunks, digests and ids past the count): only that the cache is unfinished.
         let report = CacheVerifier.verify(path: dir, deep: true)
         #expect(report.faults.isEmpty, "\(report.faults)")
-        #expect(report.unfinished?.contains("10 records committed so far: run the same `mtok tokenize` command again") == true, "\(report.unfinished ?? "")")
+        #expect(report.unfinished?.contains("(10 records committed so far): run the same `mtok tokenize` command again") == true, "\(report.unfinished ?? "")")
         #expect(!report.isClean)
         // Fewer records than the manifest lists is a fault, written or not.
         var m = try Manifest.read(fromCache: dir)
