@@ -1,4 +1,8 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import TensorFiles
 
 /// What a cache's records hold, in numbers users otherwise compute by hand: per-channel latent
 /// statistics (to normalise latents for a diffusion model), codebook usage, merge-group sizes and
@@ -8,6 +12,9 @@ import Foundation
 /// summed on its own, and blocks are combined one after another (Chan et al.'s pairwise update),
 /// so the figures depend only on the records, never on threads or on how the cache was written.
 public struct CacheStatistics: Codable, Equatable, Sendable {
+    /// The content digest of the records these figures describe: a stored `stats.json` counts
+    /// only while it equals the manifest's.
+    public var contentDigest: String?
     public var records: Int = 0
     public var latents: [Channel] = []
     /// Of the log-variance, for caches with a VAE head.
@@ -26,6 +33,11 @@ public struct CacheStatistics: Codable, Equatable, Sendable {
         /// Sum of squared deviations from the mean (std = sqrt(m2 / count)); kept for combining.
         var m2: Double = 0
         enum CodingKeys: String, CodingKey { case count, mean, std, min, max }
+
+        /// The figures, not the running sum behind them (a stored channel has none).
+        public static func == (a: Channel, b: Channel) -> Bool {
+            a.count == b.count && a.mean == b.mean && a.std == b.std && a.min == b.min && a.max == b.max
+        }
 
         /// Adds a block summed separately (Chan et al.): exact in its order, the same every time.
         mutating func combine(count n: Int, mean m: Double, m2 s: Double, min lo: Double, max hi: Double) {
@@ -76,6 +88,47 @@ public struct CacheStatistics: Codable, Equatable, Sendable {
     }
 
     public static let blockSize = 256
+    /// Where a finished cache keeps its statistics (written by `mtok tokenize` and `mtok merge`).
+    public static let fileName = "stats.json"
+    /// A stats file larger than this is not read (2^26 codes of counts would be ~700 MB; real
+    /// codebooks are ≤ 2^18).
+    public static let maximumFileBytes = 64 << 20
+
+    enum CodingKeys: String, CodingKey { case contentDigest = "content_digest", records, latents, logvar, codebook, groups, labels }
+
+    /// The statistics stored with `cache`: nil when there is no `stats.json`; a `CacheError` when
+    /// there is one that cannot be read, or that describes other records (another content digest).
+    public static func stored(in cache: TokenCache) throws -> CacheStatistics? {
+        let path = cache.root + "/" + fileName
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw CacheError(.notACache, "\(fileName) is not a regular file") }
+        guard st.st_size <= maximumFileBytes else { throw CacheError(.notACache, "\(fileName) is \(st.st_size) bytes, more than the \(maximumFileBytes >> 20) MiB a stats file may be") }
+        let stats: CacheStatistics
+        do {
+            stats = try JSONDecoder().decode(CacheStatistics.self, from: try Data(contentsOf: URL(fileURLWithPath: path)))
+        } catch {
+            throw CacheError(.notACache, "\(fileName) does not parse: \(error)")
+        }
+        guard stats.contentDigest != nil, stats.contentDigest == cache.manifest.contentDigest, stats.records == cache.count else {
+            throw CacheError(.shardMismatch, "\(fileName) describes other records (content digest \(stats.contentDigest ?? "none"), the cache's is \(cache.manifest.contentDigest ?? "none")): `mtok stats CACHE --recompute --write` rewrites it")
+        }
+        return stats
+    }
+
+    /// The codebook size a cache's settings give (VQ: its size; LFQ: 2^channels), if they say.
+    public static func codebookSize(settings: JSONValue) -> Int? {
+        let config = settings["model"]?["config"]
+        if config?["quantizer"]?.stringValue == "vq" { return config?["codebook_size"]?.intValue }
+        return config?["z_channels"]?.intValue.flatMap { $0 <= 26 ? 1 << $0 : nil }
+    }
+
+    /// The JSON of `stats.json`: keys sorted, so the same figures give the same bytes.
+    public func encoded() throws -> Data {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return try e.encode(self)
+    }
 
     /// Reads every record of `cache` in index order. `codebookSize`: from the cache's settings
     /// when known (else the largest index + 1).
@@ -113,6 +166,7 @@ public struct CacheStatistics: Codable, Equatable, Sendable {
             start = end
         }
         stats.records = cache.count
+        stats.contentDigest = cache.manifest.contentDigest
         stats.labels = labels.keys.sorted().map { LabelCount(label: $0, records: labels[$0]!) }
         if !codes.isEmpty, cache.count > 0 { stats.codebook = Self.usage(codes) }
         return stats

@@ -113,6 +113,28 @@ public enum CacheVerifier {
         return report
     }
 
+    /// A finished cache's `stats.json`, when it has one, must describe its records: the same
+    /// content digest (fast), and with `deep` the same figures when recomputed.
+    static func statisticsFaults(_ root: String, deep: Bool) -> [CacheError] {
+        guard isPresent(root + "/" + CacheStatistics.fileName),
+              let cache = try? TokenCache(path: root) else { return [] }
+        do {
+            guard let stored = try CacheStatistics.stored(in: cache), deep else { return [] }
+            let fresh = try CacheStatistics.compute(cache, codebookSize: CacheStatistics.codebookSize(settings: cache.manifest.settings))
+            return stored == fresh ? [] : [CacheError(.checksumMismatch, "\(CacheStatistics.fileName) differs from the statistics of the records: `mtok stats CACHE --recompute --write` rewrites it")]
+        } catch let e as CacheError {
+            return [e]  // its message names the file
+        } catch {
+            return [CacheError(.badRecord, "\(CacheStatistics.fileName): \(error)")]
+        }
+    }
+
+    /// Whether anything (a link too) is at `path`.
+    static func isPresent(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
     static func check(_ root: String, deep: Bool, rehash: Bool, threads: Int) -> VerifyReport {
         var report = VerifyReport(path: root, deep: deep)
         let manifest: Manifest
@@ -251,6 +273,7 @@ public enum CacheVerifier {
         }
         collectShardFaults()
         faults += deepFaults
+        if manifest.complete && faults.isEmpty { faults += statisticsFaults(root, deep: deep) }
         report.faults = faults.map(VerifyFault.init)
         return report
     }

@@ -53,6 +53,9 @@ public struct TokenizeSummary: Sendable {
     public var finished = false
     public var stopReason: String?
     public var contentDigest: String?
+    /// What `stats.json` now says (finished whole caches), or why it could not be written.
+    public var statistics: CacheStatistics?
+    public var statisticsProblem: String?
     /// The arithmetics that made the cache's records (this run's and earlier runs'), in order of
     /// first use, with their record counts; more than one means records differ in their last bits
     /// from a run on one machine kind.
@@ -402,6 +405,12 @@ public final class TokenizeJob {
             let m = try writer.finish()
             summary.finished = true
             summary.contentDigest = m.contentDigest
+            // A part's statistics would be recomputed by the merge: only whole caches get them.
+            if options.worldSize == 1 {
+                do { summary.statistics = try CacheStatistics.writeFile(forCache: outputPath) } catch {
+                    summary.statisticsProblem = "\(error)"
+                }
+            }
         }
         let m = writer.manifest
         summary.totalRecords = m.totals.records

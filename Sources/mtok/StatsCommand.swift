@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ShardReader
+import ShardWriter
 import TensorFiles
 
 struct StatsCommand: ParsableCommand {
@@ -8,20 +9,33 @@ struct StatsCommand: ParsableCommand {
         commandName: "stats",
         abstract: "Per-channel latent statistics, codebook usage, merge-group sizes and records per label, from the records.",
         discussion: """
-        Reads every record in index order and sums in float64 in fixed blocks, so the figures \
-        depend only on the records. To normalise latents per channel: (x - mean) / std.
+        A finished cache keeps them in stats.json (written by tokenize and merge, tied to the \
+        content digest, checked by verify); without one they are computed from the records: read \
+        in index order and summed in float64 in fixed blocks, so the figures depend only on the \
+        records. To normalise latents per channel: (x - mean) / std.
         """)
 
     @Argument(help: "The cache directory.") var cache: String
     @Flag(help: "Print JSON (with the count of every code).") var json = false
+    @Flag(help: "Compute from the records even when stats.json is there.") var recompute = false
+    @Flag(help: "Store what was computed as the cache's stats.json (a finished cache made without one).") var write = false
 
     func run() throws {
         let c = try openCache(cache)
-        let config = c.manifest.settings["model"]?["config"]
-        let size: Int? = config?["quantizer"]?.stringValue == "vq" ? config?["codebook_size"]?.intValue
-            : config?["z_channels"]?.intValue.flatMap { $0 <= 26 ? 1 << $0 : nil }
-        let stats: CacheStatistics
-        do { stats = try CacheStatistics.compute(c, codebookSize: size) } catch { throw fail("\(cache): \(error)") }
+        var stats: CacheStatistics?
+        if !recompute {
+            do { stats = try CacheStatistics.stored(in: c) } catch { throw fail("\(cache): \(error)") }
+        }
+        if stats == nil {
+            if !recompute && !json {
+                FileHandle.standardError.write(Data("mtok stats: \(cache) has no \(CacheStatistics.fileName); computing from the records\n".utf8))
+            }
+            do {
+                stats = write ? try CacheStatistics.writeFile(forCache: cache)
+                    : try CacheStatistics.compute(c, codebookSize: CacheStatistics.codebookSize(settings: c.manifest.settings))
+            } catch { throw fail("\(cache): \(error)") }
+        }
+        guard let stats else { return }
         if json {
             try printJSON(stats)
             return

@@ -5,6 +5,7 @@ import Foundation
 import ImageDecoding
 import TensorFiles
 import ShardFormat
+import ShardReader
 import TokenizePipeline
 #if canImport(Glibc)
 import Glibc
@@ -175,6 +176,10 @@ struct TokenizeCommand: ParsableCommand {
             print("  skipped    \(job.inputs.skippedFiles) file(s) that are not images by their extension, e.g. \(job.inputs.skippedExample ?? "?") (not inputs, not failures)")
         }
         if let digest = summary.contentDigest { print("  digest     \(digest)") }
+        if summary.statistics != nil { print("  statistics \(summary.cache)/\(CacheStatistics.fileName) (mtok stats \(summary.cache))") }
+        if let problem = summary.statisticsProblem {
+            FileHandle.standardError.write(Data("mtok: note: the cache is finished, but its statistics could not be written: \(problem)\n".utf8))
+        }
         if let line = arithmeticLine(summary.arithmetic) { print("  arithmetic \(line)") }
         if let reason = summary.stopReason {
             FileHandle.standardError.write(Data("mtok: \(reason)\n".utf8))

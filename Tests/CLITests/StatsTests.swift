@@ -50,5 +50,32 @@ struct StatsTests {
         #expect(py.status == 0 && py.stdout.contains("records 22 failures []"), "\(py.stdout)\n\(py.stderr)")
         let text = try TestSupport.mtok(["stats", dir + "/c"])
         #expect(text.status == 0 && text.stdout.contains("codebook  ") && text.stdout.contains("of 64 codes used"), "\(text.stdout)")
+
+        // Stored by tokenize (what was printed above), equal to a recomputation, read by Python.
+        let recomputed = try TestSupport.mtok(["stats", dir + "/c", "--recompute", "--json"])
+        #expect(recomputed.status == 0 && recomputed.stdout == r.stdout, "stored and recomputed statistics differ")
+        let stored = try #require(FileManager.default.contents(atPath: dir + "/c/stats.json"))
+        let fileObject = try JSONSerialization.jsonObject(with: stored) as? NSDictionary
+        let printed = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? NSDictionary
+        #expect(fileObject != nil && fileObject == printed)
+        let fromPython = try TestSupport.run(python, ["-c", "import sys, mtokcache; c = mtokcache.open(sys.argv[1]); m, s = c.latent_mean_std(); print(c.stats['records'], len(m), float(s.min()) > 0)", dir + "/c"],
+                                             environment: ["PYTHONPATH": TestSupport.packageRoot + "/tools/python"])
+        #expect(fromPython.stdout == "22 8 True\n", "\(fromPython.stdout)\(fromPython.stderr)")
+        // A changed figure: the fast check (digest) passes, the deep one recomputes and says so.
+        var json = try #require(try JSONSerialization.jsonObject(with: stored) as? [String: Any])
+        var channels = try #require(json["latents"] as? [[String: Any]])
+        channels[0]["mean"] = (channels[0]["mean"] as? Double ?? 0) + 1e-6
+        json["latents"] = channels
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: dir + "/c/stats.json"))
+        #expect(try TestSupport.mtok(["verify", dir + "/c"]).status == 0)
+        let deep = try TestSupport.mtok(["verify", dir + "/c", "--deep"])
+        #expect(deep.status == 1 && deep.stdout.contains("stats.json differs from the statistics of the records"), "\(deep.stdout)")
+        // Another cache's statistics are refused by every reader of them.
+        json["content_digest"] = "sha256:" + String(repeating: "0", count: 64)
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: dir + "/c/stats.json"))
+        #expect(try TestSupport.mtok(["verify", dir + "/c"]).stdout.contains("stats.json describes other records"))
+        #expect(try TestSupport.mtok(["stats", dir + "/c"]).status != 0)
+        #expect(try TestSupport.mtok(["stats", dir + "/c", "--recompute", "--write"]).status == 0)
+        #expect(try TestSupport.mtok(["verify", dir + "/c", "--deep"]).status == 0)
     }
 }

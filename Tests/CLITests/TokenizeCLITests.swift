@@ -44,6 +44,9 @@ struct TokenizeCLITests {
 
     func digest(_ cache: String) throws -> String? { try TokenCache(path: cache).manifest.contentDigest }
 
+    /// The bytes of a cache's stats.json (nil when it has none).
+    func statsFile(_ cache: String) -> Data? { FileManager.default.contents(atPath: cache + "/stats.json") }
+
     @Test func cleanRunVerifiesAndLogsExactlyTheBrokenInputs() throws {
         let dir = try TestSupport.temporaryDirectory()
         let model = try tinyModel(dir)
@@ -93,10 +96,15 @@ struct TokenizeCLITests {
         for line in (open(failures) if os.path.exists(failures) else []):
             jsonschema.validate(json.loads(line), load("failure.schema.json"))
             n += 1
-        print("valid", n)
+        stats = f"{cache}/stats.json"
+        if os.path.exists(stats):
+            jsonschema.validate(json.load(open(stats)), load("stats.schema.json"))
+        print("valid", n, os.path.exists(stats))
         """
         let r = try TestSupport.run(python, ["-c", script, TestSupport.packageRoot + "/Schemas", cache])
         #expect(r.status == 0 && r.stdout.contains("valid"), "\(r.stderr)")
+        let m = try? Manifest.read(fromCache: cache)
+        if m?.complete == true && m?.part == nil { #expect(r.stdout.hasSuffix("True\n"), "a finished cache without stats.json") }
     }
 
     @Test func recordsDoNotDependOnThreadsOrBatchSize() throws {
@@ -107,6 +115,7 @@ struct TokenizeCLITests {
         #expect(try tokenize(data, model, dir + "/b", ["--threads", "2", "--decode-workers", "3", "--batch-size", "8"]).status == 0)
         let a = try digest(dir + "/a"), b = try digest(dir + "/b")
         #expect(a != nil && a == b)
+        #expect(statsFile(dir + "/a") != nil && statsFile(dir + "/a") == statsFile(dir + "/b"), "statistics depend on threads or batch size")
     }
 
     @Test func fourRanksAndMergeGiveTheRecordsOfOneRank() throws {
@@ -133,6 +142,7 @@ struct TokenizeCLITests {
         #expect(try TestSupport.mtok(["verify", dir + "/four", "--deep"]).status == 0)
         try expectValidAgainstSchemas(dir + "/four")
         #expect(try digest(dir + "/four") == (try digest(dir + "/one")))
+        #expect(statsFile(dir + "/four") != nil && statsFile(dir + "/four") == statsFile(dir + "/one"), "4 ranks + merge: other statistics than one rank")
         let one = try TokenCache(path: dir + "/one"), four = try TokenCache(path: dir + "/four")
         #expect(one.count == four.count && one.count == 44)
         for i in stride(from: 0, to: one.count, by: 7) { #expect(try one.payload(at: i) == four.payload(at: i)) }
@@ -210,6 +220,7 @@ struct TokenizeCLITests {
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try TestSupport.mtok(["verify", out, "--deep"]).status == 0)
         #expect(try digest(out) == (try digest(dir + "/one")))
+        #expect(statsFile(out) != nil && statsFile(out) == statsFile(dir + "/one"), "3 ranks + merge: other statistics than one rank")
         #expect(!FileManager.default.fileExists(atPath: out + "/merge-plan.json"))
     }
 
@@ -365,6 +376,7 @@ struct TokenizeCLITests {
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try TestSupport.mtok(["verify", dir + "/crashed", "--deep"]).status == 0)
         #expect(try digest(dir + "/crashed") == (try digest(dir + "/clean")))
+        #expect(statsFile(dir + "/crashed") != nil && statsFile(dir + "/crashed") == statsFile(dir + "/clean"), "statistics after SIGKILL + resume")
         // Every record is attributed to a session, the killed ones included (one kernel set here).
         let m = try TokenCache(path: dir + "/crashed").manifest
         #expect(m.arithmeticProblem == nil, "\(m.arithmetic ?? [])")

@@ -819,6 +819,45 @@ class Cache:
     def __exit__(self, *exc):
         self.close()
 
+    # -- statistics ---------------------------------------------------------------------------
+
+    STATS_MAX_BYTES = 64 << 20
+
+    @property
+    def stats(self):
+        """The cache's `stats.json` as a dict (written by `mtok tokenize` and `mtok merge`; see
+        `mtok stats --help`): per-channel `latents` (and `logvar`) count, mean, std, min, max;
+        `codebook` (size, used, perplexity, most_used, least_used, counts); `groups`; `labels`.
+        None when the cache has none, or when it describes other records (another content
+        digest: the cache was changed after). Normalise latents per channel with
+        `mean, std = cache.latent_mean_std()` then `(x - mean) / std`."""
+        spath = os.path.join(self.path, "stats.json")
+        try:
+            st = os.lstat(spath)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > self.STATS_MAX_BYTES:
+            return None
+        try:
+            with builtins.open(spath, "rb") as f:
+                s = json.loads(f.read(self.STATS_MAX_BYTES + 1).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        digest = self.manifest.get("content_digest")
+        if not isinstance(s, dict) or digest is None or s.get("content_digest") != digest or s.get("records") != len(self):
+            return None
+        return s
+
+    def latent_mean_std(self):
+        """(mean, std) float32 arrays of shape [C] from `stats`, for `(latents - mean) / std`.
+        Raises NotACacheError when the cache has no valid stats.json (`mtok stats CACHE --write`)."""
+        s = self.stats
+        if s is None or not s.get("latents"):
+            raise NotACacheError("%s has no statistics for these records: run `mtok stats %s --write`" % (self.path, self.path))
+        mean = np.asarray([c["mean"] for c in s["latents"]], dtype=np.float32)
+        std = np.asarray([c["std"] for c in s["latents"]], dtype=np.float32)
+        return mean, std
+
     # -- records ------------------------------------------------------------------------------
 
     def __len__(self):
