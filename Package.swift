@@ -81,7 +81,7 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: swiftSettings),
         .testTarget(name: "EncoderModelTests", dependencies: ["EncoderModel", "TensorCore", "TensorFiles", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: swiftSettings),
-        .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TensorFiles", "TestSupport"],
+        .testTarget(name: "CLITests", dependencies: ["ShardReader", "ShardFormat", "TensorFiles", "ImageDecoding", "TestSupport"],
                     swiftSettings: swiftSettings),
         .testTarget(name: "ReaderTests", dependencies: ["ShardReader", "ShardWriter", "ShardFormat", "TestSupport"],
                     swiftSettings: swiftSettings),

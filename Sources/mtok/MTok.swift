@@ -14,6 +14,7 @@ struct MTok: ParsableCommand {
             MergeCommand.self,
             InfoCommand.self,
             StatsCommand.self,
+            ShowCommand.self,
             GetCommand.self,
             VerifyCommand.self,
             SynthCacheCommand.self,

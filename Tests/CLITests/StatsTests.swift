@@ -1,4 +1,6 @@
 import Foundation
+import ImageDecoding
+import ShardReader
 import TestSupport
 import Testing
 
@@ -77,5 +79,45 @@ struct StatsTests {
         #expect(try TestSupport.mtok(["stats", dir + "/c"]).status != 0)
         #expect(try TestSupport.mtok(["stats", dir + "/c", "--recompute", "--write"]).status == 0)
         #expect(try TestSupport.mtok(["verify", dir + "/c", "--deep"]).status == 0)
+    }
+}
+
+/// `mtok show` on demo photos: the picture's size-map panel is exactly the record's groups, the
+/// crop is re-made for a mirrored view, and a changed or missing source is named.
+struct ShowTests {
+    @Test func showDrawsTheRecordsGroupsAndChecksTheSource() throws {
+        let dir = try TestSupport.temporaryDirectory("show")
+        #expect(try TestSupport.mtok(["model", "init", "--preset", "tiny", "--seed", "2", "--out", dir + "/m.safetensors"]).status == 0)
+        let photos = dir + "/photos"
+        try FileManager.default.copyItem(atPath: TestSupport.packageRoot + "/tools/demo/images", toPath: photos)
+        #expect(try TestSupport.mtok(["tokenize", photos, "--model", dir + "/m.safetensors", "--out", dir + "/c"]).status == 0)
+        let id = "animals/chelsea.jpg"
+        let r = try TestSupport.mtok(["show", dir + "/c", id, "--view", "1", "--images", photos, "--out", dir + "/g.png", "--size", "128"])
+        #expect(r.status == 0 && r.stdout.contains("merge groups over 256 patches"), "\(r.stdout)\(r.stderr)")
+        let png = try ImageDecoder.decode(bytes: [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/g.png"))))
+        #expect(png.width == 2 * 128 + 8 && png.height == 128)
+
+        // The right panel, at each patch's centre, is the shade of that patch's group size.
+        let record = try #require(try TokenCache(path: dir + "/c").record(id: id, view: 1))
+        let groups = record.groups.bytes.map(Int.init)  // u8 for the tiny model (K = 169 ≤ 256)
+        #expect(groups.count == 256)
+        var sizes = [Int: Int]()
+        for g in groups { sizes[g, default: 0] += 1 }
+        let largest = Double(sizes.values.max() ?? 1)
+        var mismatches = 0
+        for p in 0..<256 {
+            let x = 128 + 8 + (p % 16) * 8 + 3, y = (p / 16) * 8 + 3
+            let want = UInt8(40 + 215 * (Double(sizes[groups[p]]! - 1) / max(1, largest - 1)))
+            if png[x, y].0 != want { mismatches += 1 }
+        }
+        #expect(mismatches == 0, "\(mismatches) patches shaded unlike their group's size")
+
+        try Data("not the photo".utf8).write(to: URL(fileURLWithPath: photos + "/" + id))
+        let changed = try TestSupport.mtok(["show", dir + "/c", id, "--images", photos, "--out", dir + "/h.png"])
+        #expect(changed.status != 0 && changed.stderr.contains("changed since it was tokenized"), "\(changed.stderr)")
+        let missing = try TestSupport.mtok(["show", dir + "/c", id, "--images", dir + "/nowhere", "--out", dir + "/h.png"])
+        #expect(missing.status != 0 && missing.stderr.contains("is not at"), "\(missing.stderr)")
+        let unknown = try TestSupport.mtok(["show", dir + "/c", "no/such.jpg", "--images", photos, "--out", dir + "/h.png"])
+        #expect(unknown.status != 0 && unknown.stderr.contains("has no record"), "\(unknown.stderr)")
     }
 }
