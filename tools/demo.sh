@@ -2,7 +2,8 @@
 # The main job on a built-in default: installs what is missing, builds mtok, makes an untrained
 # MergeTok model (ViT-B stem, 144 tokens, VAE latents + 16384-entry VQ), tokenizes the bundled
 # real photographs (tools/demo/images, an ImageFolder of 11 photos from scikit-image's data) with
-# center and flip views, verifies the cache deeply, and prints its summary and one record.
+# center and flip views, verifies the cache deeply, prints its summary, one record and its
+# statistics, and writes an HTML report (demo/report.html).
 # Everything it writes goes to ./demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,6 @@ rm -rf demo/cache
 "$MTOK" verify demo/cache --deep
 "$MTOK" info demo/cache
 "$MTOK" get demo/cache animals/chelsea.jpg --view 1
+"$MTOK" stats demo/cache
+"$MTOK" report demo/cache --images tools/demo/images --out demo/report.html
+echo "report: $PWD/demo/report.html (open it in any browser; it needs no network)"

@@ -2,20 +2,23 @@
 # Installs the Debian packages mtok builds against, and a Python virtual environment (.venv)
 # with what the Python tests and baselines need. Safe to run again: it installs only what is missing.
 # With --torch (tools/test.sh), PyTorch too, for the DataLoader test; with --slurm, Debian's Slurm
-# and munge, for the one-node Slurm test (tools/cluster/slurm-e2e.sh).
+# and munge, for the one-node Slurm test (tools/cluster/slurm-e2e.sh); with --browser, Debian's
+# Chromium, which the report test renders `mtok report` in (headless).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-torch="" slurm=""
+torch="" slurm="" browser=""
 for a in "$@"; do
     case "$a" in
         --torch) torch=1 ;;
         --slurm) slurm=1 ;;
-        *) echo "usage: tools/install-deps.sh [--torch] [--slurm]" >&2; exit 64 ;;
+        --browser) browser=1 ;;
+        *) echo "usage: tools/install-deps.sh [--torch] [--slurm] [--browser]" >&2; exit 64 ;;
     esac
 done
 pkgs=(liblmdb-dev libzstd-dev libjpeg-dev libpng-dev libopenblas-dev pkg-config python3-venv)
 [ -n "$slurm" ] && pkgs+=(slurmctld slurmd slurm-client munge)
+[ -n "$browser" ] && pkgs+=(chromium)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

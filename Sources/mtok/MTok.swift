@@ -15,6 +15,7 @@ struct MTok: ParsableCommand {
             InfoCommand.self,
             StatsCommand.self,
             ShowCommand.self,
+            ReportCommand.self,
             GetCommand.self,
             VerifyCommand.self,
             SynthCacheCommand.self,

@@ -37,18 +37,49 @@ struct ShowCommand: ParsableCommand {
         guard let record = try c.record(id: id, view: view) else {
             throw fail("\(cache) has no record \(JSONValue.quoted(id)) view \(view)")
         }
-        let source = image ?? (images! + "/" + id)
+        let picture: RGBImage
+        do {
+            picture = try Self.picture(of: record, in: c, source: image ?? (images! + "/" + id), panel: size)
+        } catch let e as Problem {
+            throw fail(e.message)
+        }
+        do { try PNGWriter.write(picture, to: out) } catch { throw fail("\(error)") }
+        let groups = Self.groupMap(record.groups)
+        var sizes = [Int: Int]()
+        for g in groups { sizes[g, default: 0] += 1 }
+        print("wrote \(out): \(id) view \(view), \(sizes.count) merge groups over \(groups.count) patches, largest \(sizes.values.max() ?? 0) patches")
+    }
+
+    struct Problem: Error { let message: String }
+
+    /// The two panels for `record`; `source` nil draws the groups over gray (no photo at hand).
+    static func picture(of record: TokenRecord, in c: TokenCache, source: String?, panel: Int? = nil) throws -> RGBImage {
+        let pre = c.manifest.settings["preprocessing"]
+        guard let resolution = pre?["resolution"]?.intValue, resolution > 0, resolution <= 16384 else {
+            throw Problem(message: "\(c.root) does not record its preprocessing (resolution, crop): it was not made by mtok tokenize")
+        }
+        let groups = groupMap(record.groups)
+        let side = Int(Double(groups.count).squareRoot())
+        guard side * side == groups.count, side > 0, groups.allSatisfy({ $0 < groups.count }) else {
+            throw Problem(message: "record \(record.id): \(groups.count) patches do not make a square grid")
+        }
+        let crop = try source.map { try remadeCrop(of: record, settings: pre, resolution: resolution, source: $0) }
+            ?? RGBImage(width: resolution, height: resolution, pixels: [UInt8](repeating: 160, count: resolution * resolution * 3))
+        return draw(crop, groups: groups, side: side, panel: panel ?? max(resolution, 512))
+    }
+
+    /// The crop the record was encoded from, re-made from `source` with the cache's preprocessing;
+    /// refused when the file is not the one tokenized or the crop box comes out otherwise.
+    static func remadeCrop(of record: TokenRecord, settings pre: JSONValue?, resolution: Int, source: String) throws -> RGBImage {
         guard FileManager.default.fileExists(atPath: source) else {
-            throw fail("the source of \(id) is not at \(source): give the dataset root the cache was made from (--images) or the file (--image)")
+            throw Problem(message: "the source of \(record.id) is not at \(source): give the dataset root the cache was made from (--images) or the file (--image)")
         }
         let (sha, _) = try CacheVerifier.sha256(ofFile: source)
         if !record.sourceSHA256.isEmpty && sha != record.sourceSHA256 {
-            throw fail("\(source) changed since it was tokenized (SHA-256 \(sha.prefix(16))…, the record has \(record.sourceSHA256.prefix(16))…): the picture would not be of these tokens")
+            throw Problem(message: "\(source) changed since it was tokenized (SHA-256 \(sha.prefix(16))…, the record has \(record.sourceSHA256.prefix(16))…): the picture would not be of these tokens")
         }
-        let pre = c.manifest.settings["preprocessing"]
-        guard let resolution = pre?["resolution"]?.intValue, let crop = pre?["crop"]?.stringValue.flatMap(CropMode.init(rawValue:)),
-              let v = View(number: record.view) else {
-            throw fail("\(cache) does not record its preprocessing (resolution, crop): it was not made by mtok tokenize")
+        guard let crop = pre?["crop"]?.stringValue.flatMap(CropMode.init(rawValue:)), let v = View(number: record.view) else {
+            throw Problem(message: "the cache does not record its crop, or the record's view \(record.view) is unknown")
         }
         var options = DecodeOptions()
         if pre?["exif_transpose"] == .bool(true) { options.appliesExifOrientation = true }
@@ -63,24 +94,14 @@ struct ShowCommand: ParsableCommand {
             made = try Preprocessor(resolution: resolution, crop: crop, decodeOptions: options)
                 .preprocessDetailed(bytes: [UInt8](try Data(contentsOf: URL(fileURLWithPath: source))), path: source, view: v)
         } catch {
-            throw fail("\(source): \(error)")
+            throw Problem(message: "\(source): \(error)")
         }
         let box = CropBox(x: Int(made.cropX.rounded()), y: Int(made.cropY.rounded()),
                           width: Int(made.cropWidth.rounded()), height: Int(made.cropHeight.rounded()))
         guard box == record.cropBox else {
-            throw fail("re-making the crop of \(id) gives the box \(box), the record has \(record.cropBox): other preprocessing than the cache's")
+            throw Problem(message: "re-making the crop of \(record.id) gives the box \(box), the record has \(record.cropBox): other preprocessing than the cache's")
         }
-        let groups = Self.groupMap(record.groups)
-        let side = Int(Double(groups.count).squareRoot())
-        guard side * side == groups.count, side > 0, resolution % side == 0 else {
-            throw fail("record \(id): \(groups.count) patches do not tile a \(resolution)-pixel square")
-        }
-        let panel = size ?? max(resolution, 512)
-        let picture = Self.draw(made.image, groups: groups, side: side, panel: panel)
-        do { try PNGWriter.write(picture, to: out) } catch { throw fail("\(error)") }
-        var sizes = [Int: Int]()
-        for g in groups { sizes[g, default: 0] += 1 }
-        print("wrote \(out): \(id) view \(view), \(sizes.count) merge groups over \(groups.count) patches, largest \(sizes.values.max() ?? 0) patches")
+        return made.image
     }
 
     /// The record's patch → group map (raster order), whatever its integer dtype.

@@ -121,3 +121,56 @@ struct ShowTests {
         #expect(unknown.status != 0 && unknown.stderr.contains("has no record"), "\(unknown.stderr)")
     }
 }
+
+/// `mtok report` renders in headless Chromium (Debian's package, `tools/install-deps.sh
+/// --browser`): a screenshot that is not blank and a console without a message.
+struct ReportTests {
+    static var chromium: String? {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Screenshot of `page` and the console lines Chromium logged for it.
+    static func render(_ page: String, to png: String) throws -> (status: Int32, console: [String]) {
+        let r = try TestSupport.run("/usr/bin/timeout", ["120", chromium!, "--headless", "--no-sandbox", "--disable-gpu",
+                                                         "--hide-scrollbars", "--window-size=1200,2400", "--enable-logging=stderr",
+                                                         "--v=0", "--screenshot=" + png, "file://" + page])
+        return (r.status, (r.stdout + r.stderr).split(separator: "\n").map(String.init).filter { $0.contains(":CONSOLE") })
+    }
+
+    @Test func reportRendersInHeadlessChromiumWithoutErrors() throws {
+        guard Self.chromium != nil else { try Test.cancel("chromium is not installed (tools/install-deps.sh --browser)") }
+        let dir = try TestSupport.temporaryDirectory("report")
+        #expect(try TestSupport.mtok(["model", "init", "--preset", "tiny-vae-vq", "--seed", "2", "--out", dir + "/m.safetensors"]).status == 0)
+        let photos = TestSupport.packageRoot + "/tools/demo/images"
+        #expect(try TestSupport.mtok(["tokenize", photos, "--model", dir + "/m.safetensors", "--out", dir + "/c"]).status == 0)
+        let r = try TestSupport.mtok(["report", dir + "/c", "--images", photos, "--out", dir + "/report.html"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let html = try String(contentsOfFile: dir + "/report.html", encoding: .utf8)
+        for section in ["Summary", "Failures", "Latents per channel", "Log-variance per channel", "Codebook usage", "Merge groups", "Records per label", "Samples"] {
+            #expect(html.contains("<h2>\(section)</h2>"), "\(section) missing")
+        }
+        #expect(html.components(separatedBy: "<img ").count - 1 == 8)
+        #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("<script"), "the report must need no network and no script")
+
+        let shot = try Self.render(dir + "/report.html", to: dir + "/report.png")
+        #expect(shot.status == 0)
+        #expect(shot.console.isEmpty, "\(shot.console)")
+        let png = try ImageDecoder.decode(bytes: [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/report.png"))))
+        #expect(png.width == 1200 && png.height == 2400)
+        var inked = 0
+        var colours = Set<Int>()
+        for y in stride(from: 0, to: png.height, by: 3) {
+            for x in stride(from: 0, to: png.width, by: 3) {
+                let (r, g, b) = png[x, y]
+                if Int(r) + Int(g) + Int(b) < 600 { inked += 1 }
+                colours.insert(Int(r) << 16 | Int(g) << 8 | Int(b))
+            }
+        }
+        let sampled = (png.width / 3) * (png.height / 3)
+        #expect(inked > sampled / 20 && colours.count > 200, "looks blank: \(inked) of \(sampled) sampled pixels inked, \(colours.count) colours")
+
+        // The console check can fail: a page with a script error is caught.
+        try "<html><body><script>notAFunction()</script></body></html>".write(toFile: dir + "/bad.html", atomically: true, encoding: .utf8)
+        #expect(try Self.render(dir + "/bad.html", to: dir + "/bad.png").console.contains { $0.contains("Uncaught") })
+    }
+}
