@@ -73,8 +73,6 @@ public enum CacheMerger {
         if !failures.isEmpty { try AtomicFile.write(failures, to: root + "/failures.jsonl") }
         try? fm.removeItem(atPath: root + "/" + partsDirectory)
         try fm.removeItem(atPath: planPath)
-        // The merged records in index order are those of a one-machine run, so are its statistics.
-        try CacheStatistics.writeFile(forCache: root)
         return plan.manifest
     }
 

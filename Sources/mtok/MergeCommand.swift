@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ShardReader
 import ShardWriter
 
 struct MergeCommand: ParsableCommand {
@@ -37,6 +38,13 @@ struct MergeCommand: ParsableCommand {
             let m = try CacheMerger.merge(root: cache)
             print("merged \(m.shards.count) shard(s), \(m.totals.records) records into \(cache)")
             print("content digest \(m.contentDigest ?? "-")")
+            // The merged records in index order are a one-machine run's, and so are its statistics.
+            do {
+                try CacheStatistics.writeFile(forCache: cache)
+                print("statistics \(cache)/\(CacheStatistics.fileName)")
+            } catch {
+                FileHandle.standardError.write(Data("mtok merge: note: merged, but the statistics could not be written: \(error); `mtok stats \(cache) --recompute --write` tries again\n".utf8))
+            }
         } catch {
             throw fail("\(error)")
         }
