@@ -300,6 +300,19 @@ public final class TokenizeJob {
         return out
     }
 
+    /// The decode choices a cache's `preprocessing` settings record (`decodeSettings` read back).
+    public static func decodeOptions(fromSettings pre: JSONValue?) -> DecodeOptions {
+        var options = DecodeOptions()
+        if pre?["exif_transpose"] == .bool(true) { options.appliesExifOrientation = true }
+        if pre?["accept_truncated_jpeg"] == .bool(true) { options.acceptsTruncatedJPEG = true }
+        if let n = pre?["max_pixels"]?.intValue { options.maxPixels = n }
+        if case let .array(rgb)? = pre?["alpha_background"], rgb.count == 3 {
+            let parts = rgb.compactMap { $0.intValue.flatMap(UInt8.init(exactly:)) }
+            if parts.count == 3 { options.alphaBackground = RGBColor(red: parts[0], green: parts[1], blue: parts[2]) }
+        }
+        return options
+    }
+
     // MARK: Running
 
     /// Runs until every input of this rank is committed, `shouldStop` returns true (the current

@@ -4,6 +4,7 @@ import ImageDecoding
 import ShardFormat
 import ShardReader
 import TensorFiles
+import TokenizePipeline
 
 /// `mtok show`: a record's merge groups drawn over the crop it was encoded from.
 struct ShowCommand: ParsableCommand {
@@ -81,14 +82,7 @@ struct ShowCommand: ParsableCommand {
         guard let crop = pre?["crop"]?.stringValue.flatMap(CropMode.init(rawValue:)), let v = View(number: record.view) else {
             throw Problem(message: "the cache does not record its crop, or the record's view \(record.view) is unknown")
         }
-        var options = DecodeOptions()
-        if pre?["exif_transpose"] == .bool(true) { options.appliesExifOrientation = true }
-        if pre?["accept_truncated_jpeg"] == .bool(true) { options.acceptsTruncatedJPEG = true }
-        if let n = pre?["max_pixels"]?.intValue { options.maxPixels = n }
-        if case let .array(rgb)? = pre?["alpha_background"], rgb.count == 3 {
-            let parts = rgb.compactMap { $0.intValue.flatMap(UInt8.init(exactly:)) }
-            if parts.count == 3 { options.alphaBackground = RGBColor(red: parts[0], green: parts[1], blue: parts[2]) }
-        }
+        let options = TokenizeJob.decodeOptions(fromSettings: pre)
         let made: PreprocessedImage
         do {
             made = try Preprocessor(resolution: resolution, crop: crop, decodeOptions: options)
