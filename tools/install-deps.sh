@@ -16,7 +16,7 @@ for a in "$@"; do
         *) echo "usage: tools/install-deps.sh [--torch] [--slurm] [--browser]" >&2; exit 64 ;;
     esac
 done
-pkgs=(liblmdb-dev libzstd-dev libjpeg-dev libpng-dev libopenblas-dev pkg-config python3-venv)
+pkgs=(liblmdb-dev libzstd-dev libjpeg-dev libpng-dev libopenblas-dev pkg-config python3-venv python3-dev gcc)
 [ -n "$slurm" ] && pkgs+=(slurmctld slurmd slurm-client munge)
 [ -n "$browser" ] && pkgs+=(chromium)
 missing=()
@@ -33,6 +33,10 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tools/requirements-test.txt
+# mtokcache's C extension, built in place so that tools/python on PYTHONPATH finds it (the
+# package runs its pure-Python code where it is missing; the tests run both).
+(cd tools/python && ../../.venv/bin/python setup.py -q build_ext --inplace >/dev/null) \
+    || echo "install-deps: mtokcache's C extension did not build; Python reads and writes run the pure-Python code" >&2
 # PyTorch only for the DataLoader test and the reader benchmark's DataLoader rows. It is large
 # (several GB with its CUDA wheels, under two minutes to install here), so a failed install is
 # not fatal: that one test then reports itself skipped.

@@ -16,6 +16,7 @@ import numpy as np
 import zstandard
 
 from . import order as _order
+from . import _accel
 from .errors import (BadRecordError, CacheIOError, CorruptRecordError, InUseError, MissingShardError, NotACacheError,
                      ShapeMismatchError, ShardMismatchError, UnknownVersionError)
 
@@ -944,7 +945,42 @@ class Cache:
             return self._decode(index)
         raise TypeError("index with an int; use batch() for many records")
 
+    def _fast_chunk(self, s, chunk_no):
+        """The chunk, read in the shard's long read transaction, when the native fast path may
+        read the shard: sealed (so read in one snapshot) and with no value that runs past the
+        end of its file (_Env.refuse_past_end). None otherwise, and for a missing chunk: the
+        Python path reads it then, and reports what is wrong."""
+        shard = self._open()[s]
+        if shard.txn is None or shard._env.past_end:
+            return None
+        return shard.txn.get(_CHUNK_KEY(chunk_no), db=shard.records)
+
+    def _decode_native(self, index, native):
+        """_decode through the C extension, or None where it leaves the record to Python."""
+        s, local = self.locate(index)
+        R = self.records_per_chunk
+        chunk_no, slot = divmod(local, R)
+        chunk = self._fast_chunk(s, chunk_no)
+        if chunk is None:
+            return None
+        f32 = self.latent_format == "f32"
+        r = native.decode(chunk, slot, R, self.shuffled, f32)
+        if r is None:
+            return None
+        layout, out, (rid, view, label, source_size, crop_box, sha) = r
+        single, _, dtypes = _NATIVE_LAYOUTS[layout]
+        # np.ndarray over the extension's buffer: one call per tensor, no copy.
+        rec = {name: np.ndarray(shape, dt, out, at) for name, dt, at, shape in single[f32]}
+        rec.update(id=rid, view=view, label=label, source_size=source_size, crop_box=crop_box, source_sha256=sha,
+                   index=index, dtypes=dtypes.copy())
+        return rec
+
     def _decode(self, index):
+        native = _accel.native()
+        if native is not None:
+            rec = self._decode_native(index, native)
+            if rec is not None:
+                return rec
         stored, loc = self._stored(index)
         header, data_start = _parse_header(stored, loc)
         meta = header["metadata"]
@@ -1022,11 +1058,60 @@ class Cache:
         (global indices), ids (a list).
 
         Each tensor's bytes are gathered from all records first and its byte planes undone for the
-        whole batch at once: a few NumPy calls per batch instead of per record."""
+        whole batch at once: a few NumPy calls per batch instead of per record (or, with the C
+        extension, each chunk's records decoded straight into the batch's arrays)."""
         indices = np.asarray(indices, dtype=np.int64)
         B = len(indices)
         if B == 0:
             return {"records": indices, "ids": []}
+        native = _accel.native()
+        if native is not None:
+            out = self._batch_native(indices, native)
+            if out is not None:
+                return out
+        return self._batch_python(indices)
+
+    def _batch_native(self, indices, native):
+        """batch() through the C extension: one call per run of records in one chunk. None when
+        a record leaves the fast path (damaged, another layout, an unsealed shard...): the batch
+        is then read again in Python, which reports what is wrong."""
+        B = len(indices)
+        n = len(self)
+        if int(indices.min()) < 0 or int(indices.max()) >= n:
+            return None  # the Python path raises IndexError
+        R = self.records_per_chunk
+        shard = np.searchsorted(self.bounds, indices, side="right") - 1
+        local = indices - self.bounds[shard]
+        chunk_no, slots = np.divmod(local, R)
+        # Runs of consecutive records in one chunk: [starts[j], starts[j + 1]).
+        change = np.flatnonzero((shard[1:] != shard[:-1]) | (chunk_no[1:] != chunk_no[:-1])) + 1
+        starts = [0] + change.tolist() + [B]
+        shard, chunk_no, slots = shard.tolist(), chunk_no.tolist(), slots.tolist()
+        f32 = self.latent_format == "f32"
+        first = self._fast_chunk(shard[0], chunk_no[0])
+        r = None if first is None else native.decode(first, slots[0], R, self.shuffled, f32)
+        if r is None:
+            return None
+        layout = r[0]
+        spec = _NATIVE_LAYOUTS[layout][1][f32]
+        arrays = [np.empty((B,) + shape, dt) for _, dt, shape in spec]
+        labels = np.empty(B, np.int32)
+        views = np.empty(B, np.int32)
+        ids = []
+        outs = tuple(arrays)
+        for a, b in zip(starts[:-1], starts[1:]):
+            chunk = self._fast_chunk(shard[a], chunk_no[a])
+            got = None if chunk is None else \
+                native.decode_rows(chunk, slots[a:b], R, self.shuffled, f32, layout, outs, labels, views, a)
+            if got is None:
+                return None
+            ids += got
+        out = {"labels": labels, "views": views, "records": indices.copy(), "ids": ids}
+        out.update((name, arr) for (name, _, _), arr in zip(spec, arrays))
+        return out
+
+    def _batch_python(self, indices):
+        B = len(indices)
         parts = []
         layout = None
         labels = np.empty(B, np.int32)
@@ -1184,7 +1269,41 @@ def _parse_header(stored, loc):
             _LAYOUTS[key] = tensors
     if tail is not None and len(_TAILS) < 1024:
         _TAILS[(data_len, tail)] = tensors
+        _learn_native(tail, data_len, tensors)
     return {"tensors": tensors, "metadata": meta}, data_start
+
+
+# The C extension's layouts (_native.learn): its number -> ({f32: [(name, NumPy dtype, byte
+# offset, shape)] of a single record's output}, {f32: [(name, dtype, shape)] of a batch's},
+# {name: stored dtype}).
+_NATIVE_LAYOUTS = {}
+_KINDS = {"latents": 0, "logvar": 1, "indices": 2, "groups": 3}
+_DTYPE_CODES = {"F32": 0, "F16": 1, "BF16": 2, "U32": 3, "U16": 4, "U8": 5}
+
+
+def _learn_native(tail, data_len, tensors):
+    """Tells the C extension a record layout that the full parse above has checked: from now on
+    it decodes records of exactly this layout itself (the fast path of FORMAT 4.1's checks)."""
+    native = _accel.built()  # also while not in use: use_native(True) may follow
+    if native is None:
+        return
+    k = tensors["latents"][1][0]
+    spec = tuple((_KINDS[name], _DTYPE_CODES[dt], (e - b) // DTYPES[dt][1], b) for name, (dt, shape, (b, e)) in tensors.items())
+    li = native.learn(tail.encode("utf-8"), data_len, k, spec)
+    if li < 0 or li in _NATIVE_LAYOUTS:
+        return
+    single, batch = {}, {}
+    for f32 in (False, True):
+        at, single[f32], batch[f32] = 0, [], []
+        for name, (dt, shape, (b, e)) in tensors.items():
+            count = (e - b) // DTYPES[dt][1]
+            out = np.dtype(np.float32) if f32 and name in ("latents", "logvar") else DTYPES[dt][0]
+            at = -(-at // 64) * 64  # _native.c: each tensor at a multiple of 64 bytes
+            single[f32].append((name, out, at, tuple(shape)))
+            at += count * out.itemsize
+            wide = {"indices": np.dtype(np.uint32), "groups": np.dtype(np.uint16)}.get(name, out)
+            batch[f32].append((name, wide, tuple(shape)))
+    _NATIVE_LAYOUTS[li] = (single, batch, {name: v[0] for name, v in tensors.items()})
 
 
 def _check_layout(h, data_len, loc):
@@ -1283,6 +1402,7 @@ def _ints(text, count, name, loc):
 
 
 _OFFSET_TABLES = {}  # n -> struct.Struct of a chunk's n + 1 offsets
+_CHUNK_KEY = struct.Struct(">Q").pack  # a chunk's key in a shard's records database (FORMAT 3.1)
 
 
 def _chunk_offsets(chunk, records_per_chunk):
