@@ -22,6 +22,7 @@ import lmdb
 import numpy as np
 import zstandard
 
+from . import _accel
 from . import reader as _reader
 from .errors import InUseError, SettingsMismatchError, ShardMismatchError
 from .reader import FORMAT, FORMAT_VERSION, LABEL_MAX, MAX_PAYLOAD, RECORD_FORMAT, SHARD_FORMAT, Cache
@@ -42,34 +43,52 @@ def float32_to_bf16(values):
     return rounded
 
 
-def _payload(tensors, metadata):
-    """A safetensors blob: u64 header length, JSON header padded with spaces to a multiple of 8,
-    then the tensors' bytes in the given order (FORMAT 4.1)."""
-    header = {"__metadata__": metadata}
-    offset = 0
-    blobs = []
-    for name, dtype_name, arr in tensors:
-        raw = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-        blobs.append(raw)
-    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    h += b" " * (-len(h) % 8)
-    return struct.pack("<Q", len(h)) + h + b"".join(blobs), 8 + len(h)
+_U64 = struct.Struct("<Q").pack
+_PLAIN_ID = re.compile(r'[^"\\\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z')  # what JSON writes between quotes as it is
 
 
-def _shuffle(payload, data_start, tensors):
-    """FORMAT 4.2: stored[b + j*n + i] = payload[b + i*s + j] for each tensor with s > 1."""
-    out = bytearray(payload)
-    b = data_start
-    for _, _, arr in tensors:
+def _json_string(text):
+    """json.dumps(text, ensure_ascii=False), without its call for the usual id."""
+    return '"%s"' % text if _PLAIN_ID.match(text) else json.dumps(text, ensure_ascii=False)
+
+
+class _Headers:
+    """The payload headers of records with one tensor layout (FORMAT 4.1): u64 header length,
+    then `{"__metadata__":{...},"latents":{...},...}` padded with spaces to a multiple of 8.
+    Text equal to json.dumps of the header object with separators (",", ":") and
+    ensure_ascii=False: the metadata's values other than the id are digits, commas and hex,
+    which JSON writes as they are. `tensors`: (name, safetensors dtype, array of one record) in
+    the order their bytes follow."""
+
+    def __init__(self, tensors):
+        entries, offset = [], 0
+        for name, dtype_name, arr in tensors:
+            entries.append('"%s":{"dtype":"%s","shape":[%s],"data_offsets":[%d,%d]}'
+                           % (name, dtype_name, ",".join(map(str, arr.shape)), offset, offset + arr.nbytes))
+            offset += arr.nbytes
+        self.data_bytes = offset
+        self.format = ('{"__metadata__":{"mtok.format":"%s","id":%%s,"view":"%%d","label":"%%d",'
+                       '"source_size":"%%d,%%d","crop_box":"%%d,%%d,%%d,%%d","source_sha256":"%%s"},' % RECORD_FORMAT
+                       + ",".join(entries).replace("%", "%%") + "}")
+
+    def __call__(self, id, view, label, source_size, crop_box, source_sha256):
+        text = (self.format % (_json_string(id), view, label, source_size[0], source_size[1], crop_box[0], crop_box[1],
+                               crop_box[2], crop_box[3], source_sha256)).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        return _U64(len(text)) + text
+
+
+def _frame_python(cctx, header, arrays, shuffle):
+    """The zstd frame of a record's stored form without the C extension: FORMAT 4.2's byte
+    planes, stored[b + j*n + i] = payload[b + i*s + j] for each tensor of item size s > 1."""
+    parts = [header]
+    for arr in arrays:
         s = arr.dtype.itemsize
-        size = arr.size * s
-        if s > 1:
-            elems = np.frombuffer(payload, np.uint8, count=size, offset=b).reshape(arr.size, s)
-            out[b:b + size] = elems.T.tobytes()
-        b += size
-    return bytes(out)
+        if shuffle and s > 1:
+            parts.append(arr.reshape(-1).view(np.uint8).reshape(-1, s).T.tobytes())
+        else:
+            parts.append(arr.tobytes())
+    return cctx.compress(b"".join(parts))
 
 
 def _chunk_frames(chunk, records_per_chunk):
@@ -108,6 +127,43 @@ def _meta_ints(name, values, count):
     return tuple(_meta_int(name, v, 0, _INT64_MAX) for v in items)
 
 
+def _check_sha256(value):
+    if not isinstance(value, str) or not (value == "" or _SHA256_HEX.match(value)):
+        raise ValueError("source_sha256 must be the source file's SHA-256 as 64 lower-case hex digits, or '' "
+                         "when unknown, got %r" % (value,))
+
+
+def _meta_column(name, values, rows, lo, hi, default):
+    """`rows` integers lo ... hi as a list of ints (append_many's labels and views): an integer
+    array is checked at once, anything else value by value as _meta_int."""
+    if values is None:
+        return [default] * rows
+    arr = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if arr.shape != (rows,):
+        raise ValueError("%s must hold %d integers, got shape %s" % (name, rows, list(arr.shape)))
+    if arr.dtype.kind in "iu":
+        if rows and not (lo <= int(arr.min()) and int(arr.max()) <= hi):
+            bad = next(int(v) for v in arr.tolist() if not lo <= v <= hi)
+            raise ValueError("%s must be %d ... %d, got %d" % (name, lo, hi, bad))
+        return arr.tolist()
+    return [_meta_int(name, v, lo, hi) for v in values]
+
+
+def _meta_rows(name, values, rows, count):
+    """`rows` tuples of `count` non-negative integers (source_sizes, crop_boxes)."""
+    if values is None:
+        return [(0,) * count] * rows
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu" and arr.shape == (rows, count):
+        if arr.size and not (0 <= int(arr.min()) and int(arr.max()) <= _INT64_MAX):
+            raise ValueError("%s must be integers 0 ... %d, got %d" % (name, _INT64_MAX, int(arr.min()) if
+                                                                      int(arr.min()) < 0 else int(arr.max())))
+        return [tuple(r) for r in arr.tolist()]
+    if len(values) != rows:
+        raise ValueError("%s must hold %d rows of %d integers" % (name, rows, count))
+    return [_meta_ints(name, v, count) for v in values]
+
+
 class Writer:
     """Writes records into a new cache at `path` (which must not exist or be empty), or with
     resume=True continues the cache there.
@@ -128,8 +184,17 @@ class Writer:
       Swift pipeline's resume point) is dropped: this writer does not track inputs. A Cache of
       the cache open in this process must not hold its unsealed last shard (InUseError: close it).
 
-    Every commit (a full chunk, flush(), close()) is listed in the manifest, the open shard with
-    `sealed: false` (FORMAT 2, 6.2), so readers see the records as they are committed. A Cache
+    - commit_every, commit_seconds: durability. Full chunks are committed (written with fsync,
+      so that they survive a crash) together, once `commit_every` records wait or
+      `commit_seconds` have passed since the last commit, whichever comes first; both are looked
+      at when a chunk of records_per_chunk records fills. A process killed in between loses
+      the records not yet committed (`w.committed` tells where to resume from) and nothing else,
+      and the finished cache is the same, byte for byte in its records, as one written without a
+      break. The default, 1024 records or 10 s, costs a fraction of a percent in commits; each
+      commit is one LMDB write transaction (two fsyncs). flush() commits at once.
+
+    Every commit (flush(), close(), or one of the above) is listed in the manifest, the open
+    shard with `sealed: false` (FORMAT 2, 6.2), so readers see the records as they are committed. A Cache
     opened in this process while this writer is open reads the open shard through the writer's
     own LMDB environment (py-lmdb opens a file once per process); once the writer seals or closes
     that shard, the Cache opens the file itself.
@@ -137,13 +202,19 @@ class Writer:
 
     def __init__(self, path, settings=None, latent_dtype="bf16", records_per_chunk=16, compression_level=3,
                  shuffle="byte-planes", shard_cap_bytes=1 << 30, classes=None, created_by="mtokcache (Python)",
-                 part=None, resume=False):
+                 part=None, resume=False, commit_every=1024, commit_seconds=10.0):
         if latent_dtype not in ("bf16", "f16", "f32"):
             raise ValueError("latent_dtype must be bf16, f16 or f32")
         if not (1 <= records_per_chunk <= 65536):
             raise ValueError("records_per_chunk must be 1 ... 65536")
         if shuffle not in ("byte-planes", "none"):
             raise ValueError("shuffle must be 'byte-planes' or 'none'")
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+            raise ValueError("commit_every must be a positive number of records")
+        if not commit_seconds >= 0:
+            raise ValueError("commit_seconds must be >= 0")
+        self.commit_every = commit_every
+        self.commit_seconds = commit_seconds
         self.path = os.fspath(path)
         resuming = resume and os.path.exists(os.path.join(self.path, "manifest.json"))
         if not resuming and os.path.exists(self.path) and os.listdir(self.path):
@@ -170,9 +241,12 @@ class Writer:
             if not (0 <= rank < world_size):
                 raise ValueError("part must be (rank, world_size) with 0 <= rank < world_size")
         self.part = part
-        # python-zstandard cannot store literals raw: its frames Huffman-code them. Continuing a
-        # cache whose frames have raw literals leaves the field out (the cache mixes both).
-        self._literals = "huffman"
+        # The C extension stores zstd literals raw, as the Swift writer does by default (FORMAT 7:
+        # faster to write and to read, 3 % larger); python-zstandard cannot, its frames Huffman-code
+        # them. Continuing a cache whose frames are coded the other way leaves the manifest's
+        # field out (the cache mixes both).
+        self._native = _accel.native()
+        self._literals = "raw" if self._native is not None else "huffman"
         self._seen = set()
         self._digest = hashlib.sha256()
         self._shards = []  # manifest entries of finished shards
@@ -181,6 +255,10 @@ class Writer:
         self._count = 0  # records committed to the open shard
         self._pending = []  # (frame, sha256, id key, payload size) of the chunk being filled
         self._pending_committed = 0  # how many of them are already in the shard (a resumed partial chunk)
+        self._ready = []  # full chunks waiting for the next commit (_chunk_item)
+        self._ready_records = 0  # their new records
+        self._ready_bytes = 0
+        self._last_commit = time.monotonic()
         self._dtypes = None  # tensor name -> dtype of the cache's first record (append)
         self._manifest_written = float("-inf")  # time.monotonic() of the last manifest write
         self._manifest_stale = False  # a commit the manifest does not list yet
@@ -202,7 +280,7 @@ class Writer:
 
     def __len__(self):
         """Records appended so far, committed or still pending."""
-        return self.committed + len(self._pending) - self._pending_committed
+        return self.committed + self._ready_records + len(self._pending) - self._pending_committed
 
     # -- resuming (FORMAT 6.2) -------------------------------------------------------------------
 
@@ -220,7 +298,7 @@ class Writer:
         self.level = int(m["compression"]["level"])
         self.shuffle = m["compression"]["shuffle"]
         self.cap = int(m["shard_cap_bytes"])
-        if m["compression"].get("literals") != "huffman":
+        if m["compression"].get("literals") != self._literals:
             self._literals = None
         self.classes = m.get("classes", self.classes)
         self.created_by = m.get("created_by", self.created_by)
@@ -327,15 +405,63 @@ class Writer:
 
     # -- records ------------------------------------------------------------------------------
 
-    def _latent(self, name, arr):
+    def _latent(self, arr):
         arr = np.asarray(arr)
         if self.latent_dtype == "bf16":
             if arr.dtype == np.uint16:
-                return arr, "BF16"
+                return np.ascontiguousarray(arr, "<u2"), "BF16"
             return float32_to_bf16(arr.astype(np.float32)), "BF16"
         if self.latent_dtype == "f16":
-            return arr.astype("<f2"), "F16"
-        return arr.astype("<f4"), "F32"
+            return np.ascontiguousarray(arr, "<f2"), "F16"
+        return np.ascontiguousarray(arr, "<f4"), "F32"
+
+    def _tensors(self, latents, indices, groups, logvar, rows):
+        """The tensors of `rows` records (rows = None: one record) as (name, safetensors dtype,
+        little-endian C-contiguous array), checked as `append` states; ValueError otherwise."""
+        lead = () if rows is None else (rows,)
+        lat, ldt = self._latent(latents)
+        if lat.ndim != len(lead) + 2 or lat.shape[:len(lead)] != lead:
+            raise ValueError("latents must be [K, C]" if rows is None else "latents must be [B, K, C] with B = %d" % rows)
+        k = lat.shape[-2]
+        indices = np.asarray(indices)
+        groups = np.asarray(groups)
+        if indices.dtype not in (np.uint16, np.uint32) or indices.shape != lead + (k,):
+            raise ValueError("indices must be uint16 or uint32 of shape %s" % (list(lead + (k,)),))
+        if groups.dtype not in (np.uint8, np.uint16) or groups.ndim != len(lead) + 1 or \
+                groups.shape[:len(lead)] != lead or groups.shape[-1] < k:
+            raise ValueError("groups must be uint8 or uint16 of shape %s, N >= K" % ("[N]" if rows is None else "[B, N]"))
+        if groups.size and int(groups.max()) >= k:
+            raise ValueError("group id %d is not a kept token (K = %d)" % (int(groups.max()), k))
+        tensors = [("latents", ldt, lat)]
+        if logvar is not None:
+            lv, _ = self._latent(logvar)
+            if lv.shape != lat.shape:
+                raise ValueError("logvar must have the shape of latents")
+            tensors.append(("logvar", ldt, lv))
+        for name, arr in (("indices", indices), ("groups", groups)):
+            le = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<"))
+            tensors.append((name, _SAFETENSORS[le.dtype], le))
+        dtypes = {name: dt for name, dt, _ in tensors}
+        if self._dtypes is not None and dtypes != self._dtypes:
+            name = next(n for n in _reader.TENSORS if dtypes.get(n) != self._dtypes.get(n))
+            raise ValueError("%s %s %s here, %s in the cache" % (name, "is" if name == "logvar" else "are",
+                                                                 dtypes.get(name, "absent"),
+                                                                 self._dtypes.get(name, "absent")))
+        return tensors, dtypes
+
+    def _key(self, id, view, batch_keys=()):
+        """The ids database key of (id, view), refused when invalid or already in the cache."""
+        try:
+            raw_id = id.encode("utf-8") if isinstance(id, str) else None
+        except UnicodeEncodeError:  # a lone surrogate
+            raw_id = None
+        if raw_id is None or not (1 <= len(raw_id) <= 508) or b"\x00" in raw_id:
+            raise ValueError("id must be a str of 1 ... 508 UTF-8 bytes without NUL, got %r"
+                             % (id[:80] if isinstance(id, str) else id,))
+        key = raw_id + b"\x00" + struct.pack(">H", view)
+        if key in self._seen or key in batch_keys:
+            raise ValueError("duplicate (id, view): (%r, %d)" % (id, view))
+        return key
 
     def append(self, id, latents, indices, groups, label=-1, view=0, logvar=None, source_size=(0, 0),
                crop_box=(0, 0, 0, 0), source_sha256=""):
@@ -345,62 +471,73 @@ class Writer:
         source_sha256 hex or empty) raises ValueError naming the field, and nothing is added. So
         does a record whose tensors' dtypes, or whose having a logvar, differ from the cache's first
         record (a resumed cache's too): the readers batch records of one layout only."""
-        if self._finished:
-            raise RuntimeError("writer already finished")
-        try:
-            raw_id = id.encode("utf-8") if isinstance(id, str) else None
-        except UnicodeEncodeError:  # a lone surrogate
-            raw_id = None
-        if raw_id is None or not (1 <= len(raw_id) <= 508) or b"\x00" in raw_id:
-            raise ValueError("id must be a str of 1 ... 508 UTF-8 bytes without NUL, got %r"
-                             % (id[:80] if isinstance(id, str) else id,))
+        self._check_open()
         view = _meta_int("view", view, 0, 65535)
         label = _meta_int("label", label, -1, LABEL_MAX)
         source_size = _meta_ints("source_size", source_size, 2)
         crop_box = _meta_ints("crop_box", crop_box, 4)
-        if not isinstance(source_sha256, str) or not (source_sha256 == "" or _SHA256_HEX.match(source_sha256)):
-            raise ValueError("source_sha256 must be the source file's SHA-256 as 64 lower-case hex digits, or '' "
-                             "when unknown, got %r" % (source_sha256,))
-        key = raw_id + b"\x00" + struct.pack(">H", view)
-        if key in self._seen:
-            raise ValueError("duplicate (id, view): (%r, %d)" % (id, view))
-        lat, ldt = self._latent("latents", latents)
-        if lat.ndim != 2:
-            raise ValueError("latents must be [K, C]")
-        k = lat.shape[0]
-        indices = np.asarray(indices)
-        groups = np.asarray(groups)
-        if indices.dtype not in (np.uint16, np.uint32) or indices.shape != (k,):
-            raise ValueError("indices must be uint16 or uint32 of shape [K] = [%d]" % k)
-        if groups.dtype not in (np.uint8, np.uint16) or groups.ndim != 1 or groups.shape[0] < k:
-            raise ValueError("groups must be uint8 or uint16 of shape [N], N >= K")
-        if groups.size and int(groups.max()) >= k:
-            raise ValueError("group id %d is not a kept token (K = %d)" % (int(groups.max()), k))
-        tensors = [("latents", ldt, lat.astype(lat.dtype.newbyteorder("<")))]
-        if logvar is not None:
-            lv, _ = self._latent("logvar", logvar)
-            if lv.shape != lat.shape:
-                raise ValueError("logvar must have the shape of latents")
-            tensors.append(("logvar", ldt, lv))
-        tensors.append(("indices", _SAFETENSORS[indices.dtype.newbyteorder("<")], indices.astype(indices.dtype.newbyteorder("<"))))
-        tensors.append(("groups", _SAFETENSORS[groups.dtype.newbyteorder("<")], groups.astype(groups.dtype.newbyteorder("<"))))
-        dtypes = {name: dt for name, dt, _ in tensors}
-        if self._dtypes is not None and dtypes != self._dtypes:
-            name = next(n for n in _reader.TENSORS if dtypes.get(n) != self._dtypes.get(n))
-            raise ValueError("%s %s %s here, %s in the cache" % (name, "is" if name == "logvar" else "are",
-                                                                 dtypes.get(name, "absent"),
-                                                                 self._dtypes.get(name, "absent")))
-        meta = {"mtok.format": RECORD_FORMAT, "id": id, "view": str(view), "label": str(label),
-                "source_size": ",".join(map(str, source_size)), "crop_box": ",".join(map(str, crop_box)),
-                "source_sha256": source_sha256}
-        payload, data_start = _payload(tensors, meta)
-        stored = _shuffle(payload, data_start, tensors) if self.shuffle == "byte-planes" else payload
-        frame = self._cctx.compress(stored)
-        self._seen.add(key)
+        _check_sha256(source_sha256)
+        key = self._key(id, view)
+        tensors, dtypes = self._tensors(latents, indices, groups, logvar, None)
         self._dtypes = dtypes
-        self._pending.append((frame, hashlib.sha256(payload).digest(), key, len(payload)))
+        headers = _Headers(tensors)
+        self._add(key, headers(id, view, label, source_size, crop_box, source_sha256), [t[2] for t in tensors],
+                  headers.data_bytes)
+
+    def append_many(self, ids, latents, indices, groups, labels=None, views=None, logvar=None, source_sizes=None,
+                    crop_boxes=None, source_sha256s=None):
+        """Adds len(ids) records from arrays with a leading batch dimension: latents (and logvar)
+        [B, K, C], indices [B, K], groups [B, N]; labels and views [B] (default -1 and 0),
+        source_sizes [B, 2], crop_boxes [B, 4], source_sha256s B strings. The same records, bytes
+        and checks as `append` once per row, for less Python per record; every row is checked
+        before any is added, so a bad one adds none."""
+        self._check_open()
+        ids = list(ids)
+        B = len(ids)
+        if B == 0:
+            return
+        labels = _meta_column("labels", labels, B, -1, LABEL_MAX, -1)
+        views = _meta_column("views", views, B, 0, 65535, 0)
+        source_sizes = _meta_rows("source_sizes", source_sizes, B, 2)
+        crop_boxes = _meta_rows("crop_boxes", crop_boxes, B, 4)
+        if source_sha256s is None:
+            source_sha256s = [""] * B
+        else:
+            source_sha256s = list(source_sha256s)
+            if len(source_sha256s) != B:
+                raise ValueError("source_sha256s must hold %d strings, got %d" % (B, len(source_sha256s)))
+            for sha in source_sha256s:
+                _check_sha256(sha)
+        keys = {}
+        for id, view in zip(ids, views):
+            key = self._key(id, view, keys)
+            keys[key] = None
+        tensors, dtypes = self._tensors(latents, indices, groups, logvar, B)
+        self._dtypes = dtypes
+        headers = _Headers([(name, dt, arr[0]) for name, dt, arr in tensors])
+        arrays = [t[2] for t in tensors]
+        for row, key in enumerate(keys):
+            self._add(key, headers(ids[row], views[row], labels[row], source_sizes[row], crop_boxes[row],
+                                   source_sha256s[row]), [arr[row] for arr in arrays], headers.data_bytes)
+
+    def _check_open(self):
+        if self._finished:
+            raise RuntimeError("writer already finished")
+
+    def _add(self, key, header, arrays, data_bytes):
+        """Compresses one checked record (payload: `header`, then the bytes of `arrays`, which
+        are `data_bytes`) and adds it to the chunk being filled."""
+        digest = hashlib.sha256(header)
+        for arr in arrays:
+            digest.update(arr)
+        if self._native is not None:
+            frame = self._native.encode(header, tuple(arrays), self.shuffle == "byte-planes", self.level, True)
+        else:
+            frame = _frame_python(self._cctx, header, arrays, self.shuffle == "byte-planes")
+        self._seen.add(key)
+        self._pending.append((frame, digest.digest(), key, len(header) + data_bytes))
         if len(self._pending) == self.R:
-            self._flush_chunk()
+            self._chunk_filled()
 
     # -- shards -------------------------------------------------------------------------------
 
@@ -456,41 +593,68 @@ class Writer:
     # everything at once.
     MANIFEST_INTERVAL_S = 1.0
 
-    def _flush_chunk(self):
-        # A partial chunk already committed (resumed, or flushed) is rewritten whole; only its
-        # new records are new everywhere else.
-        done = self._pending_committed
-        new = self._pending[done:]
-        if not new:
-            return
+    def _chunk_filled(self):
+        """The chunk being filled is full: it waits with the others for the next commit."""
         if self._env is None:
             self._open_shard()
+        self._ready.append(self._chunk_item())
+        self._pending = []
+        self._pending_committed = 0
+        if self._ready_records >= self.commit_every or \
+                time.monotonic() - self._last_commit >= self.commit_seconds or \
+                _reader._pages_bytes(self._env) + self._ready_bytes >= self.cap:
+            self._commit()  # the last test keeps shards near their cap whatever commit_every is
+
+    def _chunk_item(self):
+        """(chunk number in the open shard, chunk value, its digests, its new records, whether it
+        rewrites a partial chunk already committed) of the records pending (FORMAT 3.2)."""
+        done = self._pending_committed
+        new = self._pending[done:]
         frames = [p[0] for p in self._pending]
         offsets = np.zeros(len(frames) + 1, dtype="<u4")
         offsets[1:] = np.cumsum([len(f) for f in frames])
         chunk = struct.pack("<I", len(frames)) + offsets.tobytes() + b"".join(frames)
-        chunk_no = (self._count - done) // self.R
+        first = self._count + self._ready_records - done  # the chunk's first record in the shard
+        self._ready_records += len(new)
+        # What the chunk will add to the shard's pages: LMDB stores a value this large on
+        # overflow pages of their own (16-byte header); its digests and ids take little.
+        self._ready_bytes += -(-(len(chunk) + 16) // 4096) * 4096
+        return first // self.R, chunk, b"".join(p[1] for p in self._pending), new, done > 0
+
+    def _commit(self, partial=False):
+        """Commits the chunks waiting (and with `partial` the chunk being filled) in one write
+        transaction; then seals the shard when it reached its cap, or lists the commit in the
+        manifest now and then (FORMAT 6.2). What was appended before is durable once this returns."""
+        items = self._ready
+        if partial and len(self._pending) > self._pending_committed:
+            items = items + [self._chunk_item()]
+            self._pending_committed = len(self._pending)  # the next commit rewrites it whole
+        if not items:
+            return
+        if self._env is None:
+            self._open_shard()
         with self._env.begin(write=True) as txn:
-            ckey = struct.pack(">Q", chunk_no)
-            txn.put(ckey, chunk, db=self._db["records"], append=done == 0)
-            txn.put(ckey, b"".join(p[1] for p in self._pending), db=self._db["digests"], append=done == 0)
-            for i, p in enumerate(new):
-                if not txn.put(p[2], struct.pack("<I", self._count + i), db=self._db["ids"], overwrite=False):
-                    raise ValueError("duplicate id key in shard")
-            self._count += len(new)
-            self._payload_bytes += sum(p[3] for p in new)
-            self._compressed_bytes += sum(len(p[0]) for p in new)
+            for chunk_no, chunk, digests, new, rewrite in items:
+                ckey = struct.pack(">Q", chunk_no)
+                txn.put(ckey, chunk, db=self._db["records"], append=not rewrite)
+                txn.put(ckey, digests, db=self._db["digests"], append=not rewrite)
+                for i, p in enumerate(new):
+                    if not txn.put(p[2], struct.pack("<I", self._count + i), db=self._db["ids"], overwrite=False):
+                        raise ValueError("duplicate id key in shard")
+                self._count += len(new)
+                self._payload_bytes += sum(p[3] for p in new)
+                self._compressed_bytes += sum(len(p[0]) for p in new)
             for k, v in (("format", SHARD_FORMAT), ("records_per_chunk", str(self.R)), ("count", str(self._count)),
                          ("payload_bytes", str(self._payload_bytes)),
                          ("compressed_bytes", str(self._compressed_bytes)), ("shuffle", self.shuffle)):
                 txn.put(k.encode(), v.encode(), db=self._db["meta"])
-        for p in new:
-            self._digest.update(p[1])
-        if len(self._pending) == self.R:
-            self._pending = []
-            self._pending_committed = 0
-        else:  # a partial chunk (flush, close): the next commit rewrites it whole
-            self._pending_committed = len(self._pending)
+        for _, _, _, new, _ in items:
+            for p in new:
+                self._digest.update(p[1])
+        self._ready = []
+        self._ready_records = 0
+        self._ready_bytes = 0
+        self._last_commit = time.monotonic()
         if _reader._pages_bytes(self._env) >= self.cap:
             self._seal()  # lists it sealed
         elif time.monotonic() - self._manifest_written >= self.MANIFEST_INTERVAL_S:
@@ -498,13 +662,32 @@ class Writer:
         else:
             self._manifest_stale = True
 
+    # FORMAT 6.2: compacting on sealing pays when the free pages are over 1 % of the file and
+    # over this floor (as the Swift writer): a copy costs a read and a write of the whole file.
+    COMPACT_FLOOR_BYTES = 16 << 20
+
+    def _free_bytes(self):
+        """The bytes of the open shard's pages that no database uses (LMDB's free pages; the
+        free list's own pages count as free here, which errs towards compacting)."""
+        env = self._env
+        used = 2  # the meta pages
+        with env.begin() as txn:
+            for st in [txn.stat(self._db[name]) for name in _DATABASES] + [txn.stat()]:
+                used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return (env.info()["last_pgno"] + 1 - used) * env.stat()["psize"]
+
     def _seal(self):
-        """FORMAT 6: compact into shard.compact, rename over the shard, drop the lock file, hash it,
-        make it read-only."""
-        compact = self._shard_path + ".compact"
-        self._env.copy(compact, compact=True)
-        self._close_env()
-        os.replace(compact, self._shard_path)
+        """FORMAT 6.2: compact into shard.compact and rename it over the shard when that pays
+        (else sync it), drop the lock file, hash the file, make it read-only."""
+        free = self._free_bytes()
+        if free > self.COMPACT_FLOOR_BYTES and free * 100 > _reader._pages_bytes(self._env):
+            compact = self._shard_path + ".compact"
+            self._env.copy(compact, compact=True)
+            self._close_env()
+            os.replace(compact, self._shard_path)
+        else:
+            self._env.sync(True)
+            self._close_env()
         lock = self._shard_path + "-lock"
         if os.path.exists(lock):
             os.remove(lock)
@@ -559,9 +742,8 @@ class Writer:
     def flush(self):
         """Commits every record appended so far (a partial chunk too): they survive a crash, and
         the manifest lists them."""
-        if self._finished:
-            raise RuntimeError("writer already finished")
-        self._flush_chunk()
+        self._check_open()
+        self._commit(partial=True)
         if self._manifest_stale:  # a commit not listed yet, this one's or an earlier one's
             self._write_manifest(complete=False)
 
@@ -579,7 +761,7 @@ class Writer:
         """Writes the last chunk, seals the last shard and marks the cache complete."""
         if self._finished:
             return
-        self._flush_chunk()
+        self._commit(partial=True)
         if self._env is not None:
             self._seal()
         self._finished = True

@@ -614,7 +614,7 @@ class Writer(mtokcache.Writer):
 
 _STEPPED_WRITER = _HOLDING_WRITER + r"""
 recs = list(make_records(16))
-w = Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4)
+w = Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4, commit_every=1)
 for r in recs[:10]:
     w.append(**r)
 w.flush()
@@ -889,7 +889,7 @@ def test_manifest_lists_the_open_shard():
                                  text=True, check=True).stdout.split()
             return int(out[0]), out[1], out[2]
 
-        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4)
+        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, commit_every=1)
         w.MANIFEST_INTERVAL_S = 0  # list every commit (see test_manifest_lags_commits_until_flush)
         assert json.load(open(path + "/manifest.json"))["shards"] == []
         for r in recs[:6]:
@@ -925,7 +925,7 @@ def test_manifest_lags_commits_until_flush():
     recs = list(make_records(12))
     with TempDir() as d:
         path = d + "/c"
-        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4)
+        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, commit_every=1)
         w.MANIFEST_INTERVAL_S = 3600
         for r in recs[:9]:
             w.append(**r)  # two chunks committed, neither listed yet
@@ -951,7 +951,7 @@ def test_a_cache_in_the_writers_process_reads_the_open_shard():
     recs = list(make_records(40))
     with TempDir() as d:
         path = d + "/c"
-        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, shard_cap_bytes=60000)
+        w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, commit_every=1, shard_cap_bytes=60000)
         w.MANIFEST_INTERVAL_S = 0
         for r in recs[:6]:
             w.append(**r)
@@ -997,7 +997,7 @@ def test_resume_while_a_cache_of_it_is_open():
     recs = list(make_records(30))
     with TempDir() as d:
         path = d + "/c"
-        write(path, recs[:20], records_per_chunk=4, shard_cap_bytes=60000)  # finished: every shard sealed
+        write(path, recs[:20], records_per_chunk=4, shard_cap_bytes=60000, commit_every=1)  # finished: every shard sealed
         c = mtokcache.open(path)
         assert c[19]["id"] == recs[19]["id"] and len(c.shard_entries) > 1
         w = mtokcache.Writer(path, settings={"test": True}, resume=True)
@@ -1027,7 +1027,7 @@ def test_resume_in_the_process_of_a_dropped_writer():
     from mtokcache import reader
     recs = list(make_records(10))
     with TempDir() as d:
-        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4)
+        w = mtokcache.Writer(d + "/c", settings={"test": True}, records_per_chunk=4, commit_every=1)
         w.MANIFEST_INTERVAL_S = 0
         for r in recs[:6]:
             w.append(**r)
