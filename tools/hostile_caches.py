@@ -68,6 +68,29 @@ try:
     out["stream"] = sum(len(b["ids"]) for b in c.stream(0, 1, 0, 0, batch_size=8))
 except mtokcache.CacheError as e:
     out["stream"] = "refused: " + e.kind
+
+
+def digest(r):
+    h = hashlib.sha256()
+    for k in sorted(r):
+        v = r[k]
+        h.update(k.encode() + (v.dtype.str.encode() + repr(v.shape).encode() + v.tobytes() if hasattr(v, "tobytes")
+                               else repr(v).encode()))
+    return h.hexdigest()
+
+
+# Decoded records and batches, compared between the C extension and the pure-Python code.
+out["decoded"], out["batches"] = {}, []
+for i in range(len(c)):
+    try:
+        out["decoded"][i] = digest(c[i])
+    except mtokcache.CacheError as e:
+        out["decoded"][i] = "refused: " + e.kind
+for lo in range(0, len(c), 8):
+    try:
+        out["batches"].append(digest(c.batch(range(lo, min(lo + 8, len(c))))))
+    except mtokcache.CacheError as e:
+        out["batches"].append("refused: " + e.kind)
 print(json.dumps(out))
 """
 
@@ -76,12 +99,13 @@ def limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
-def run(argv):
-    """Runs argv under GNU time; returns (status, stdout, stderr, peak KB). status: an exit code,
-    "signal N" or "hung"."""
+def run(argv, env=None):
+    """Runs argv under GNU time (with `env` added to the environment); returns (status, stdout,
+    stderr, peak KB). status: an exit code, "signal N" or "hung"."""
     try:
         p = subprocess.run(["/usr/bin/time", "-f", "MTOK-MAXRSS %M"] + argv, capture_output=True, text=True,
-                           timeout=TIMEOUT, preexec_fn=limit_memory, stdin=subprocess.DEVNULL)
+                           timeout=TIMEOUT, preexec_fn=limit_memory, stdin=subprocess.DEVNULL,
+                           env=None if env is None else dict(os.environ, **env))
     except subprocess.TimeoutExpired:
         return "hung", "", "", 0
     lines = p.stderr.splitlines()
@@ -109,13 +133,21 @@ class Harness:
         return status, out, err
 
     def python_reads(self, case, cache, ids):
-        status, out, err, peak = run([self.python, "-c", PY_READER, cache, os.path.join(ROOT, "tools", "python"),
-                                      json.dumps(ids)])
-        self.note(case, "python reads", status, peak)
-        if status != 0:
-            self.failures.append("%s: python reader exited %s: %s" % (case, status, err[-300:]))
-            return None
-        return json.loads(out)
+        """What mtokcache reads, with its C extension (when built) and with its pure-Python code,
+        which must read the same (the first refuses nothing the second takes, and the reverse)."""
+        got = {}
+        for native in ("1", "0"):
+            status, out, err, peak = run([self.python, "-c", PY_READER, cache, os.path.join(ROOT, "tools", "python"),
+                                          json.dumps(ids)], {"MTOKCACHE_NATIVE": native})
+            self.note(case, "python reads", status, peak)
+            if status != 0:
+                self.failures.append("%s: python reader (native %s) exited %s: %s" % (case, native, status, err[-300:]))
+                return None
+            got[native] = json.loads(out)
+        if got["1"] != got["0"]:
+            diff = {k: (got["1"][k], got["0"][k]) for k in got["1"] if got["1"][k] != got["0"][k]}
+            self.failures.append("%s: the C extension and the pure-Python reader differ: %s" % (case, str(diff)[:400]))
+        return got["1"]
 
 
 def snapshot(folder):
@@ -464,6 +496,9 @@ def main() -> int:
                 print("  " + f)
             return 1
         print("no crash, no hang, nothing outside a cache touched, no silent wrong read")
+        from mtokcache import _accel
+        print("mtokcache's C extension %s" % ("read every case as its pure-Python code did" if _accel.built()
+                                              else "is not built: only the pure-Python reader was run"))
         return 0
 
 

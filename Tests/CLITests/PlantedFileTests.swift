@@ -142,6 +142,7 @@ struct PlantedFileTests {
         let r = try TestSupport.run(python, [TestSupport.packageRoot + "/tools/hostile_caches.py",
                                              "--mtok", TestSupport.mtokBinary, "--flips", "16", "--seed", "7"])
         #expect(r.status == 0 && r.stdout.contains("no crash, no hang"), "\(r.stdout.suffix(3000)) \(r.stderr.suffix(2000))")
+        #expect(r.stdout.contains("C extension read every case as its pure-Python code did"), "\(r.stdout.suffix(500))")
     }
 
     /// A scaled-out rank: `parts` planted as a link to a folder outside.

@@ -11,17 +11,31 @@ enum Py {
     static var packagePath: String { TestSupport.packageRoot + "/tools/python" }
 
     /// Runs `script` with `arguments`; records an issue and returns nil when there is no Python.
-    static func run(_ script: String, _ arguments: [String] = []) throws -> TestSupport.ProcessResult? {
+    /// `native`: "1" runs mtokcache's C extension (and fails when it is not built), "0" its
+    /// pure-Python code; nil leaves the choice to the package (the extension when built).
+    static func run(_ script: String, _ arguments: [String] = [], native: String? = nil) throws -> TestSupport.ProcessResult? {
         guard let python = TestSupport.python else {
             Issue.record("no Python with numpy, lmdb and zstandard: run tools/install-deps.sh")
             return nil
         }
-        return try TestSupport.run(python, ["-c", script] + arguments, environment: ["PYTHONPATH": packagePath])
+        var environment = ["PYTHONPATH": packagePath]
+        var code = script
+        if let native {
+            environment["MTOKCACHE_NATIVE"] = native
+            if native == "1" {
+                code = "import mtokcache._accel as _a\nassert _a.native() is not None, 'the C extension is not built: "
+                    + "tools/install-deps.sh builds it'\n" + script
+            }
+        }
+        return try TestSupport.run(python, ["-c", code] + arguments, environment: environment)
     }
 
+    /// The two implementations of mtokcache's hot paths, which must give the same results.
+    static let implementations = ["1", "0"]
+
     /// Runs `script` and parses its stdout as JSON; records an issue when it fails.
-    static func json(_ script: String, _ arguments: [String] = []) throws -> Any? {
-        guard let r = try run(script, arguments) else { return nil }
+    static func json(_ script: String, _ arguments: [String] = [], native: String? = nil) throws -> Any? {
+        guard let r = try run(script, arguments, native: native) else { return nil }
         guard r.status == 0 else {
             Issue.record("python failed (\(r.status)): \(r.stderr)")
             return nil
@@ -86,6 +100,10 @@ struct CrossLanguageTests {
             out.append({"id": r["id"], "view": r["view"], "label": r["label"], "source_size": list(r["source_size"]),
                         "crop_box": list(r["crop_box"]), "sha": r["source_sha256"], "tensors": t})
         b = f.batch(list(range(len(f))))
+        nat = mtokcache._accel.native()
+        if nat is not None:  # the fast path took every record (they were all seen once above)
+            assert all(x._decode_native(i, nat) is not None for x in (c, f) for i in range(len(c))), "not all native"
+            assert f._batch_native(np.arange(len(f)), nat) is not None, "batch not native"
         print(json.dumps({"records": out, "batch_latents": base64.b64encode(b["latents"].tobytes()).decode(),
                           "batch_indices": base64.b64encode(b["indices"].tobytes()).decode(),
                           "batch_groups": base64.b64encode(b["groups"].tobytes()).decode(),
@@ -130,8 +148,10 @@ struct CrossLanguageTests {
                             shuffle: shuffle)
         let cache = try TokenCache(path: dir)
         #expect(cache.manifest.shards.count > 1, "the test wants several shards")
-        guard let dump = try Py.json(Self.dumpScript, [dir]) as? [String: Any] else { return }
-        try expectSame(dump, cache)
+        for native in Py.implementations {
+            guard let dump = try Py.json(Self.dumpScript, [dir], native: native) as? [String: Any] else { return }
+            try expectSame(dump, cache)
+        }
     }
 
     @Test(arguments: [("bf16", "byte-planes"), ("f16", "none"), ("f32", "byte-planes")])
@@ -151,15 +171,23 @@ struct CrossLanguageTests {
                              indices=rng.integers(0, 2**20, k).astype(np.uint32),
                              groups=rng.integers(0, k, 30).astype(np.uint8))
             """
-        guard let w = try Py.run(write, [dir, latent, shuffle]) else { return }
-        try #require(w.status == 0, "python writer failed: \(w.stderr)")
-        let verify = try TestSupport.mtok(["verify", dir, "--deep"])
-        #expect(verify.status == 0, "mtok verify --deep: \(verify.stdout) \(verify.stderr)")
-        let cache = try TokenCache(path: dir)
-        #expect(cache.count == 57 && cache.manifest.shards.count > 1)
-        #expect(try cache.index(of: "py/007/ü.png", view: 1) == 7)
-        guard let dump = try Py.json(Self.dumpScript, [dir]) as? [String: Any] else { return }
-        try expectSame(dump, cache)
+        var digests: [String?] = []
+        for native in Py.implementations {
+            try? FileManager.default.removeItem(atPath: dir)
+            guard let w = try Py.run(write, [dir, latent, shuffle], native: native) else { return }
+            try #require(w.status == 0, "python writer failed: \(w.stderr)")
+            let verify = try TestSupport.mtok(["verify", dir, "--deep"])
+            #expect(verify.status == 0, "mtok verify --deep: \(verify.stdout) \(verify.stderr)")
+            let cache = try TokenCache(path: dir)
+            #expect(cache.count == 57 && cache.manifest.shards.count > 1)
+            #expect(try cache.index(of: "py/007/ü.png", view: 1) == 7)
+            // The extension stores zstd literals raw, as Swift's writer does; python-zstandard cannot.
+            #expect(cache.manifest.compression.literals == (native == "1" ? "raw" : "huffman"))
+            digests.append(cache.manifest.contentDigest)
+            guard let dump = try Py.json(Self.dumpScript, [dir], native: native) as? [String: Any] else { return }
+            try expectSame(dump, cache)
+        }
+        #expect(digests.count == 2 && digests[0] != nil && digests[0] == digests[1], "the two writers' records differ")
     }
 
     /// A PyTorch job on each of two ranks writes its part with the Python writer; `mtok merge`

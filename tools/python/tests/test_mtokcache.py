@@ -383,6 +383,128 @@ w.finish()
 """
 
 
+_KILLED_BATCH_WRITER = r"""
+import sys, os
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
+import numpy as np, mtokcache
+from test_mtokcache import make_records
+recs = list(make_records(150))
+w = mtokcache.Writer(sys.argv[1], settings={"test": True}, records_per_chunk=4, shard_cap_bytes=12000,
+                     commit_every=12, commit_seconds=3600, resume=True)
+lo = w.committed
+while lo < len(recs):
+    rows = recs[lo:lo + 7]
+    w.append_many([r["id"] for r in rows], np.stack([r["latents"] for r in rows]), np.stack([r["indices"] for r in rows]),
+                  np.stack([r["groups"] for r in rows]), labels=[r["label"] for r in rows], views=[r["view"] for r in rows],
+                  source_sizes=[r["source_size"] for r in rows], crop_boxes=[r["crop_box"] for r in rows],
+                  source_sha256s=[r["source_sha256"] for r in rows])
+    lo += len(rows)
+    print(w.committed, len(w), flush=True)
+w.finish()
+"""
+
+
+def test_sigkill_with_batched_commits_resumes_to_the_clean_digest():
+    """append_many with commit_every: a writer killed (SIGKILL) between commits loses only the
+    records after its last commit, never more than commit_every + records_per_chunk - 1 of
+    them; resumed from `committed`, the finished cache holds the records and content digest of
+    a run without a break written with append() one record at a time."""
+    import random
+    import signal
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    with TempDir() as d:
+        write(d + "/clean", make_records(150), records_per_chunk=4, shard_cap_bytes=12000)
+        want = mtokcache.open(d + "/clean")
+        rng = random.Random(11)
+        path = d + "/c"
+        for attempt in range(4):
+            child = subprocess.Popen([sys.executable, "-c", _KILLED_BATCH_WRITER, path, here], stdout=subprocess.PIPE,
+                                     text=True)
+            stop_at = rng.randrange(20, 130)
+            committed = appended = 0
+            for line in child.stdout:
+                committed, appended = map(int, line.split())
+                assert appended - committed <= 12 + 4 - 1, "more records wait than commit_every allows"
+                if appended >= stop_at:
+                    break
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            assert appended >= stop_at, "the writer died before it was killed"
+            w = mtokcache.Writer(path, settings={"test": True}, resume=True)
+            # The kill landed after the child printed: a commit may have followed, never a loss.
+            assert committed <= w.committed <= appended, (committed, w.committed, appended)
+            w.close()
+        child = subprocess.run([sys.executable, "-c", _KILLED_BATCH_WRITER, path, here], capture_output=True, text=True)
+        assert child.returncode == 0, child.stderr
+        got = mtokcache.open(path)
+        assert len(got.shard_entries) > 1, "wanted several shards"
+        assert got.manifest["content_digest"] == want.manifest["content_digest"]
+        assert [got[i]["id"] for i in range(len(got))] == [want[i]["id"] for i in range(len(want))]
+
+
+def test_commit_seconds_and_flush_make_records_durable():
+    """commit_seconds=0 commits every chunk as it fills; flush() commits a partial one."""
+    recs = list(make_records(10))
+    with TempDir() as d:
+        w = mtokcache.Writer(d + "/a", settings={"test": True}, records_per_chunk=4, commit_every=1000,
+                             commit_seconds=0)
+        for r in recs[:9]:
+            w.append(**r)
+        assert w.committed == 8 and len(w) == 9
+        w.flush()
+        assert w.committed == 9
+        w.close()
+        w = mtokcache.Writer(d + "/b", settings={"test": True}, records_per_chunk=4, commit_every=1000,
+                             commit_seconds=3600)
+        for r in recs[:9]:
+            w.append(**r)
+        assert w.committed == 0 and len(w) == 9
+        w.close()  # commits what was appended
+        with mtokcache.Writer(d + "/b", settings={"test": True}, resume=True) as w:
+            assert w.committed == 9
+        for bad in (0, -1, 1.5, True):
+            refused(ValueError, lambda: mtokcache.Writer(d + "/x%r" % (bad,), settings={}, commit_every=bad), ["commit_every"])
+
+
+def test_append_many_equals_append_and_refuses_a_bad_row_whole():
+    recs = list(make_records(23, logvar=True))
+    with TempDir() as d:
+        write(d + "/one", recs, records_per_chunk=4)
+        with mtokcache.Writer(d + "/many", settings={"test": True}, records_per_chunk=4) as w:
+            for lo in (0, 10, 11, 23):
+                rows = recs[lo:{0: 10, 10: 11, 11: 23, 23: 23}[lo]]
+                if not rows:
+                    w.append_many([], np.zeros((0, 16, 4), np.float32), np.zeros((0, 16), np.uint32),
+                                  np.zeros((0, 24), np.uint16))
+                    continue
+                w.append_many([r["id"] for r in rows], np.stack([r["latents"] for r in rows]),
+                              np.stack([r["indices"] for r in rows]), np.stack([r["groups"] for r in rows]),
+                              labels=np.array([r["label"] for r in rows]), views=np.array([r["view"] for r in rows]),
+                              logvar=np.stack([r["logvar"] for r in rows]),
+                              source_sizes=np.array([r["source_size"] for r in rows]),
+                              crop_boxes=[r["crop_box"] for r in rows], source_sha256s=[r["source_sha256"] for r in rows])
+                if lo == 10:  # a bad row refuses the whole batch, and nothing of it is added
+                    n = len(w)
+                    lat = np.stack([recs[0]["latents"]] * 2)
+                    idx = np.stack([recs[0]["indices"]] * 2)
+                    grp = np.stack([recs[0]["groups"]] * 2)
+                    lv = np.stack([recs[0]["logvar"]] * 2)
+                    refused(ValueError, lambda: w.append_many(["new/a", "new/b"], lat, idx, grp, labels=[0, -2], logvar=lv),
+                            ["labels", "-2"])
+                    refused(ValueError, lambda: w.append_many(["new/a", "new/a"], lat, idx, grp, logvar=lv), ["duplicate"])
+                    refused(ValueError, lambda: w.append_many(["new/a", recs[0]["id"]], lat, idx, grp, logvar=lv,
+                                                              views=[0, recs[0]["view"]]), ["duplicate"])
+                    bad = grp.copy()
+                    bad[1, 3] = 16
+                    refused(ValueError, lambda: w.append_many(["new/a", "new/b"], lat, idx, bad, logvar=lv), ["group id 16"])
+                    refused(ValueError, lambda: w.append_many(["new/a", "new/b"], lat, idx, grp), ["logvar"])
+                    refused(ValueError, lambda: w.append_many(["new/a"], lat, idx, grp, logvar=lv), ["latents"])
+                    assert len(w) == n
+        a, b = mtokcache.open(d + "/one"), mtokcache.open(d + "/many")
+        assert a.manifest["content_digest"] == b.manifest["content_digest"]
+
+
 def test_resume_after_sigkill_loses_nothing_committed():
     import random
     import signal
