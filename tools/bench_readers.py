@@ -15,7 +15,7 @@ Makes the cache with `mtok synth-cache CACHE --records 100000 --u32-indices --gr
 - a naive loop: py-lmdb + zstandard + numpy, written the obvious way from Schemas/FORMAT.md;
 - PyTorch DataLoader with 0 and 2 workers, if torch imports: over CacheIterableDataset (samples
   collated by DataLoader, and whole batches with batched=True) and over the map-style
-  CacheDataset with the same indices as its sampler; and batches with compact=True (latents as
+  CacheDataset with the same indices as its sampler; and batches with latent_format="raw", index_dtype="int32" (latents as
   stored, int32 indices and groups: half the bytes through the workers' shared memory).
 
 With --cold (root only: it empties the page cache through /proc/sys/vm/drop_caches before every
@@ -236,7 +236,7 @@ def main():
             bds = Limited(a.cache, seed=0, batch_size=256, batched=True)
             pyruns.append(("torch DataLoader, batched, %d workers" % workers, closing(
                 lambda bds=bds, w=workers: [b for b in DataLoader(bds, batch_size=None, num_workers=w)], bds._cache)))
-            cds = Limited(a.cache, seed=0, batch_size=256, batched=True, compact=True)
+            cds = Limited(a.cache, seed=0, batch_size=256, batched=True, latent_format="raw", index_dtype="int32")
             pyruns.append(("torch DataLoader, batched, compact, %d workers" % workers, closing(
                 lambda cds=cds, w=workers: [b for b in DataLoader(cds, batch_size=None, num_workers=w)], cds._cache)))
     except ImportError:

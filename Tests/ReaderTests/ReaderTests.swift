@@ -342,9 +342,12 @@ struct CrossLanguageTests {
         }
     }
 
-    @Test func pythonUnitTests() throws {
+    /// tools/python/tests, once with the C extension and once with the pure-Python code.
+    @Test(arguments: Py.implementations)
+    func pythonUnitTests(native: String) throws {
         guard let r = try Py.run("import runpy, sys; sys.argv = ['t']; runpy.run_path(sys.argv_path, run_name='__main__')"
-            .replacingOccurrences(of: "sys.argv_path", with: "'\(Py.packagePath)/tests/test_mtokcache.py'")) else { return }
+            .replacingOccurrences(of: "sys.argv_path", with: "'\(Py.packagePath)/tests/test_mtokcache.py'"),
+            native: native) else { return }
         #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
         #expect(r.stdout.contains(" 0 failed"))
     }
@@ -389,9 +392,9 @@ struct CrossLanguageTests {
             full = {int(i): (b["latents"][k], b["indices"][k], b["groups"][k])
                     for b in DataLoader(CacheIterableDataset(path, seed=2, batch_size=8, batched=True), batch_size=None)
                     for k, i in enumerate(b["index"])}
-            for ds, bs in ((CacheIterableDataset(path, seed=2, batch_size=8, compact=True), 8),
-                           (CacheIterableDataset(path, seed=2, batch_size=8, compact=True, batched=True), None),
-                           (CacheDataset(path, compact=True), 16)):
+            for ds, bs in ((CacheIterableDataset(path, seed=2, batch_size=8, latent_format="raw", index_dtype="int32"), 8),
+                           (CacheIterableDataset(path, seed=2, batch_size=8, latent_format="raw", index_dtype="int32", batched=True), None),
+                           (CacheDataset(path, latent_format="raw", index_dtype="int32"), 16)):
                 n = 0
                 for b in DataLoader(ds, batch_size=bs, num_workers=2):
                     assert b["latents"].dtype == torch.bfloat16 and b["indices"].dtype == torch.int32

@@ -13,15 +13,28 @@ shared across fork.
   dataset yields whole batches as contiguous tensors (use DataLoader(batch_size=None)): the
   same order without per-sample collation, which is the faster way.
 
-`compact=True` (either dataset) keeps latents in their stored type (torch.bfloat16 for bf16
-caches) and gives indices and groups as int32: 10.5 instead of 20 KiB per ImageNet-256 record.
+Two options, named as in `Cache`, decide the tensors' types (either dataset, and `to_sample`):
+
+- `latent_format`: "f32" (default) gives float32 latents (and logvar); "raw" keeps them as
+  stored (torch.bfloat16 for bf16 caches, float16, float32), as `Cache(latent_format="raw")`.
+- `index_dtype`: "int64" (default: what embedding lookups and gathers take) or "int32" for
+  indices and groups.
+
+`latent_format="raw", index_dtype="int32"` gives 10.5 instead of 20 KiB per ImageNet-256 record.
 DataLoader workers hand every batch to the main process through shared memory, and that copy,
-not decoding, is what bounds a DataLoader with workers (tools/bench_readers.py), so compact
-batches arrive about twice as fast. Convert on the GPU (`x.float()`, `i.long()`).
+not decoding, is what bounds a DataLoader with workers (tools/bench_readers.py), so these
+batches arrive about twice as fast. Convert on the GPU (`x.float()`, `i.long()`). (`compact=True`,
+the older spelling of those two, still works and warns.)
+
+Stream order (CacheIterableDataset, as `Cache.stream`; Schemas/STREAM.md): `seed` and the epoch
+pick the permutation; `shuffle=False` keeps the records in cache order (each rank still reads
+its own share, padded as `padding` says), for evaluation passes and checks that want the same
+order every epoch; `block_records` and `window_blocks` tune the locality of the shuffle.
 """
 
 import operator
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -40,17 +53,35 @@ def _latents(a):
     return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == np.uint16 else torch.from_numpy(a)
 
 
-def _ints(a, compact):
-    """Indices or groups: int64 (what embedding lookups and gathers take), or int32 if compact."""
-    return torch.from_numpy(a.astype(np.int32 if compact else np.int64))
+_INDEX_DTYPES = {"int64": np.int64, "int32": np.int32}
 
 
-def to_sample(record, compact=False):
-    """A record dict as DataLoader-friendly values: int64 indices and groups (what embedding
-    lookups and gathers take), float32 latents, and the identity fields; with `compact`, the
-    latents as stored (see the module's notes) and int32 indices and groups."""
-    out = {"latents": _latents(record["latents"]), "indices": _ints(record["indices"], compact),
-           "groups": _ints(record["groups"], compact),
+def _ints(a, index_dtype):
+    """Indices or groups as index_dtype ("int64" or "int32")."""
+    return torch.from_numpy(a.astype(_INDEX_DTYPES[index_dtype]))
+
+
+def _options(latent_format, index_dtype, compact):
+    """(latent_format, index_dtype), checked; `compact` is the older spelling of ("raw", "int32")."""
+    if compact is not None:
+        warnings.warn("compact=True is now latent_format='raw', index_dtype='int32'", DeprecationWarning, stacklevel=3)
+        if compact:
+            latent_format, index_dtype = "raw", "int32"
+    if latent_format not in ("f32", "raw"):
+        raise ValueError("latent_format must be 'f32' or 'raw'")
+    if index_dtype not in _INDEX_DTYPES:
+        raise ValueError("index_dtype must be 'int64' or 'int32'")
+    return latent_format, index_dtype
+
+
+def to_sample(record, index_dtype="int64", compact=None):
+    """A record dict (from a Cache of either latent_format) as DataLoader-friendly values: the
+    latents as tensors (bf16 bit patterns as torch.bfloat16), indices and groups as
+    `index_dtype`, and the identity fields."""
+    if compact is not None:
+        _, index_dtype = _options("raw", index_dtype, compact)
+    out = {"latents": _latents(record["latents"]), "indices": _ints(record["indices"], index_dtype),
+           "groups": _ints(record["groups"], index_dtype),
            "label": record["label"], "index": record["index"], "id": record["id"], "view": record["view"]}
     if "logvar" in record:
         out["logvar"] = _latents(record["logvar"])
@@ -60,11 +91,11 @@ def to_sample(record, compact=False):
 class _Lazy:
     """Holds the path and opens the cache on first use in the current process."""
 
-    def __init__(self, path, compact=False):
+    def __init__(self, path, latent_format, index_dtype, compact):
         self.path = str(path)
-        self.compact = compact
+        self.latent_format, self.index_dtype = _options(latent_format, index_dtype, compact)
         # Reads only manifest.json, so __len__ works in the parent without opening LMDB.
-        self._cache = Cache(self.path, latent_format="raw" if compact else "f32")
+        self._cache = Cache(self.path, latent_format=self.latent_format)
 
     @property
     def cache(self):
@@ -74,8 +105,8 @@ class _Lazy:
 class CacheDataset(Dataset, _Lazy):
     """Map-style dataset: `ds[i]` is record i as `to_sample` gives it."""
 
-    def __init__(self, path, transform=to_sample, compact=False):
-        _Lazy.__init__(self, path, compact)
+    def __init__(self, path, transform=to_sample, latent_format="f32", index_dtype="int64", compact=None):
+        _Lazy.__init__(self, path, latent_format, index_dtype, compact)
         self.transform = transform
 
     def __len__(self):
@@ -89,7 +120,7 @@ class CacheDataset(Dataset, _Lazy):
         them together, vectorized, then splits them into samples."""
         if self.transform is not to_sample:
             return [self[i] for i in indices]
-        return _rows(_batch_to_torch(self._cache.batch(indices), self.compact))
+        return _rows(_batch_to_torch(self._cache.batch(indices), self.index_dtype))
 
 
 class CacheIterableDataset(IterableDataset, _Lazy):
@@ -101,11 +132,16 @@ class CacheIterableDataset(IterableDataset, _Lazy):
     the epoch's `iter(loader)`. Epoch and start live in a shared-memory tensor that each worker
     reads when an epoch's iteration starts, so these calls reach persistent workers
     (persistent_workers=True) too.
+
+    `order_args` go to `Cache.stream_indices`: `shuffle=False` reads the records in cache order
+    (the same every epoch; each rank its share), `block_records` and `window_blocks` set the
+    shuffle's locality (STREAM.md 3).
     """
 
     def __init__(self, path, seed=0, batch_size=256, rank=None, world_size=None, padding="pad", epoch=0, start=0,
-                 transform=to_sample, batched=False, compact=False, **order_args):
-        _Lazy.__init__(self, path, compact)
+                 transform=to_sample, batched=False, latent_format="f32", index_dtype="int64", compact=None,
+                 **order_args):
+        _Lazy.__init__(self, path, latent_format, index_dtype, compact)
         if rank is None or world_size is None:
             if dist.is_available() and dist.is_initialized():
                 rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -176,11 +212,11 @@ class CacheIterableDataset(IterableDataset, _Lazy):
         b = self.batch_size
         for lo in range(k * b, len(idx), workers * b):
             if self.batched:
-                yield _batch_to_torch(self._cache.batch(idx[lo:lo + b]), self.compact)
+                yield _batch_to_torch(self._cache.batch(idx[lo:lo + b]), self.index_dtype)
                 continue
             if self.transform is to_sample:
                 # Decode the worker's batch at once (vectorized), then hand out its rows.
-                yield from _rows(_batch_to_torch(self._cache.batch(idx[lo:lo + b]), self.compact))
+                yield from _rows(_batch_to_torch(self._cache.batch(idx[lo:lo + b]), self.index_dtype))
                 continue
             for i in idx[lo:lo + b]:
                 yield _apply(self, self._cache[int(i)])
@@ -210,9 +246,9 @@ def _check_loader_batches(ds, caller, workers):
 
 
 def _apply(ds, record):
-    """The dataset's transform of one record (to_sample honours the dataset's `compact`)."""
+    """The dataset's transform of one record (to_sample honours the dataset's `index_dtype`)."""
     if ds.transform is to_sample:
-        return to_sample(record, ds.compact)
+        return to_sample(record, ds.index_dtype)
     return ds.transform(record) if ds.transform else record
 
 
@@ -225,10 +261,10 @@ def _rows(t):
     return [dict(zip(names, values)) for values in zip(*(cols[key] for key in names))]
 
 
-def _batch_to_torch(b, compact=False):
+def _batch_to_torch(b, index_dtype="int64"):
     """cache.batch() output as tensors: one contiguous array per field, no per-sample collation."""
-    out = {"latents": _latents(b["latents"]), "indices": _ints(b["indices"], compact),
-           "groups": _ints(b["groups"], compact), "label": torch.from_numpy(b["labels"]),
+    out = {"latents": _latents(b["latents"]), "indices": _ints(b["indices"], index_dtype),
+           "groups": _ints(b["groups"], index_dtype), "label": torch.from_numpy(b["labels"]),
            "index": torch.from_numpy(b["records"]), "view": torch.from_numpy(b["views"]), "id": b["ids"]}
     if "logvar" in b:
         out["logvar"] = _latents(b["logvar"])

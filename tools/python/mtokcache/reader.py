@@ -1191,7 +1191,9 @@ class Cache:
 
     def stream(self, rank, world_size, epoch, seed, start=0, padding="pad", batch_size=None, limit=None, **order_args):
         """Yields the records `rank` of `world_size` sees in `epoch`, from global position `start`
-        on: one dict per sample, or batches (see `batch`) of `batch_size` when given."""
+        on: one dict per sample, or batches (see `batch`) of `batch_size` when given.
+        `order_args`: shuffle=False keeps the records in cache order (the same every epoch, each
+        rank its share); block_records and window_blocks set the shuffle's locality (STREAM.md 3)."""
         idx = self.stream_indices(rank, world_size, epoch, seed, start, padding, **order_args)
         if limit is not None:
             idx = idx[:limit]
