@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #define ZSTD_STATIC_LINKING_ONLY /* ZSTD_c_literalCompressionMode: a parameter, set through the stable API */
 #include <zstd.h>
@@ -603,11 +604,85 @@ done:
     return frame;
 }
 
+/* -- opening a shard (reader._values_past_end) -------------------------------------------------- */
+
+static inline uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+/* values_past_end(fd, size, psize, roots) -> [(database, key)]: reader._values_past_end's walk of
+ * the trees whose roots are given as ((name, root page), ...), reading pages with pread: the
+ * large values whose overflow pages would run past `size`. The same pages and tests as the Python
+ * walk (which stays the fallback), so the same answer. */
+static PyObject *values_past_end(PyObject *self, PyObject *args) {
+    int fd;
+    long long size, psize;
+    PyObject *roots;
+    if (!PyArg_ParseTuple(args, "iLLO!", &fd, &size, &psize, &PyTuple_Type, &roots)) return NULL;
+    if (psize < 512 || psize > 65536 || size < 0) { PyErr_SetString(PyExc_ValueError, "page size"); return NULL; }
+    uint64_t pages = (uint64_t)size / (uint64_t)psize;
+    uint8_t *seen = calloc(pages / 8 + 1, 1);
+    uint64_t *todo = malloc(sizeof(uint64_t) * (pages + 1));
+    uint8_t *page = malloc((size_t)psize);
+    PyObject *bad = PyList_New(0);
+    if (!seen || !todo || !page || !bad) {
+        free(seen); free(todo); free(page); Py_XDECREF(bad);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t r = 0; r < PyTuple_GET_SIZE(roots); r++) {
+        PyObject *name;
+        unsigned long long root;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(roots, r), "UK", &name, &root)) goto fail;
+        memset(seen, 0, pages / 8 + 1); /* each tree walked on its own, as the Python loop does */
+        size_t n = 0;
+        if (root < pages) { todo[n++] = root; seen[root / 8] |= 1 << (root % 8); }
+        while (n) {
+            uint64_t pgno = todo[--n];
+            ssize_t got;
+            Py_BEGIN_ALLOW_THREADS
+            got = pread(fd, page, (size_t)psize, (off_t)(pgno * (uint64_t)psize));
+            Py_END_ALLOW_THREADS
+            if (got < psize) continue;
+            uint16_t flags = le16(page + 10), lower = le16(page + 12);
+            if (!(flags & 0x03) || lower < 16 || lower > psize) continue;
+            for (int i = 0; i < (lower - 16) / 2; i++) {
+                uint16_t ptr = le16(page + 16 + 2 * i);
+                if (ptr + 8 > psize) continue;
+                uint16_t lo = le16(page + ptr), hi = le16(page + ptr + 2), nflags = le16(page + ptr + 4),
+                         ksize = le16(page + ptr + 6);
+                if (flags & 0x01) { /* branch: the child's page number */
+                    uint64_t child = (uint64_t)lo | (uint64_t)hi << 16 | (uint64_t)nflags << 32;
+                    if (child < pages && !(seen[child / 8] & (1 << (child % 8)))) {
+                        seen[child / 8] |= 1 << (child % 8);
+                        todo[n++] = child;
+                    }
+                } else if ((nflags & 0x01) && ptr + 8 + ksize + 8 <= psize) { /* F_BIGDATA */
+                    uint64_t opg = le64(page + ptr + 8 + ksize);
+                    /* opg * psize + 16 + length > size, without overflowing */
+                    uint64_t length = (uint64_t)lo | (uint64_t)hi << 16;
+                    if (opg > ((uint64_t)size + (uint64_t)psize) / (uint64_t)psize ||
+                        opg * (uint64_t)psize + 16 + length > (uint64_t)size) {
+                        PyObject *item = Py_BuildValue("(Oy#)", name, (const char *)page + ptr + 8, (Py_ssize_t)ksize);
+                        if (!item || PyList_Append(bad, item) < 0) { Py_XDECREF(item); goto fail; }
+                        Py_DECREF(item);
+                    }
+                }
+            }
+        }
+    }
+    free(seen); free(todo); free(page);
+    return bad;
+fail:
+    free(seen); free(todo); free(page);
+    Py_DECREF(bad);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, "A record of a known layout, or None."},
     {"decode_rows", (PyCFunction)(void (*)(void))decode_rows, METH_FASTCALL, "Records of one chunk into batch rows."},
     {"learn", learn, METH_VARARGS, "Registers a checked record layout."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL, "A record's zstd frame."},
+    {"values_past_end", values_past_end, METH_VARARGS, "Large values that run past the end of a shard file."},
     {NULL, NULL, 0, NULL},
 };
 

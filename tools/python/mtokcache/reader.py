@@ -330,10 +330,12 @@ def _values_past_end(env, fd, size):
     bad = set()
     with env.begin() as txn:
         roots = {name: txn.get(name) for name in (b"records", b"ids", b"digests")}
-    for name, record in roots.items():
-        if record is None or len(record) != 48:
-            continue
-        (root,) = struct.unpack_from("<Q", record, 40)
+    roots = tuple((name.decode(), struct.unpack_from("<Q", record, 40)[0]) for name, record in roots.items()
+                  if record is not None and len(record) == 48)
+    native = _accel.native()
+    if native is not None:  # the same walk in C: a tenth of a second per GB of shard in Python
+        return set(native.values_past_end(fd, size, psize, roots))
+    for name, root in roots:
         todo, seen = [root], set()
         while todo:
             pgno = todo.pop()
@@ -357,7 +359,7 @@ def _values_past_end(env, fd, size):
                     key = page[ptr + 8:ptr + 8 + ksize]
                     (opg,) = struct.unpack_from("<Q", page, ptr + 8 + ksize)
                     if opg * psize + 16 + (lo | hi << 16) > size:
-                        bad.add((name.decode(), bytes(key)))
+                        bad.add((name, bytes(key)))
     return bad
 
 
@@ -936,6 +938,7 @@ class Cache:
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
+            index = int(index)  # arithmetic on NumPy scalars costs microseconds a record
             if index < 0:
                 n = len(self)
                 if index < -n:
