@@ -43,6 +43,9 @@ typedef struct {
     int ntensors;
     Tensor t[4];
     int cls; /* the first layout with these tensors: headers differ in padding alone, batches mix them */
+    /* What a record of this layout becomes (reader._learn_native): per f32 flag a tuple of
+     * (name, NumPy dtype, shape, byte offset) of its arrays, and {name: stored dtype}. */
+    PyObject *arrays[2], *dtypes;
 } Layout;
 
 static Layout layouts[MAX_LAYOUTS];
@@ -50,6 +53,8 @@ static int nlayouts;
 static ZSTD_DCtx *dctx;
 static ZSTD_CCtx *cctx;
 static int cctx_level = -1000, cctx_raw = -1;
+static PyObject *ndarray_type; /* numpy.ndarray (set_array_type) */
+static PyObject *key_id, *key_view, *key_label, *key_source_size, *key_crop_box, *key_sha, *key_index, *key_dtypes;
 static uint8_t *scratch;
 static size_t scratch_cap;
 
@@ -349,13 +354,21 @@ static int get_chunk(PyObject *obj, Py_buffer *view) {
     return PyObject_GetBuffer(obj, view, PyBUF_SIMPLE);
 }
 
-static PyObject *meta_tuple(const Meta *m) {
-    PyObject *id = PyUnicode_DecodeUTF8((const char *)m->id, m->id_len, "strict");
-    if (!id) return NULL;
-    PyObject *sha = PyUnicode_DecodeUTF8((const char *)m->sha, m->sha_len, "strict");
-    if (!sha) { Py_DECREF(id); return NULL; }
-    return Py_BuildValue("(NLL(LL)(LLLL)N)", id, m->view, m->label, m->source_size[0], m->source_size[1],
-                         m->crop_box[0], m->crop_box[1], m->crop_box[2], m->crop_box[3], sha);
+/* Puts the record's metadata into `d` under reader._metadata's keys; 0, or -1 with an error set. */
+static int put_meta(PyObject *d, const Meta *m) {
+    PyObject *v[6];
+    v[0] = PyUnicode_DecodeUTF8((const char *)m->id, m->id_len, "strict");
+    v[1] = PyLong_FromLongLong(m->view);
+    v[2] = PyLong_FromLongLong(m->label);
+    v[3] = Py_BuildValue("(LL)", m->source_size[0], m->source_size[1]);
+    v[4] = Py_BuildValue("(LLLL)", m->crop_box[0], m->crop_box[1], m->crop_box[2], m->crop_box[3]);
+    v[5] = PyUnicode_DecodeUTF8((const char *)m->sha, m->sha_len, "strict");
+    PyObject *keys[6] = {key_id, key_view, key_label, key_source_size, key_crop_box, key_sha};
+    int rc = 0;
+    for (int i = 0; i < 6; i++)
+        if (!v[i] || (rc == 0 && PyDict_SetItem(d, keys[i], v[i]) < 0)) rc = -1;
+    for (int i = 0; i < 6; i++) Py_XDECREF(v[i]);
+    return rc;
 }
 
 /* Output bytes per element of tensor t: single records keep integer dtypes; batches widen
@@ -369,13 +382,13 @@ static int out_size(const Tensor *t, int f32, int batch) {
 
 static Py_ssize_t aligned(Py_ssize_t n) { return (n + OUT_ALIGN - 1) / OUT_ALIGN * OUT_ALIGN; }
 
-/* decode(chunk, slot, R, shuffled, f32) -> None | (layout, out, (id, view, label, source_size,
- * crop_box, source_sha256)). `out` is a bytearray holding the tensors in the layout's order, each
- * at a multiple of 64 bytes (reader._native_views gives the arrays). */
+/* decode(chunk, slot, R, shuffled, f32, index) -> the record's dict, as reader._decode makes it,
+ * or None. Its arrays are views of one bytearray holding the tensors in the layout's order,
+ * each at a multiple of 64 bytes. */
 static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "decode(chunk, slot, R, shuffled, f32)"); return NULL; }
+    if (nargs != 6) { PyErr_SetString(PyExc_TypeError, "decode(chunk, slot, R, shuffled, f32, index)"); return NULL; }
     Py_ssize_t slot = PyLong_AsSsize_t(args[1]), R = PyLong_AsSsize_t(args[2]);
-    int shuffled = PyObject_IsTrue(args[3]), f32 = PyObject_IsTrue(args[4]);
+    int shuffled = PyObject_IsTrue(args[3]), f32 = PyObject_IsTrue(args[4]) == 1;
     if (PyErr_Occurred()) return NULL;
     Py_buffer chunk;
     if (get_chunk(args[0], &chunk) < 0) return NULL;
@@ -384,7 +397,7 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Meta m;
     int li = rec ? parse_record(rec, len, shuffled, &data, &m) : -1;
     PyBuffer_Release(&chunk);
-    if (li < 0) Py_RETURN_NONE;
+    if (li < 0 || !ndarray_type || !layouts[li].arrays[f32]) Py_RETURN_NONE;
     Layout *l = &layouts[li];
     Py_ssize_t total = 0;
     for (int j = 0; j < l->ntensors; j++) total = aligned(total) + l->t[j].count * out_size(&l->t[j], f32, 0);
@@ -398,9 +411,45 @@ static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         put_tensor(&l->t[j], data, shuffled, f32, os, o + at);
         at += l->t[j].count * os;
     }
-    PyObject *meta = meta_tuple(&m);
-    if (!meta) { Py_DECREF(out); return NULL; }
-    return Py_BuildValue("(iNN)", li, out, meta);
+    PyObject *d = PyDict_New(), *dtypes = NULL;
+    if (!d) goto fail;
+    PyObject *arrays = l->arrays[f32];
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(arrays); j++) {
+        PyObject *spec = PyTuple_GET_ITEM(arrays, j); /* (name, dtype, shape, offset) */
+        PyObject *argv[4] = {PyTuple_GET_ITEM(spec, 2), PyTuple_GET_ITEM(spec, 1), out, PyTuple_GET_ITEM(spec, 3)};
+        PyObject *arr = PyObject_Vectorcall(ndarray_type, argv, 4, NULL);
+        if (!arr) goto fail;
+        int rc = PyDict_SetItem(d, PyTuple_GET_ITEM(spec, 0), arr);
+        Py_DECREF(arr);
+        if (rc < 0) goto fail;
+    }
+    if (put_meta(d, &m) < 0 || PyDict_SetItem(d, key_index, args[5]) < 0) goto fail;
+    if (!(dtypes = PyDict_Copy(l->dtypes)) || PyDict_SetItem(d, key_dtypes, dtypes) < 0) goto fail;
+    Py_DECREF(dtypes);
+    Py_DECREF(out);
+    return d;
+fail:
+    Py_XDECREF(dtypes);
+    Py_XDECREF(d);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* layout(chunk, slot, R, shuffled) -> the layout number of a record (for a batch's arrays), -1
+ * when the record leaves the fast path. */
+static PyObject *layout(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "layout(chunk, slot, R, shuffled)"); return NULL; }
+    Py_ssize_t slot = PyLong_AsSsize_t(args[1]), R = PyLong_AsSsize_t(args[2]);
+    int shuffled = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer chunk;
+    if (get_chunk(args[0], &chunk) < 0) return NULL;
+    size_t len;
+    const uint8_t *rec = record_in_chunk(chunk.buf, chunk.len, slot, R, &len), *data;
+    Meta m;
+    int li = rec ? parse_record(rec, len, shuffled, &data, &m) : -1;
+    PyBuffer_Release(&chunk);
+    return PyLong_FromLong(li);
 }
 
 /* decode_rows(chunk, slots, R, shuffled, f32, layout, outs, labels, views, row) -> None | ids.
@@ -482,14 +531,27 @@ done:
     return result;
 }
 
-/* learn(tail, data_len, k, tensors) -> layout number: a layout the Python reader has checked,
- * tensors as ((kind, dtype, count, begin), ...) in header order (kind: 0 latents, 1 logvar,
- * 2 indices, 3 groups; dtype: 0 F32, 1 F16, 2 BF16, 3 U32, 4 U16, 5 U8). -1 when full. */
+/* learn(tail, data_len, k, tensors, arrays, arrays_f32, dtypes) -> layout number: a layout the
+ * Python reader has checked, tensors as ((kind, dtype, count, begin), ...) in header order (kind:
+ * 0 latents, 1 logvar, 2 indices, 3 groups; dtype: 0 F32, 1 F16, 2 BF16, 3 U32, 4 U16, 5 U8);
+ * arrays: ((name, NumPy dtype, shape, offset), ...) of a decoded record, as stored and with
+ * float32 latents; dtypes: {name: stored dtype}. -1 when full. */
 static PyObject *learn(PyObject *self, PyObject *args) {
     const char *tail;
     Py_ssize_t tail_len, data_len, k;
-    PyObject *tensors;
-    if (!PyArg_ParseTuple(args, "y#nnO!", &tail, &tail_len, &data_len, &k, &PyTuple_Type, &tensors)) return NULL;
+    PyObject *tensors, *arrays_raw, *arrays_f32, *dtypes;
+    if (!PyArg_ParseTuple(args, "y#nnO!O!O!O!", &tail, &tail_len, &data_len, &k, &PyTuple_Type, &tensors,
+                          &PyTuple_Type, &arrays_raw, &PyTuple_Type, &arrays_f32, &PyDict_Type, &dtypes))
+        return NULL;
+    PyObject *arrays[2] = {arrays_raw, arrays_f32};
+    for (int f = 0; f < 2; f++)
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(arrays[f]); j++) {
+            PyObject *spec = PyTuple_GET_ITEM(arrays[f], j);
+            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 4) {
+                PyErr_SetString(PyExc_ValueError, "arrays: (name, dtype, shape, offset) tuples");
+                return NULL;
+            }
+        }
     for (int i = 0; i < nlayouts; i++)
         if (layouts[i].data_len == data_len && layouts[i].tail_len == tail_len && !memcmp(layouts[i].tail, tail, tail_len))
             return PyLong_FromLong(i);
@@ -525,6 +587,9 @@ static PyObject *learn(PyObject *self, PyObject *args) {
     if (!(l.tail = malloc(tail_len ? tail_len : 1))) return PyErr_NoMemory();
     memcpy(l.tail, tail, tail_len);
     l.tail_len = tail_len;
+    for (int f = 0; f < 2; f++) { Py_INCREF(arrays[f]); l.arrays[f] = arrays[f]; } /* kept for good, as the layout */
+    Py_INCREF(dtypes);
+    l.dtypes = dtypes;
     layouts[nlayouts] = l;
     return PyLong_FromLong(nlayouts++);
 }
@@ -677,9 +742,17 @@ fail:
     return NULL;
 }
 
+static PyObject *set_array_type(PyObject *self, PyObject *type) {
+    Py_INCREF(type);
+    Py_XSETREF(ndarray_type, type);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"decode", (PyCFunction)(void (*)(void))decode, METH_FASTCALL, "A record of a known layout, or None."},
     {"decode_rows", (PyCFunction)(void (*)(void))decode_rows, METH_FASTCALL, "Records of one chunk into batch rows."},
+    {"layout", (PyCFunction)(void (*)(void))layout, METH_FASTCALL, "A record's layout number, or -1."},
+    {"set_array_type", set_array_type, METH_O, "The type decode makes arrays with (numpy.ndarray)."},
     {"learn", learn, METH_VARARGS, "Registers a checked record layout."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL, "A record's zstd frame."},
     {"values_past_end", values_past_end, METH_VARARGS, "Large values that run past the end of a shard file."},
@@ -689,6 +762,13 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "mtokcache._native", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
+    if (!(key_id = PyUnicode_InternFromString("id")) || !(key_view = PyUnicode_InternFromString("view")) ||
+        !(key_label = PyUnicode_InternFromString("label")) ||
+        !(key_source_size = PyUnicode_InternFromString("source_size")) ||
+        !(key_crop_box = PyUnicode_InternFromString("crop_box")) ||
+        !(key_sha = PyUnicode_InternFromString("source_sha256")) || !(key_index = PyUnicode_InternFromString("index")) ||
+        !(key_dtypes = PyUnicode_InternFromString("dtypes")))
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "zstd_version", ZSTD_versionString()) < 0) {
         Py_DECREF(m);

@@ -511,12 +511,18 @@ _LOCK = threading.Lock()
 _DEFERRED = []
 
 
-def _renew_lock():
-    global _LOCK
+# This process's id, kept up to date across fork: the read path compares it for every record,
+# and os.getpid() is a system call.
+_PID = os.getpid()
+
+
+def _after_fork():
+    global _LOCK, _PID
     _LOCK = threading.Lock()  # another thread may have held it at the fork
+    _PID = os.getpid()
 
 
-os.register_at_fork(after_in_child=_renew_lock)
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _forget_parent():
@@ -753,10 +759,12 @@ class Cache:
         # first(s) of FORMAT 2, plus the total at the end.
         self.bounds = np.concatenate([[0], np.cumsum(self.shard_records)]).astype(np.int64)
         self._starts = [int(b) for b in self.bounds[:-1]]  # bisect on a list: no NumPy call per record
+        self._count = int(self.bounds[-1])
         self._pid = None
         self._shards = None
         self._dctx = None
         self._finalizer = None
+        self._fast = None
 
     # -- process-local state ------------------------------------------------------------------
 
@@ -772,6 +780,11 @@ class Cache:
             self._finalizer = weakref.finalize(self, _collected, shards, pid)
             self._finalizer.atexit = False  # exiting unmaps them anyway
             self._shards = shards
+            # Per shard, what the C extension reads through: (transaction, records database) of
+            # a sealed shard, read in one long snapshot, whose walk found no value running past
+            # the end of its file; (None, None) for the others, which the Python path reads.
+            self._fast = [(sh.txn, sh.records) if sh.txn is not None and not sh._env.past_end else (None, None)
+                          for sh in shards]
             self._dctx = zstandard.ZstdDecompressor()
             self._pid = pid
             try:
@@ -808,12 +821,12 @@ class Cache:
         if self._finalizer is not None:
             self._finalizer.detach()
             _close_shards(self._shards, self._pid)
-        self._shards, self._pid, self._finalizer = None, None, None
+        self._shards, self._pid, self._finalizer, self._fast = None, None, None, None
 
     def __getstate__(self):
         # Pickled into spawned workers: the handles stay behind and reopen lazily there.
         state = self.__dict__.copy()
-        state.update(_pid=None, _shards=None, _dctx=None, _finalizer=None)
+        state.update(_pid=None, _shards=None, _dctx=None, _finalizer=None, _fast=None)
         return state
 
     def __enter__(self):
@@ -937,53 +950,46 @@ class Cache:
         return bytes(out)
 
     def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
+        if type(index) is not int:
+            if not isinstance(index, np.integer):
+                raise TypeError("index with an int; use batch() for many records")
             index = int(index)  # arithmetic on NumPy scalars costs microseconds a record
-            if index < 0:
-                n = len(self)
-                if index < -n:
-                    raise IndexError("index %d not in -%d..%d" % (index, n, n - 1) if n else
-                                     "index %d: the cache is empty" % index)
-                index += n
-            return self._decode(index)
-        raise TypeError("index with an int; use batch() for many records")
+        if index < 0:
+            n = len(self)
+            if index < -n:
+                raise IndexError("index %d not in -%d..%d" % (index, n, n - 1) if n else
+                                 "index %d: the cache is empty" % index)
+            index += n
+        # The C extension's path, written out: a record costs a few microseconds of Python.
+        native = _accel.native()
+        if native is not None and index < self._count:
+            starts = self._starts
+            s = bisect.bisect_right(starts, index) - 1
+            if self._pid != _PID:
+                self._open()
+            txn, db = self._fast[s]
+            if txn is not None:
+                R = self.records_per_chunk
+                chunk_no, slot = divmod(index - starts[s], R)
+                chunk = txn.get(_CHUNK_KEY(chunk_no), None, db)
+                if chunk is not None:
+                    rec = native.decode(chunk, slot, R, self.shuffled, self.latent_format == "f32", index)
+                    if rec is not None:
+                        return rec
+        return self._decode(index)
 
     def _fast_chunk(self, s, chunk_no):
         """The chunk, read in the shard's long read transaction, when the native fast path may
-        read the shard: sealed (so read in one snapshot) and with no value that runs past the
-        end of its file (_Env.refuse_past_end). None otherwise, and for a missing chunk: the
-        Python path reads it then, and reports what is wrong."""
-        shard = self._open()[s]
-        if shard.txn is None or shard._env.past_end:
-            return None
-        return shard.txn.get(_CHUNK_KEY(chunk_no), db=shard.records)
-
-    def _decode_native(self, index, native):
-        """_decode through the C extension, or None where it leaves the record to Python."""
-        s, local = self.locate(index)
-        R = self.records_per_chunk
-        chunk_no, slot = divmod(local, R)
-        chunk = self._fast_chunk(s, chunk_no)
-        if chunk is None:
-            return None
-        f32 = self.latent_format == "f32"
-        r = native.decode(chunk, slot, R, self.shuffled, f32)
-        if r is None:
-            return None
-        layout, out, (rid, view, label, source_size, crop_box, sha) = r
-        single, _, dtypes = _NATIVE_LAYOUTS[layout]
-        # np.ndarray over the extension's buffer: one call per tensor, no copy.
-        rec = {name: np.ndarray(shape, dt, out, at) for name, dt, at, shape in single[f32]}
-        rec.update(id=rid, view=view, label=label, source_size=source_size, crop_box=crop_box, source_sha256=sha,
-                   index=index, dtypes=dtypes.copy())
-        return rec
+        read the shard (see _open: sealed, and no value running past the end of its file).
+        None otherwise, and for a missing chunk: the Python path reads it then, and reports what
+        is wrong."""
+        if self._pid != _PID:
+            self._open()
+        txn, db = self._fast[s]
+        return None if txn is None else txn.get(_CHUNK_KEY(chunk_no), None, db)
 
     def _decode(self, index):
-        native = _accel.native()
-        if native is not None:
-            rec = self._decode_native(index, native)
-            if rec is not None:
-                return rec
+        """Record `index` read in Python (what the C extension leaves: see __getitem__)."""
         stored, loc = self._stored(index)
         header, data_start = _parse_header(stored, loc)
         meta = header["metadata"]
@@ -1092,11 +1098,10 @@ class Cache:
         shard, chunk_no, slots = shard.tolist(), chunk_no.tolist(), slots.tolist()
         f32 = self.latent_format == "f32"
         first = self._fast_chunk(shard[0], chunk_no[0])
-        r = None if first is None else native.decode(first, slots[0], R, self.shuffled, f32)
-        if r is None:
+        layout = -1 if first is None else native.layout(first, slots[0], R, self.shuffled)
+        if layout < 0:
             return None
-        layout = r[0]
-        spec = _NATIVE_LAYOUTS[layout][1][f32]
+        spec = _NATIVE_LAYOUTS[layout][f32]
         arrays = [np.empty((B,) + shape, dt) for _, dt, shape in spec]
         labels = np.empty(B, np.int32)
         views = np.empty(B, np.int32)
@@ -1278,25 +1283,24 @@ def _parse_header(stored, loc):
     return {"tensors": tensors, "metadata": meta}, data_start
 
 
-# The C extension's layouts (_native.learn): its number -> ({f32: [(name, NumPy dtype, byte
-# offset, shape)] of a single record's output}, {f32: [(name, dtype, shape)] of a batch's},
-# {name: stored dtype}).
+# The C extension's layouts (_native.learn): its number -> {f32: [(name, dtype, shape)] of a
+# batch's arrays}.
 _NATIVE_LAYOUTS = {}
 _KINDS = {"latents": 0, "logvar": 1, "indices": 2, "groups": 3}
 _DTYPE_CODES = {"F32": 0, "F16": 1, "BF16": 2, "U32": 3, "U16": 4, "U8": 5}
+if _accel.built() is not None:
+    _accel.built().set_array_type(np.ndarray)
 
 
 def _learn_native(tail, data_len, tensors):
     """Tells the C extension a record layout that the full parse above has checked: from now on
-    it decodes records of exactly this layout itself (the fast path of FORMAT 4.1's checks)."""
+    it decodes records of exactly this layout itself (the fast path of FORMAT 4.1's checks),
+    into the dict and arrays _decode makes."""
     native = _accel.built()  # also while not in use: use_native(True) may follow
     if native is None:
         return
     k = tensors["latents"][1][0]
     spec = tuple((_KINDS[name], _DTYPE_CODES[dt], (e - b) // DTYPES[dt][1], b) for name, (dt, shape, (b, e)) in tensors.items())
-    li = native.learn(tail.encode("utf-8"), data_len, k, spec)
-    if li < 0 or li in _NATIVE_LAYOUTS:
-        return
     single, batch = {}, {}
     for f32 in (False, True):
         at, single[f32], batch[f32] = 0, [], []
@@ -1304,11 +1308,14 @@ def _learn_native(tail, data_len, tensors):
             count = (e - b) // DTYPES[dt][1]
             out = np.dtype(np.float32) if f32 and name in ("latents", "logvar") else DTYPES[dt][0]
             at = -(-at // 64) * 64  # _native.c: each tensor at a multiple of 64 bytes
-            single[f32].append((name, out, at, tuple(shape)))
+            single[f32].append((name, out, tuple(shape), at))
             at += count * out.itemsize
             wide = {"indices": np.dtype(np.uint32), "groups": np.dtype(np.uint16)}.get(name, out)
             batch[f32].append((name, wide, tuple(shape)))
-    _NATIVE_LAYOUTS[li] = (single, batch, {name: v[0] for name, v in tensors.items()})
+    li = native.learn(tail.encode("utf-8"), data_len, k, spec, tuple(single[False]), tuple(single[True]),
+                      {name: v[0] for name, v in tensors.items()})
+    if li >= 0:
+        _NATIVE_LAYOUTS[li] = batch
 
 
 def _check_layout(h, data_len, loc):
