@@ -382,21 +382,32 @@ static int out_size(const Tensor *t, int f32, int batch) {
 
 static Py_ssize_t aligned(Py_ssize_t n) { return (n + OUT_ALIGN - 1) / OUT_ALIGN * OUT_ALIGN; }
 
+/* The record in slot args[1] of chunk args[0] (R = args[2], byte planes when args[3]): its layout
+ * number, with its data section and metadata; -1 when it leaves the fast path, -2 with an
+ * error set. */
+static int record_arg(PyObject *const *args, const uint8_t **data, Meta *m) {
+    Py_ssize_t slot = PyLong_AsSsize_t(args[1]), R = PyLong_AsSsize_t(args[2]);
+    int shuffled = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred()) return -2;
+    Py_buffer chunk;
+    if (get_chunk(args[0], &chunk) < 0) return -2;
+    size_t len;
+    const uint8_t *rec = record_in_chunk(chunk.buf, chunk.len, slot, R, &len);
+    int li = rec ? parse_record(rec, len, shuffled, data, m) : -1;
+    PyBuffer_Release(&chunk);
+    return li;
+}
+
 /* decode(chunk, slot, R, shuffled, f32, index) -> the record's dict, as reader._decode makes it,
  * or None. Its arrays are views of one bytearray holding the tensors in the layout's order,
  * each at a multiple of 64 bytes. */
 static PyObject *decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) { PyErr_SetString(PyExc_TypeError, "decode(chunk, slot, R, shuffled, f32, index)"); return NULL; }
-    Py_ssize_t slot = PyLong_AsSsize_t(args[1]), R = PyLong_AsSsize_t(args[2]);
     int shuffled = PyObject_IsTrue(args[3]), f32 = PyObject_IsTrue(args[4]) == 1;
-    if (PyErr_Occurred()) return NULL;
-    Py_buffer chunk;
-    if (get_chunk(args[0], &chunk) < 0) return NULL;
-    size_t len;
-    const uint8_t *rec = record_in_chunk(chunk.buf, chunk.len, slot, R, &len), *data;
+    const uint8_t *data;
     Meta m;
-    int li = rec ? parse_record(rec, len, shuffled, &data, &m) : -1;
-    PyBuffer_Release(&chunk);
+    int li = record_arg(args, &data, &m);
+    if (li == -2) return NULL;
     if (li < 0 || !ndarray_type || !layouts[li].arrays[f32]) Py_RETURN_NONE;
     Layout *l = &layouts[li];
     Py_ssize_t total = 0;
@@ -439,17 +450,10 @@ fail:
  * when the record leaves the fast path. */
 static PyObject *layout(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "layout(chunk, slot, R, shuffled)"); return NULL; }
-    Py_ssize_t slot = PyLong_AsSsize_t(args[1]), R = PyLong_AsSsize_t(args[2]);
-    int shuffled = PyObject_IsTrue(args[3]);
-    if (PyErr_Occurred()) return NULL;
-    Py_buffer chunk;
-    if (get_chunk(args[0], &chunk) < 0) return NULL;
-    size_t len;
-    const uint8_t *rec = record_in_chunk(chunk.buf, chunk.len, slot, R, &len), *data;
+    const uint8_t *data;
     Meta m;
-    int li = rec ? parse_record(rec, len, shuffled, &data, &m) : -1;
-    PyBuffer_Release(&chunk);
-    return PyLong_FromLong(li);
+    int li = record_arg(args, &data, &m);
+    return li == -2 ? NULL : PyLong_FromLong(li);
 }
 
 /* decode_rows(chunk, slots, R, shuffled, f32, layout, outs, labels, views, row) -> None | ids.

@@ -35,16 +35,22 @@ order every epoch; `block_records` and `window_blocks` tune the locality of the 
 import operator
 import sys
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+try:  # PyTorch >= 2.0: collate's registry of element types
+    from torch.utils.data._utils.collate import collate, default_collate_fn_map
+except ImportError:
+    collate, default_collate_fn_map = None, None
+
 from . import order as _order
 from .reader import Cache
 
-__all__ = ["CacheDataset", "CacheIterableDataset", "to_sample"]
+__all__ = ["CacheDataset", "CacheIterableDataset", "Sample", "to_sample"]
 
 
 def _latents(a):
@@ -252,13 +258,56 @@ def _apply(ds, record):
     return ds.transform(record) if ds.transform else record
 
 
+class Sample(Mapping):
+    """One sample of a decoded batch: reads as the dict `to_sample` gives (latents, indices,
+    groups and logvar as tensors, label, index and view as ints, id as str), its values taken
+    from the batch's tensors when asked for.
+
+    Samples exist so that DataLoader's default collate does not undo a batch the dataset decoded
+    whole: the collate function registered for this type (PyTorch's documented extension point,
+    `default_collate_fn_map`) hands the batch's tensors on when it is given all the samples of
+    one batch in order, as DataLoader does with these datasets; anything else is collated as
+    the samples' dicts would be, with the same result."""
+
+    __slots__ = ("_batch", "_row")
+
+    def __init__(self, batch, row):
+        self._batch, self._row = batch, row
+
+    def __getitem__(self, key):
+        value = self._batch[key][self._row]
+        return value if key in _TENSORS or key == "id" else int(value)
+
+    def __iter__(self):
+        return iter(self._batch)
+
+    def __len__(self):
+        return len(self._batch)
+
+    def __repr__(self):
+        return "Sample(%r)" % dict(self)
+
+
+_TENSORS = ("latents", "logvar", "indices", "groups")
+
+
 def _rows(t):
-    """Splits a `_batch_to_torch` batch into `to_sample` dicts: unbind/tolist split each field in
-    one call (indexing tensors row by row is several times slower)."""
-    cols = {key: (v.unbind(0) if key in ("latents", "logvar", "indices", "groups") else
-                  v.tolist() if key != "id" else v) for key, v in t.items()}
-    names = list(cols)
-    return [dict(zip(names, values)) for values in zip(*(cols[key] for key in names))]
+    """A `_batch_to_torch` batch as its samples."""
+    return [Sample(t, row) for row in range(len(t["id"]))]
+
+
+def _collate_samples(batch, *, collate_fn_map=None):
+    """DataLoader's collate of Samples: the batch's own tensors when `batch` is all the samples
+    of one decoded batch in order (label, index and view as int64, as collating ints makes them),
+    else the samples collated as dicts."""
+    whole = batch[0]._batch
+    if len(batch) == len(whole["id"]) and all(s._batch is whole and s._row == i for i, s in enumerate(batch)):
+        return {key: v.long() if key in ("label", "index", "view") else v for key, v in whole.items()}
+    return collate([dict(s) for s in batch], collate_fn_map=collate_fn_map)
+
+
+if default_collate_fn_map is not None:
+    default_collate_fn_map[Sample] = _collate_samples
 
 
 def _batch_to_torch(b, index_dtype="int64"):
