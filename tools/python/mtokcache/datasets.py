@@ -314,7 +314,7 @@ def _batch_to_torch(b, index_dtype="int64"):
     """cache.batch() output as tensors: one contiguous array per field, no per-sample collation."""
     out = {"latents": _latents(b["latents"]), "indices": _ints(b["indices"], index_dtype),
            "groups": _ints(b["groups"], index_dtype), "label": torch.from_numpy(b["labels"]),
-           "index": torch.from_numpy(b["records"]), "view": torch.from_numpy(b["views"]), "id": b["ids"]}
+           "index": torch.from_numpy(b["records"]), "id": b["ids"], "view": torch.from_numpy(b["views"])}
     if "logvar" in b:
         out["logvar"] = _latents(b["logvar"])
     return out

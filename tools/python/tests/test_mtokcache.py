@@ -1265,6 +1265,51 @@ def have_torch():
     return True
 
 
+def test_loader_batches_equal_collated_samples_and_options_are_named_as_in_cache():
+    """DataLoader batches of both datasets (whose samples hand the decoded batch on, see
+    Sample) equal PyTorch's default collate of to_sample dicts, for whole batches, partial and
+    reordered lists of samples; latent_format and index_dtype give the types they name, and
+    compact=True still means the two of them, with a DeprecationWarning."""
+    if not have_torch():
+        return
+    import warnings
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+    from mtokcache.datasets import CacheDataset, CacheIterableDataset, Sample, to_sample
+
+    def same(a, b):
+        assert list(a) == list(b), (list(a), list(b))
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+            else:
+                assert a[k] == b[k], k
+
+    with TempDir() as d:
+        write(d + "/c", make_records(40, logvar=True), records_per_chunk=4)
+        for fmt, ints in (("raw", "int32"), ("f32", "int64")):
+            c = mtokcache.open(d + "/c", latent_format=fmt)
+            ds = CacheDataset(d + "/c", latent_format=fmt, index_dtype=ints)
+            for b in DataLoader(ds, batch_size=8, num_workers=2, sampler=[5, 3, 39, 7, 0] * 4):
+                same(b, default_collate([to_sample(c[i], ints) for i in b["index"].tolist()]))
+                assert b["indices"].dtype == getattr(torch, ints)
+                assert b["latents"].dtype == (torch.bfloat16 if fmt == "raw" else torch.float32)
+            rows = ds.__getitems__([1, 2, 3])
+            assert isinstance(rows[0], Sample)
+            same(dict(rows[1]), to_sample(c[2], ints))
+            same(default_collate([rows[2], rows[0]]), default_collate([to_sample(c[3], ints), to_sample(c[1], ints)]))
+            it = CacheIterableDataset(d + "/c", batch_size=8, seed=3, latent_format=fmt, index_dtype=ints)
+            for b in DataLoader(it, batch_size=8, num_workers=2):
+                same(b, default_collate([to_sample(c[i], ints) for i in b["index"].tolist()]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old = CacheDataset(d + "/c", compact=True)
+        assert old.latent_format == "raw" and old.index_dtype == "int32"
+        assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+        refused(ValueError, lambda: CacheDataset(d + "/c", latent_format="f16"), ["latent_format"])
+        refused(ValueError, lambda: CacheDataset(d + "/c", index_dtype="int16"), ["index_dtype"])
+
+
 def test_iterable_dataset_epochs_reach_persistent_workers():
     """set_epoch and set_start reach DataLoader workers that persist across epochs (fork and
     spawn), and num_workers=0 follows them too: each epoch's samples are the rank's stream."""
