@@ -24,7 +24,8 @@ Every measurement runs in a fresh process (`--child`) that times only its measur
 clock and CPU seconds (user + system of the process, all its threads, and of the child processes
 it reaped, i.e. the DataLoader workers). Opening the dataset is inside the section, imports are
 not. Each figure is the median of --repeat runs; writes go to a fresh directory every time. The
-files read are in the page cache (just written): these are CPU-bound figures, not storage ones.
+files read are in the page cache (each read phase first reads every file of its store once,
+untimed): these are CPU-bound figures, not storage ones.
 Rates per CPU-second are the figures to compare; wall-clock rates depend on the machine's load.
 
 At 100,000 records a run takes about 6 minutes with --repeat 1 on 2 cores (AMD EPYC), about 18
@@ -596,6 +597,7 @@ def child_main(spec):
     else:
         if row.prepare:
             row.prepare(path)
+        warm_page_cache(path)
         args = (path, src.random) if phase == "random" else (path, n)
     gc.collect()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -612,6 +614,17 @@ def child_main(spec):
         problems.append("record %d's latents differ from the source" % probe[0])
     print(RESULT_MARK + json.dumps({"records": count, "wall_s": wall, "cpu_s": cpu, "problems": problems,
                                     "notes": implementation_notes(row, phase)}))
+
+
+def warm_page_cache(path):
+    """Reads every file under `path` once, untimed: each system's read phases start with its
+    files in the page cache (as they are right after writing, unless the machine evicted some
+    meanwhile, which made the first process to read them pay for it)."""
+    for d, _, files in os.walk(path):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
 
 
 def implementation_notes(row, phase):

@@ -8,13 +8,15 @@
  * accept what the Python reader refuses: every test below is at least as strict as its twin in
  * reader.py (named in the comments).
  *
- * The GIL is held throughout: the zstd contexts and scratch buffers below are shared by every
- * call, and a record is microseconds of work. */
+ * Reading holds the GIL throughout: its zstd context and scratch buffer are shared by every
+ * call, and a record is microseconds of work. Encoding lets go of it while it compresses, with
+ * a context per thread. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #define ZSTD_STATIC_LINKING_ONLY /* ZSTD_c_literalCompressionMode: a parameter, set through the stable API */
@@ -51,8 +53,6 @@ typedef struct {
 static Layout layouts[MAX_LAYOUTS];
 static int nlayouts;
 static ZSTD_DCtx *dctx;
-static ZSTD_CCtx *cctx;
-static int cctx_level = -1000, cctx_raw = -1;
 static PyObject *ndarray_type; /* numpy.ndarray (set_array_type) */
 static PyObject *key_id, *key_view, *key_label, *key_source_size, *key_crop_box, *key_sha, *key_index, *key_dtypes;
 static uint8_t *scratch;
@@ -600,10 +600,51 @@ static PyObject *learn(PyObject *self, PyObject *args) {
 
 /* -- writing ------------------------------------------------------------------------------------ */
 
+/* Each thread that encodes has its own compression context and payload buffer (encode runs
+ * without the GIL, so a Writer can compress a batch's records on several threads); freed when
+ * the thread ends. */
+typedef struct {
+    ZSTD_CCtx *cctx;
+    int level, raw;
+    uint8_t *buf;
+    size_t cap;
+} Encoder;
+
+static pthread_key_t encoder_key;
+
+static void encoder_free(void *p) {
+    Encoder *e = p;
+    ZSTD_freeCCtx(e->cctx);
+    free(e->buf);
+    free(e);
+}
+
+static Encoder *encoder_for(size_t need) {
+    Encoder *e = pthread_getspecific(encoder_key);
+    if (!e) {
+        if (!(e = calloc(1, sizeof *e))) return NULL;
+        e->level = -1000;
+        e->raw = -1;
+        if (!(e->cctx = ZSTD_createCCtx()) || pthread_setspecific(encoder_key, e) != 0) {
+            ZSTD_freeCCtx(e->cctx);
+            free(e);
+            return NULL;
+        }
+    }
+    if (need > e->cap) {
+        uint8_t *p = realloc(e->buf, need);
+        if (!p) return NULL;
+        e->buf = p;
+        e->cap = need;
+    }
+    return e;
+}
+
 /* encode(header, tensors, shuffle, level, raw_literals) -> zstd frame of the stored record:
  * `header` is the payload's first bytes (u64 length and the padded JSON header), `tensors` a
  * tuple of C-contiguous arrays whose bytes follow it, each byte-shuffled by its item size when
- * `shuffle` (FORMAT 4.2). The frame declares its size and carries its checksum. */
+ * `shuffle` (FORMAT 4.2). The frame declares its size and carries its checksum. The shuffle and
+ * the compression run without the GIL. */
 static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 || !PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "encode(header, tensors: tuple, shuffle, level, raw_literals)");
@@ -624,49 +665,51 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         total += t[got].len;
     }
     if (total > MAX_PAYLOAD) { PyErr_SetString(PyExc_ValueError, "record larger than 64 MiB"); goto done; }
-    uint8_t *payload = scratch_for(total);
-    if (!payload) { PyErr_NoMemory(); goto done; }
+    Encoder *e = encoder_for(total);
+    if (!e) { PyErr_NoMemory(); goto done; }
+    size_t bound = ZSTD_compressBound(total);
+    frame = PyBytes_FromStringAndSize(NULL, bound);
+    if (!frame) goto done;
+    size_t n = 0;
+    int refused = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *payload = e->buf;
     memcpy(payload, header.buf, header.len);
     size_t at = header.len;
     for (int j = 0; j < nt; j++) {
         const uint8_t *src = t[j].buf;
-        Py_ssize_t s = t[j].itemsize, n = s ? t[j].len / s : 0;
-        if (shuffle && s > 1) {
-            if (s == 2) {
-                for (Py_ssize_t i = 0; i < n; i++) { payload[at + i] = src[2 * i]; payload[at + n + i] = src[2 * i + 1]; }
-            } else {
-                for (Py_ssize_t i = 0; i < n; i++)
-                    for (Py_ssize_t b = 0; b < s; b++) payload[at + b * n + i] = src[i * s + b];
-            }
+        Py_ssize_t sz = t[j].itemsize, count = sz ? t[j].len / sz : 0;
+        if (shuffle && sz == 2) {
+            for (Py_ssize_t i = 0; i < count; i++) { payload[at + i] = src[2 * i]; payload[at + count + i] = src[2 * i + 1]; }
+        } else if (shuffle && sz > 2) {
+            for (Py_ssize_t i = 0; i < count; i++)
+                for (Py_ssize_t b = 0; b < sz; b++) payload[at + b * count + i] = src[i * sz + b];
         } else {
             memcpy(payload + at, src, t[j].len);
         }
         at += t[j].len;
     }
-    if (!cctx && !(cctx = ZSTD_createCCtx())) { PyErr_NoMemory(); goto done; }
-    if (level != cctx_level || raw != cctx_raw) {
-        ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
-        if (ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)) ||
-            ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)) ||
-            ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1)) ||
-            ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_literalCompressionMode, raw ? ZSTD_ps_disable : ZSTD_ps_auto))) {
-            PyErr_SetString(PyExc_ValueError, "zstd refused the compression parameters");
-            cctx_level = -1000;
-            goto done;
-        }
-        cctx_level = level;
-        cctx_raw = raw;
+    if (level != e->level || raw != e->raw) {
+        ZSTD_CCtx_reset(e->cctx, ZSTD_reset_session_and_parameters);
+        refused = ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, level)) ||
+                  ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_checksumFlag, 1)) ||
+                  ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_contentSizeFlag, 1)) ||
+                  ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_literalCompressionMode,
+                                                      raw ? ZSTD_ps_disable : ZSTD_ps_auto));
+        e->level = refused ? -1000 : level;
+        e->raw = raw;
     }
-    size_t bound = ZSTD_compressBound(total);
-    frame = PyBytes_FromStringAndSize(NULL, bound);
-    if (!frame) goto done;
-    size_t n = ZSTD_compress2(cctx, PyBytes_AS_STRING(frame), bound, payload, total);
-    if (ZSTD_isError(n)) {
+    if (!refused) n = ZSTD_compress2(e->cctx, PyBytes_AS_STRING(frame), bound, payload, total);
+    Py_END_ALLOW_THREADS
+    if (refused) {
+        Py_CLEAR(frame);
+        PyErr_SetString(PyExc_ValueError, "zstd refused the compression parameters");
+    } else if (ZSTD_isError(n)) {
         Py_CLEAR(frame);
         PyErr_Format(PyExc_RuntimeError, "zstd: %s", ZSTD_getErrorName(n));
-        goto done;
+    } else {
+        _PyBytes_Resize(&frame, (Py_ssize_t)n);
     }
-    _PyBytes_Resize(&frame, (Py_ssize_t)n);
 done:
     PyBuffer_Release(&header);
     for (int j = 0; j < got; j++) PyBuffer_Release(&t[j]);
@@ -773,6 +816,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         !(key_sha = PyUnicode_InternFromString("source_sha256")) || !(key_index = PyUnicode_InternFromString("index")) ||
         !(key_dtypes = PyUnicode_InternFromString("dtypes")))
         return NULL;
+    if (pthread_key_create(&encoder_key, encoder_free) != 0) return PyErr_NoMemory();
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddStringConstant(m, "zstd_version", ZSTD_versionString()) < 0) {
         Py_DECREF(m);

@@ -503,6 +503,18 @@ def test_append_many_equals_append_and_refuses_a_bad_row_whole():
                     assert len(w) == n
         a, b = mtokcache.open(d + "/one"), mtokcache.open(d + "/many")
         assert a.manifest["content_digest"] == b.manifest["content_digest"]
+        # Compressed on 1 or 3 threads (with the C extension), the same records in the same order.
+        for threads in (1, 3):
+            with mtokcache.Writer(d + "/t%d" % threads, settings={"test": True}, records_per_chunk=4,
+                                  threads=threads) as w:
+                w.append_many([r["id"] for r in recs], np.stack([r["latents"] for r in recs]),
+                              np.stack([r["indices"] for r in recs]), np.stack([r["groups"] for r in recs]),
+                              labels=[r["label"] for r in recs], views=[r["view"] for r in recs],
+                              logvar=np.stack([r["logvar"] for r in recs]), source_sizes=[r["source_size"] for r in recs],
+                              crop_boxes=[r["crop_box"] for r in recs], source_sha256s=[r["source_sha256"] for r in recs])
+            t = mtokcache.open(d + "/t%d" % threads)
+            assert t.manifest["content_digest"] == a.manifest["content_digest"], threads
+            assert [t.payload(i) for i in range(len(t))] == [a.payload(i) for i in range(len(a))]
 
 
 def test_resume_after_sigkill_loses_nothing_committed():
