@@ -389,20 +389,28 @@ def mds_dataset(path):
     return streaming.StreamingDataset(local=path, batch_size=BATCH, shuffle=False)
 
 
-def mds_random(path, idx):
-    ds = mds_dataset(path)
+def each_index(ds, idx):
+    """ds[i] for every i of idx (a peer's random phase); (count, probe) as the phases return."""
     s = None
     for i in idx:
         s = ds[i]
     return len(idx), (idx[-1], s["latents"])
 
 
-def mds_sequential(path, n):
-    ds = mds_dataset(path)
+def each_sample(ds, n):
+    """Every sample of ds in its order (a peer's sequential phase)."""
     count, s = 0, None
     for s in ds:
         count += 1
     return count, (n - 1, s["latents"])
+
+
+def mds_random(path, idx):
+    return each_index(mds_dataset(path), idx)
+
+
+def mds_sequential(path, n):
+    return each_sample(mds_dataset(path), n)
 
 
 def mds_loader(path, n):
@@ -451,19 +459,11 @@ def lit_random(path, idx):
     # batch_decode=0: deserialize the item asked for only. The default ("auto") deserializes an
     # aligned window of 256 items around it for every ds[i]: here 2x slower with 256-item frames,
     # 200x with per-item frames.
-    ds = lit_dataset(path, batch_decode=0)
-    s = None
-    for i in idx:
-        s = ds[i]
-    return len(idx), (idx[-1], s["latents"])
+    return each_index(lit_dataset(path, batch_decode=0), idx)
 
 
 def lit_sequential(path, n):
-    ds = lit_dataset(path)
-    count, s = 0, None
-    for s in ds:
-        count += 1
-    return count, (n - 1, s["latents"])
+    return each_sample(lit_dataset(path), n)
 
 
 def lit_loader(path, n):
