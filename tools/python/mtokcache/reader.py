@@ -1207,7 +1207,7 @@ class Cache:
             idx = idx[:limit]
         if batch_size is None:
             for i in idx:
-                yield self._decode(int(i))
+                yield self[int(i)]
         else:
             for lo in range(0, len(idx), batch_size):
                 yield self.batch(idx[lo:lo + batch_size])
