@@ -903,36 +903,7 @@ class Cache:
             chunk = shard.get(struct.pack(">Q", chunk_no), "records")
         if chunk is None:
             raise CorruptRecordError("chunk %d is missing" % chunk_no, **loc)
-        try:
-            offsets = _chunk_offsets(chunk, R)
-        except ValueError as e:
-            raise CorruptRecordError(str(e), **loc) from None
-        if slot >= len(offsets) - 1:
-            raise CorruptRecordError("slot %d not in a chunk of %d" % (slot, len(offsets) - 1), **loc)
-        base = 4 * (len(offsets) + 1)
-        frame = chunk[base + int(offsets[slot]):base + int(offsets[slot + 1])]
-        try:
-            declared = zstandard.frame_content_size(frame)
-        except zstandard.ZstdError:  # no frame header: a damaged magic number, or too few bytes
-            declared = -1
-        if declared < 0:
-            raise CorruptRecordError("not a zstd frame with a declared content size", **loc)
-        if declared > MAX_PAYLOAD:
-            raise CorruptRecordError("frame declares %d bytes, limit is %d" % (declared, MAX_PAYLOAD), **loc)
-        # FORMAT 4.2: every frame carries its content checksum (RFC 8878 3.1.1.1: bit 2 of the
-        # frame header descriptor after the magic number). zstd decodes a frame without one just
-        # as well, so a flipped byte in it would come back as a silently different record.
-        if not frame[4] & 0x04:
-            raise CorruptRecordError("the frame has no content checksum (every record's frame must carry one)", **loc)
-        try:
-            # Verifies the XXH64 content checksum. A record is one frame (FORMAT 4.2): bytes after
-            # it in its slot (a second frame, or garbage) are refused, as Swift's reader refuses them.
-            stored = self._dctx.decompress(frame, allow_extra_data=False)
-        except zstandard.ZstdError as e:
-            raise CorruptRecordError("zstd: %s" % e, **loc) from e
-        if len(stored) != declared:
-            raise CorruptRecordError("frame produced %d bytes, declared %d" % (len(stored), declared), **loc)
-        return stored, loc
+        return _record_in_chunk(chunk, slot, R, self._dctx, loc), loc
 
     def payload(self, index):
         """The record's payload (a safetensors blob) with the byte shuffle undone."""
@@ -991,43 +962,7 @@ class Cache:
     def _decode(self, index):
         """Record `index` read in Python (what the C extension leaves: see __getitem__)."""
         stored, loc = self._stored(index)
-        header, data_start = _parse_header(stored, loc)
-        meta = header["metadata"]
-        loc = dict(loc, id=meta.get("id"), view=meta.get("view"))
-        t = header["tensors"]
-        out = {}
-        f32 = self.latent_format == "f32"
-        for name, (dt, shape, (b, e)) in t.items():
-            np_dt, size = DTYPES[dt]
-            n = (e - b) // size
-            is_float = name in ("latents", "logvar")
-            if self.shuffled and size > 1:
-                if is_float and f32 and dt == "BF16":
-                    planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(2, n)
-                    arr = _bf16_planes_to_float32(planes[0], planes[1])
-                elif n * size <= 4096:
-                    # Small tensors: one transposing copy beats several whole-plane operations.
-                    planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(size, n)
-                    arr = planes.T.copy().view(np_dt).reshape(n)
-                else:
-                    arr = _unplane(stored, data_start + b, n, size).view(np_dt)
-            else:
-                arr = np.frombuffer(stored, np_dt, count=n, offset=data_start + b)
-                if is_float and f32 and dt == "BF16":
-                    arr = bf16_to_float32(arr)
-                else:
-                    arr = arr.copy()
-            if is_float and f32 and arr.dtype != np.float32:
-                arr = arr.astype(np.float32)
-            out[name] = arr.reshape(shape)
-        k = t["latents"][1][0]
-        groups = out["groups"]
-        if groups.size and int(groups.max()) >= k:
-            raise BadRecordError("group id %d is not a kept token (K = %d)" % (int(groups.max()), k), **loc)
-        out.update(_metadata(meta, loc))
-        out["index"] = index
-        out["dtypes"] = {name: v[0] for name, v in t.items()}
-        return out
+        return _decode_record(stored, loc, index, self.shuffled, self.latent_format == "f32")
 
     def get(self, id, view=0):
         """The record of (id, view); KeyError if the cache does not hold it. A damaged or forged
@@ -1211,6 +1146,83 @@ class Cache:
         else:
             for lo in range(0, len(idx), batch_size):
                 yield self.batch(idx[lo:lo + batch_size])
+
+
+def _record_in_chunk(chunk, slot, R, dctx, loc):
+    """The decompressed (still byte-shuffled) payload in `slot` of a chunk (FORMAT 3.2, 4.2),
+    every check made (CorruptRecordError naming `loc` otherwise). What _native.c's
+    record_in_chunk takes the happy path of."""
+    try:
+        offsets = _chunk_offsets(chunk, R)
+    except ValueError as e:
+        raise CorruptRecordError(str(e), **loc) from None
+    if slot >= len(offsets) - 1:
+        raise CorruptRecordError("slot %d not in a chunk of %d" % (slot, len(offsets) - 1), **loc)
+    base = 4 * (len(offsets) + 1)
+    frame = chunk[base + int(offsets[slot]):base + int(offsets[slot + 1])]
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError:  # no frame header: a damaged magic number, or too few bytes
+        declared = -1
+    if declared < 0:
+        raise CorruptRecordError("not a zstd frame with a declared content size", **loc)
+    if declared > MAX_PAYLOAD:
+        raise CorruptRecordError("frame declares %d bytes, limit is %d" % (declared, MAX_PAYLOAD), **loc)
+    # FORMAT 4.2: every frame carries its content checksum (RFC 8878 3.1.1.1: bit 2 of the
+    # frame header descriptor after the magic number). zstd decodes a frame without one just
+    # as well, so a flipped byte in it would come back as a silently different record.
+    if not frame[4] & 0x04:
+        raise CorruptRecordError("the frame has no content checksum (every record's frame must carry one)", **loc)
+    try:
+        # Verifies the XXH64 content checksum. A record is one frame (FORMAT 4.2): bytes after
+        # it in its slot (a second frame, or garbage) are refused, as Swift's reader refuses them.
+        stored = dctx.decompress(frame, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise CorruptRecordError("zstd: %s" % e, **loc) from e
+    if len(stored) != declared:
+        raise CorruptRecordError("frame produced %d bytes, declared %d" % (len(stored), declared), **loc)
+    return stored
+
+
+def _decode_record(stored, loc, index, shuffled, f32):
+    """A record's dict from its decompressed payload, every check made (FORMAT 4.1, 4.2): what
+    _native.c's decode takes the happy path of."""
+    header, data_start = _parse_header(stored, loc)
+    meta = header["metadata"]
+    loc = dict(loc, id=meta.get("id"), view=meta.get("view"))
+    t = header["tensors"]
+    out = {}
+    for name, (dt, shape, (b, e)) in t.items():
+        np_dt, size = DTYPES[dt]
+        n = (e - b) // size
+        is_float = name in ("latents", "logvar")
+        if shuffled and size > 1:
+            if is_float and f32 and dt == "BF16":
+                planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(2, n)
+                arr = _bf16_planes_to_float32(planes[0], planes[1])
+            elif n * size <= 4096:
+                # Small tensors: one transposing copy beats several whole-plane operations.
+                planes = np.frombuffer(stored, np.uint8, count=e - b, offset=data_start + b).reshape(size, n)
+                arr = planes.T.copy().view(np_dt).reshape(n)
+            else:
+                arr = _unplane(stored, data_start + b, n, size).view(np_dt)
+        else:
+            arr = np.frombuffer(stored, np_dt, count=n, offset=data_start + b)
+            if is_float and f32 and dt == "BF16":
+                arr = bf16_to_float32(arr)
+            else:
+                arr = arr.copy()
+        if is_float and f32 and arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        out[name] = arr.reshape(shape)
+    k = t["latents"][1][0]
+    groups = out["groups"]
+    if groups.size and int(groups.max()) >= k:
+        raise BadRecordError("group id %d is not a kept token (K = %d)" % (int(groups.max()), k), **loc)
+    out.update(_metadata(meta, loc))
+    out["index"] = index
+    out["dtypes"] = {name: v[0] for name, v in t.items()}
+    return out
 
 
 # Validated tensor layouts, keyed by (data length, tensor entries): every record of a cache has

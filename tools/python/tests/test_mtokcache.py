@@ -467,6 +467,81 @@ def test_commit_seconds_and_flush_make_records_durable():
             refused(ValueError, lambda: mtokcache.Writer(d + "/x%r" % (bad,), settings={}, commit_every=bad), ["commit_every"])
 
 
+def test_the_c_extension_reads_nothing_the_python_reader_refuses():
+    """Thousands of damaged chunks, frames and payloads (bytes of the metadata changed in place,
+    so the header keeps its learned layout; bytes of the tensors; bytes of the chunk and its
+    frames): whatever the C extension reads, the pure-Python reader reads too, to the same dict;
+    and it does read many of them (its fast path is exercised, not skipped)."""
+    import random
+    import zstandard
+    from mtokcache import _accel, reader
+    native = _accel.built()
+    if native is None:
+        print("       (the C extension is not built: skipped)")
+        return
+    from mtokcache.errors import CacheError
+    dctx = zstandard.ZstdDecompressor()
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
+
+    def chunk_of(payloads):
+        frames = [cctx.compress(bytes(p)) for p in payloads]
+        offsets = np.zeros(len(frames) + 1, "<u4")
+        offsets[1:] = np.cumsum([len(f) for f in frames])
+        return struct.pack("<I", len(frames)) + offsets.tobytes() + b"".join(frames)
+
+    def same(a, b):
+        assert list(a) == list(b), (list(a), list(b))
+        for k in a:
+            if isinstance(a[k], np.ndarray):
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes(), k
+            else:
+                assert a[k] == b[k] and type(a[k]) is type(b[k]), (k, a[k], b[k])
+
+    rng = random.Random(5)
+    taken = refused_by_both = 0
+    with TempDir() as d:
+        write(d + "/c", make_records(6, logvar=True), records_per_chunk=4)
+        for f32 in (False, True):
+            c = mtokcache.open(d + "/c", latent_format="f32" if f32 else "raw")
+            stored = [bytes(c._stored(i)[0]) for i in range(3)]
+            for i in range(3):
+                c._decode(i)  # the Python parse learns the layouts
+            hlen = struct.unpack_from("<Q", stored[0])[0]
+            meta_end = stored[0].index(b"},", 8) + 1
+            for trial in range(1500):
+                payloads = [bytearray(p) for p in stored]
+                slot = rng.randrange(3)
+                kind = trial % 3
+                if kind == 0:  # metadata bytes, in place
+                    for _ in range(rng.choice((1, 1, 2, 3))):
+                        at = rng.randrange(8 + 16, meta_end)
+                        payloads[slot][at] = rng.choice(b'0123456789-+,":{}\\ e.\x00\x7f\xc3\xa9az')
+                    chunk = chunk_of(payloads)
+                elif kind == 1:  # tensor bytes (group ids past K among them)
+                    for _ in range(rng.choice((1, 4))):
+                        payloads[slot][rng.randrange(8 + hlen, len(payloads[slot]))] = rng.randrange(256)
+                    chunk = chunk_of(payloads)
+                else:  # the chunk: offset table, frame headers, compressed bytes
+                    chunk = bytearray(chunk_of(payloads))
+                    for _ in range(rng.choice((1, 2))):
+                        at = rng.randrange(min(len(chunk), 64)) if rng.random() < 0.5 else rng.randrange(len(chunk))
+                        chunk[at] ^= 1 << rng.randrange(8)
+                    chunk = bytes(chunk)
+                got = native.decode(chunk, slot, 4, c.shuffled, f32, slot)
+                try:
+                    want = reader._decode_record(reader._record_in_chunk(chunk, slot, 4, dctx, {}), {}, slot,
+                                                 c.shuffled, f32)
+                except CacheError:
+                    want = None
+                if got is not None:
+                    assert want is not None, ("the C extension read what Python refuses", kind, trial)
+                    same(got, want)
+                    taken += 1
+                elif want is None:
+                    refused_by_both += 1
+    assert taken > 300 and refused_by_both > 300, (taken, refused_by_both)
+
+
 def test_append_many_equals_append_and_refuses_a_bad_row_whole():
     recs = list(make_records(23, logvar=True))
     with TempDir() as d:
