@@ -542,6 +542,31 @@ def test_the_c_extension_reads_nothing_the_python_reader_refuses():
     assert taken > 300 and refused_by_both > 300, (taken, refused_by_both)
 
 
+def test_sealing_compacts_only_when_it_pays():
+    """FORMAT 6.2: a shard is compacted on sealing when its free pages are over 1 % of it and
+    over the floor; otherwise it is synced as it is. Either way it reads the same."""
+    from mtokcache import reader
+    recs = list(make_records(120))
+    with TempDir() as d:
+        sizes = {}
+        for floor in (0, 16 << 20):
+            path = d + "/f%d" % floor
+            w = mtokcache.Writer(path, settings={"test": True}, records_per_chunk=4, commit_every=1)
+            w.COMPACT_FLOOR_BYTES = floor
+            for r in recs:
+                w.append(**r)
+            w.flush()
+            pages = reader._pages_bytes(w._env)
+            free = w._free_bytes()
+            w.finish()
+            c = mtokcache.open(path)
+            sizes[floor] = (pages, free, c.shard_entries[0]["bytes"], c.manifest["content_digest"])
+        pages, free, compacted, digest = sizes[0]
+        assert free * 100 > pages and compacted < pages, sizes  # 30 commits freed pages: compacted
+        pages, free, kept, other = sizes[16 << 20]
+        assert kept == pages and other == digest, sizes  # under the floor: the file as written
+
+
 def test_append_many_equals_append_and_refuses_a_bad_row_whole():
     recs = list(make_records(23, logvar=True))
     with TempDir() as d:
