@@ -867,27 +867,22 @@ def ratios(results, rows):
     out = {}
     peers = [r.name for r in rows if system_of(r) in ("streaming", "litdata") and isinstance(results.get(r.name), dict)]
     for phase in PHASES:
-        ours = {key: cell(results, "mtokcache", phase, key)[0] for key in ("rate_cpu", "rate")}
         entry = {}
-        for key in ("rate_cpu", "rate"):
-            plain = cell(results, "plain", phase, key)[0]
-            if ours[key] and plain:
-                entry["plain_" + key] = ours[key] / plain
-            best = max(((cell(results, p, phase, key)[0], p) for p in peers if cell(results, p, phase, key)[0]),
-                       default=None)
-            if ours[key] and best:
-                entry["best_peer_" + key] = ours[key] / best[0]
-                entry["best_peer_" + key + "_row"] = best[1]
-        if phase == "loader":
-            it = {key: cell(results, "mtokcache iterable", phase, key)[0] for key in ("rate_cpu", "rate")}
+        # The map-style row, and for the DataLoader the iterable one too ("iterable_" figures).
+        for row, prefix in (("mtokcache", ""), ("mtokcache iterable", "iterable_")):
+            if prefix and phase != "loader":
+                continue
             for key in ("rate_cpu", "rate"):
+                ours = cell(results, row, phase, key)[0]
                 plain = cell(results, "plain", phase, key)[0]
-                if it[key] and plain:
-                    entry["iterable_plain_" + key] = it[key] / plain
+                if ours and plain:
+                    entry[prefix + "plain_" + key] = ours / plain
                 best = max(((cell(results, p, phase, key)[0], p) for p in peers if cell(results, p, phase, key)[0]),
                            default=None)
-                if it[key] and best:
-                    entry["iterable_best_peer_" + key] = it[key] / best[0]
+                if ours and best:
+                    entry[prefix + "best_peer_" + key] = ours / best[0]
+                    if not prefix:
+                        entry["best_peer_" + key + "_row"] = best[1]
         out[phase] = entry
     return out
 
