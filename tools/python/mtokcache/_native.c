@@ -298,29 +298,11 @@ static void put_tensor(const Tensor *t, const uint8_t *data, int shuffled, int f
 }
 
 /* Whether every group id is a kept token (reader: "group id ... is not a kept token"). */
-static int groups_ok(const Tensor *t, const uint8_t *data, Py_ssize_t k) {
-    const uint8_t *src = data + t->begin;
-    Py_ssize_t n = t->count;
-    if (t->size == 1) {
-        uint8_t worst = 0;
-        for (Py_ssize_t i = 0; i < n; i++) worst = src[i] > worst ? src[i] : worst;
-        return worst < k;
-    }
-    /* u16: byte planes or not, the high bytes decide first */
-    uint32_t worst = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t v = element(src, n, 2, 1, i); /* planes */
-        worst = v > worst ? v : worst;
-    }
-    return worst < (uint32_t)k;
-}
-
-static int groups_ok_unshuffled(const Tensor *t, const uint8_t *data, Py_ssize_t k) {
-    if (t->size == 1) return groups_ok(t, data, k);
+static int groups_ok(const Tensor *t, const uint8_t *data, Py_ssize_t k, int shuffled) {
     const uint8_t *src = data + t->begin;
     uint32_t worst = 0;
     for (Py_ssize_t i = 0; i < t->count; i++) {
-        uint32_t v = (uint32_t)src[2 * i] | (uint32_t)src[2 * i + 1] << 8;
+        uint32_t v = element(src, t->count, t->size, shuffled, i);
         worst = v > worst ? v : worst;
     }
     return worst < (uint32_t)k;
@@ -341,9 +323,7 @@ static int parse_record(const uint8_t *rec, size_t len, int shuffled, const uint
         if (l->data_len == data_len && l->tail_len == tail_len && memcmp(l->tail, tail, tail_len) == 0) {
             *data = hend;
             for (int j = 0; j < l->ntensors; j++)
-                if (l->t[j].kind == T_GROUPS &&
-                    !(shuffled ? groups_ok(&l->t[j], hend, l->k) : groups_ok_unshuffled(&l->t[j], hend, l->k)))
-                    return -1;
+                if (l->t[j].kind == T_GROUPS && !groups_ok(&l->t[j], hend, l->k, shuffled)) return -1;
             return i;
         }
     }

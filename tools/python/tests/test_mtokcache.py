@@ -370,6 +370,24 @@ def test_stream_worker_split_is_the_rank_order():
         assert np.concatenate([x["records"] for x in batches]).tolist() == want.tolist()
 
 
+def killed_at(script, path, here, stop_at):
+    """Runs a writer `script` (argv: the cache, this folder) that prints a line of numbers per
+    step, the last one the records appended, and SIGKILLs it once that reaches `stop_at`.
+    Returns the lines it printed, as lists of ints."""
+    import signal
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", script, path, here], stdout=subprocess.PIPE, text=True)
+    steps = []
+    for line in child.stdout:
+        steps.append([int(x) for x in line.split()])
+        if steps[-1][-1] >= stop_at:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert steps and steps[-1][-1] >= stop_at, "the writer died before it was killed"
+    return steps
+
+
 _KILLED_WRITER = r"""
 import sys, os, time
 sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
@@ -410,7 +428,6 @@ def test_sigkill_with_batched_commits_resumes_to_the_clean_digest():
     them; resumed from `committed`, the finished cache holds the records and content digest of
     a run without a break written with append() one record at a time."""
     import random
-    import signal
     import subprocess
     here = os.path.dirname(os.path.abspath(__file__))
     with TempDir() as d:
@@ -419,18 +436,11 @@ def test_sigkill_with_batched_commits_resumes_to_the_clean_digest():
         rng = random.Random(11)
         path = d + "/c"
         for attempt in range(4):
-            child = subprocess.Popen([sys.executable, "-c", _KILLED_BATCH_WRITER, path, here], stdout=subprocess.PIPE,
-                                     text=True)
             stop_at = rng.randrange(20, 130)
-            committed = appended = 0
-            for line in child.stdout:
-                committed, appended = map(int, line.split())
+            steps = killed_at(_KILLED_BATCH_WRITER, path, here, stop_at)
+            for committed, appended in steps:
                 assert appended - committed <= 12 + 4 - 1, "more records wait than commit_every allows"
-                if appended >= stop_at:
-                    break
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            assert appended >= stop_at, "the writer died before it was killed"
+            committed, appended = steps[-1]
             w = mtokcache.Writer(path, settings={"test": True}, resume=True)
             # The kill landed after the child printed: a commit may have followed, never a loss.
             assert committed <= w.committed <= appended, (committed, w.committed, appended)
@@ -619,8 +629,6 @@ def test_append_many_equals_append_and_refuses_a_bad_row_whole():
 
 def test_resume_after_sigkill_loses_nothing_committed():
     import random
-    import signal
-    import subprocess
     here = os.path.dirname(os.path.abspath(__file__))
     with TempDir() as d:
         write(d + "/clean", make_records(120), records_per_chunk=4, shard_cap_bytes=6000)
@@ -628,17 +636,8 @@ def test_resume_after_sigkill_loses_nothing_committed():
         rng = random.Random(7)
         path = d + "/c"
         for attempt in range(3):
-            child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, path, here], stdout=subprocess.PIPE,
-                                     text=True)
             stop_at = rng.randrange(10, 110)
-            last = 0
-            for line in child.stdout:
-                last = int(line)
-                if last >= stop_at:
-                    break
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            assert last >= stop_at, "the writer died before it was killed"
+            last = killed_at(_KILLED_WRITER, path, here, stop_at)[-1][-1]
             w = mtokcache.Writer(path, settings={"test": True}, resume=True)
             assert w.committed >= last, "committed records lost: %d < %d" % (w.committed, last)
             w.close()
