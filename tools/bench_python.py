@@ -20,6 +20,12 @@ Phases, for every system on the same records:
 - sequential: every record in order (mtokcache in batches of 256, the others record by record);
 - DataLoader: torch DataLoader with 2 workers and batches of 256 over every record.
 
+Write-only rows put the writer's figure in context: mtokcache at compression_level=1; "mtokcache
+encode only", the per-record work of the format's default encoding with nothing stored (header,
+SHA-256 of the payload, byte planes, zstd-3 frame with checksum, SHA-256 of the frames), a floor
+under the writer; and "plain + integrity", the plain loop with the same integrity work (frame
+checksums, a SHA-256 per record and of the data file).
+
 Every measurement runs in a fresh process (`--child`) that times only its measured section: wall
 clock and CPU seconds (user + system of the process, all its threads, and of the child processes
 it reaped, i.e. the DataLoader workers). Opening the dataset is inside the section, imports are
@@ -170,11 +176,11 @@ def latents_bits(x):
 
 # -- mtokcache ---------------------------------------------------------------------------------
 
-def mtok_write(src, path, opts):
+def mtok_write(src, path, opts, **writer_options):
     import mtokcache
 
     n = len(src)
-    w = mtokcache.Writer(path, settings=opts["settings"], latent_dtype="bf16")
+    w = mtokcache.Writer(path, settings=opts["settings"], latent_dtype="bf16", **writer_options)
     if hasattr(w, "append_many"):
         for lo in range(0, n, BATCH):
             hi = min(lo + BATCH, n)
@@ -186,6 +192,48 @@ def mtok_write(src, path, opts):
                      label=src.label_list[i])
     w.finish()
     return n, None
+
+
+def mtok_write_level1(src, path, opts):
+    return mtok_write(src, path, opts, compression_level=1)
+
+
+def mtok_encode_only(src, path, opts):
+    """The part of a write that the format's default asks for on every record, with nothing
+    stored: the record's header, the SHA-256 of its payload, byte planes and the zstd-3 frame with
+    its checksum (the writer's own functions: the C extension when it is built), and SHA-256 over
+    the frames (what sealing the shard hashes, less LMDB's pages). Writes only the count."""
+    import hashlib
+
+    import mtokcache
+    from mtokcache import writer as mw
+
+    n = len(src)
+    native = mw._accel.native()
+    level, shuffle = 3, True
+    headers = mw._Headers([("latents", "BF16", src.latents[0]), ("indices", "U32", src.indices[0]),
+                           ("groups", "U16", src.groups[0])])
+    cctx = None if native else __import__("zstandard").ZstdCompressor(level=level, write_checksum=True)
+    content, shard = hashlib.sha256(), hashlib.sha256()
+    for i in range(n):
+        header = headers(src.ids[i], 0, int(src.labels[i]), (0, 0), (0, 0, 0, 0), "")
+        arrays = (src.latents[i], src.indices[i], src.groups[i])
+        digest = hashlib.sha256(header)
+        for a in arrays:
+            digest.update(a)
+        content.update(digest.digest())
+        frame = native.encode(header, arrays, shuffle, level, True) if native else \
+            mw._frame_python(cctx, header, arrays, shuffle)
+        shard.update(frame)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "count"), "w") as f:
+        f.write(str(n))
+    return n, None
+
+
+def encode_only_count(path):
+    with open(os.path.join(path, "count")) as f:
+        return int(f.read())
 
 
 def mtok_count(path):
@@ -264,6 +312,37 @@ def plain_write(src, path, opts):
                 txn.put(plain_key(i), cctx.compress(src.latents[i].tobytes() + src.indices[i].tobytes()
                                                     + src.groups[i].tobytes()))
     env.close()
+    return n, None
+
+
+def plain_write_checked(src, path, opts):
+    """The plain loop with the integrity work mtok's format asks of a writer: an XXH64 checksum in
+    every frame, the SHA-256 of every record's bytes (stored in front of its frame, and hashed into
+    a digest of the whole), and the SHA-256 of the data file once it is closed."""
+    import hashlib
+
+    import lmdb
+    import zstandard
+
+    n = len(src)
+    env = lmdb.open(path, map_size=max(1 << 30, 2 * n * (2 * K * C + 6 * K)))
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+    content = hashlib.sha256()
+    for lo in range(0, n, BATCH):
+        with env.begin(write=True) as txn:
+            for i in range(lo, min(lo + BATCH, n)):
+                raw = src.latents[i].tobytes() + src.indices[i].tobytes() + src.groups[i].tobytes()
+                digest = hashlib.sha256(raw).digest()
+                content.update(digest)
+                txn.put(plain_key(i), digest + cctx.compress(raw))
+    env.close()
+    h, block = hashlib.sha256(), bytearray(1 << 20)
+    with open(os.path.join(path, "data.mdb"), "rb", buffering=0) as f:
+        while True:
+            got = f.readinto(block)
+            if not got:
+                break
+            h.update(memoryview(block)[:got])
     return n, None
 
 
@@ -534,6 +613,17 @@ ROWS = [
         "one read transaction, np.frombuffer views. Stores and returns no id or label. DataLoader: a map-style "
         "Dataset returning torch tensors, default collate",
         write=plain_write, count=plain_count, random=plain_random, sequential=plain_sequential, loader=plain_loader),
+    Row("mtokcache level 1", "mtokcache", "mtok1",
+        "the mtokcache writer with compression_level=1 (else its defaults): what a faster default level "
+        "would buy, and cost on disk", write=mtok_write_level1, count=mtok_count),
+    Row("mtokcache encode only", "mtokcache", "encode",
+        "no storage: per record the header, SHA-256 of the payload, byte planes and the zstd-3 frame with "
+        "checksum (the writer's own functions), and SHA-256 over the frames (what sealing hashes); a floor "
+        "under the writer's CPU with the format's default encoding", write=mtok_encode_only, count=encode_only_count),
+    Row("plain + integrity", "lmdb", "plain-checked",
+        "the plain loop doing the integrity work the format asks for: frames with XXH64 checksums "
+        "(write_checksum=True), a SHA-256 of each record's bytes stored with it and hashed into a digest of "
+        "the whole, the SHA-256 of the data file at the end", write=plain_write_checked, count=plain_count),
     Row("streaming (MDS)", "streaming", "mds",
         "MosaicML Streaming: MDSWriter(compression='zstd:3', size_limit=SIZE), whole shards compressed; "
         "StreamingDataset(local=dir, batch_size=256, shuffle=False), ds[i] / iteration / StreamingDataLoader. "
@@ -634,7 +724,10 @@ def implementation_notes(row, phase):
     import mtokcache
 
     notes = {}
-    if phase == "write":
+    if phase == "write" and row.fns["write"] is mtok_encode_only:
+        from mtokcache import _accel
+        notes["encode_native"] = _accel.native() is not None
+    elif phase == "write":
         notes["append_many"] = hasattr(mtokcache.Writer, "append_many")
     else:
         try:
@@ -818,6 +911,10 @@ def legend(row, args, results):
             notes.append("write: " + " / ".join("Writer.append_many, 256 records a call" if m else
                                                 "Writer.append per record (this mtokcache has no append_many)"
                                                 for m in sorted(many, reverse=True)))
+        encode = used(results, row.name, "encode_native")
+        if encode:
+            notes.append("encoding: " + " / ".join("C extension" if m else "pure Python"
+                                                  for m in sorted(encode, reverse=True)))
         native = used(results, row.name, "native")
         if native:
             notes.append("reads: " + " / ".join("C extension" if m else "pure Python"
@@ -884,6 +981,16 @@ def ratios(results, rows):
                     if not prefix:
                         entry["best_peer_" + key + "_row"] = best[1]
         out[phase] = entry
+    # The writer against the plain loop doing the same integrity work, and the floor under it.
+    for key in ("rate_cpu", "rate"):
+        ours = cell(results, "mtokcache", "write", key)[0]
+        for row, name in (("plain + integrity", "checked_plain_"), ("mtokcache encode only", "encode_only_")):
+            other = cell(results, row, "write", key)[0]
+            if ours and other:
+                out["write"][name + key] = ours / other
+        floor, plain = cell(results, "mtokcache encode only", "write", key)[0], cell(results, "plain", "write", key)[0]
+        if floor and plain:
+            out["write"]["floor_plain_" + key] = floor / plain
     return out
 
 
@@ -899,6 +1006,10 @@ def print_ratios(rat):
         print("  " + ", ".join("%s %s (%s)" % (PHASE_TITLES[p], x(rat[p].get("best_peer_" + key)),
                                               rat[p].get("best_peer_" + key + "_row", "-")) for p in PHASES)
               + "; DataLoader iterable %s" % x(rat["loader"].get("iterable_best_peer_" + key)))
+        w = rat["write"]
+        print("writer (%s): mtokcache / plain + integrity %s; mtokcache encode only (no storage) / plain %s; "
+              "mtokcache / its encode only %s" % (title, x(w.get("checked_plain_" + key)), x(w.get("floor_plain_" + key)),
+                                                  x(w.get("encode_only_" + key))))
 
 
 def main():
@@ -967,7 +1078,8 @@ def main():
     rat = ratios(results, rows)
     print_ratios(rat)
     print()
-    print("on disk: " + ", ".join("%s %.0f B/record" % (store, b / args.records) for store, b in sizes.items()))
+    print("on disk: " + ", ".join("%s %.0f B/record" % (store, b / args.records) for store, b in sizes.items()
+                                  if store != "encode"))  # the encode-only row stores nothing
     print()
     print("legend:")
     for row in rows:
