@@ -30,6 +30,10 @@ Every measurement runs in a fresh process (`--child`) that times only its measur
 clock and CPU seconds (user + system of the process, all its threads, and of the child processes
 it reaped, i.e. the DataLoader workers). Opening the dataset is inside the section, imports are
 not. Each figure is the median of --repeat runs; writes go to a fresh directory every time. The
+runs go phase by phase and round by round across the rows (every row once, then every row
+again), and each ratio is the median of the ratios within a round, so that a change in the
+machine's load between rounds (on a shared machine the same figure moved by a third between
+runs) moves both sides of a ratio alike. The
 files read are in the page cache (each read phase first reads every file of its store once,
 untimed): these are CPU-bound figures, not storage ones.
 Rates per CPU-second are the figures to compare; wall-clock rates depend on the machine's load.
@@ -842,29 +846,25 @@ def summarize(runs):
 
 
 def measure_rows(args, rows, src_dir, opts, stores_dir):
-    """Every phase of every row, --repeat times each; returns {row: {phase: summary}} and the
-    bytes each store took on disk."""
-    results, sizes = {}, {}
-    written = {}
-    for row in rows:
-        results[row.name] = {}
-        if not available(row.module):
-            results[row.name] = "not installed"
-            continue
-        store_dir = os.path.join(stores_dir, row.store)
-        os.makedirs(store_dir, exist_ok=True)
-        for phase in row.phases():
-            runs = []
-            for r in range(args.repeat):
-                if phase == "write":
-                    path = os.path.join(store_dir, "w%d" % r)
-                else:
-                    path = written.get(row.store)
-                    if path is None:
-                        runs.append({"error": "nothing written"})
-                        break
+    """Every phase of every row, --repeat rounds each; returns {row: {phase: summary}} and the
+    bytes each store took on disk. Phase by phase, and within a phase round by round across the
+    rows (A, B, C, then A, B, C again): a change in the machine's load between rounds then moves
+    every row of the round alike, and ratios() compares rows within a round."""
+    results = {row.name: {} if available(row.module) else "not installed" for row in rows}
+    runs = {(row.name, phase): [] for row in rows for phase in row.phases()}
+    written, sizes = {}, {}
+    for at, phase in enumerate(PHASES):
+        active = [row for row in rows if isinstance(results[row.name], dict) and phase in row.phases()]
+        for r in range(args.repeat):
+            for row in active:
+                store_dir = os.path.join(stores_dir, row.store)
+                os.makedirs(store_dir, exist_ok=True)
+                path = os.path.join(store_dir, "w%d" % r) if phase == "write" else written.get(row.store)
+                if path is None:
+                    runs[(row.name, phase)].append({"error": "nothing written"})
+                    continue
                 res = run_child(args, row, phase, path, src_dir, opts)
-                runs.append(res)
+                runs[(row.name, phase)].append(res)
                 if "error" in res:
                     log("  %-22s %-10s #%d: error: %s" % (row.name, phase, r + 1, res["error"]))
                 else:
@@ -872,15 +872,18 @@ def measure_rows(args, rows, src_dir, opts, stores_dir):
                         % (row.name, phase, r + 1, res["records"] / res["wall_s"], res["records"] / res["cpu_s"],
                            res["wall_s"], "  PROBLEM: " + "; ".join(res["problems"]) if res["problems"] else ""))
                 if phase == "write":
-                    if r == 0 and "error" not in res:
-                        written[row.store] = path
+                    if row.store not in written and "error" not in res:
+                        written[row.store] = path  # the copy every read phase reads
                         sizes[row.store] = dir_bytes(path)
                     else:
                         shutil.rmtree(path, ignore_errors=True)
-            results[row.name][phase] = summarize(runs)
-        # Free the disk once the last row of this store is done.
-        if not args.keep and not any(r.store == row.store for r in rows[rows.index(row) + 1:]):
-            shutil.rmtree(store_dir, ignore_errors=True)
+        for row in active:
+            results[row.name][phase] = summarize(runs[(row.name, phase)])
+        # Free the disk of the stores that no later phase reads.
+        if not args.keep:
+            later = {row.store for row in rows for p in PHASES[at + 1:] if p in row.phases()}
+            for store in {row.store for row in rows} - later:
+                shutil.rmtree(os.path.join(stores_dir, store), ignore_errors=True)
     return results, sizes
 
 
@@ -959,8 +962,28 @@ def print_table(results, rows):
         print("%-*s" % (width, row.name) + "".join("%*s" % (w + 2, t) for w, t in zip(cols, texts)))
 
 
+def rate_of(run, key):
+    return None if "error" in run else run["records"] / (run["cpu_s"] if key == "rate_cpu" else run["wall_s"])
+
+
+def paired(results, a, b, phase, key):
+    """The median over rounds of row a's rate / row b's in the same round (measure_rows runs the
+    rows of a round one after another), or None."""
+    runs = []
+    for row in (a, b):
+        res = results.get(row)
+        s = res.get(phase) if isinstance(res, dict) else None
+        if s is None or "runs" not in s:
+            return None
+        runs.append(s["runs"])
+    pairs = [(rate_of(x, key), rate_of(y, key)) for x, y in zip(*runs)]
+    pairs = [x / y for x, y in pairs if x and y]
+    return statistics.median(pairs) if pairs else None
+
+
 def ratios(results, rows):
-    """mtokcache against plain and against the best peer, per phase, per CPU-second and wall."""
+    """mtokcache against plain and against the best peer (the best by its median), per phase, per
+    CPU-second and wall: medians of the per-round ratios."""
     out = {}
     peers = [r.name for r in rows if system_of(r) in ("streaming", "litdata") and isinstance(results.get(r.name), dict)]
     for phase in PHASES:
@@ -970,27 +993,25 @@ def ratios(results, rows):
             if prefix and phase != "loader":
                 continue
             for key in ("rate_cpu", "rate"):
-                ours = cell(results, row, phase, key)[0]
-                plain = cell(results, "plain", phase, key)[0]
-                if ours and plain:
-                    entry[prefix + "plain_" + key] = ours / plain
+                v = paired(results, row, "plain", phase, key)
+                if v:
+                    entry[prefix + "plain_" + key] = v
                 best = max(((cell(results, p, phase, key)[0], p) for p in peers if cell(results, p, phase, key)[0]),
                            default=None)
-                if ours and best:
-                    entry[prefix + "best_peer_" + key] = ours / best[0]
+                v = best and paired(results, row, best[1], phase, key)
+                if v:
+                    entry[prefix + "best_peer_" + key] = v
                     if not prefix:
                         entry["best_peer_" + key + "_row"] = best[1]
         out[phase] = entry
     # The writer against the plain loop doing the same integrity work, and the floor under it.
     for key in ("rate_cpu", "rate"):
-        ours = cell(results, "mtokcache", "write", key)[0]
-        for row, name in (("plain + integrity", "checked_plain_"), ("mtokcache encode only", "encode_only_")):
-            other = cell(results, row, "write", key)[0]
-            if ours and other:
-                out["write"][name + key] = ours / other
-        floor, plain = cell(results, "mtokcache encode only", "write", key)[0], cell(results, "plain", "write", key)[0]
-        if floor and plain:
-            out["write"]["floor_plain_" + key] = floor / plain
+        for a, b, name in (("mtokcache", "plain + integrity", "checked_plain_"),
+                           ("mtokcache", "mtokcache encode only", "encode_only_"),
+                           ("mtokcache encode only", "plain", "floor_plain_")):
+            v = paired(results, a, b, "write", key)
+            if v:
+                out["write"][name + key] = v
     return out
 
 
@@ -1069,7 +1090,7 @@ def main():
     print("records: %d (%s): latents [%d,%d] bf16, indices [%d] u32, groups [%d] u16, id, label; zstd level %d"
           % (args.records, origin, K, C, K, K, ZSTD_LEVEL))
     print("random: %d indices (seed 0); DataLoader: %d workers, batch %d; median of %d run(s); each in a fresh "
-          "process, CPU = user + system of it and its reaped workers" % (min(args.records, RANDOM_MAX), WORKERS,
+          "process, CPU = user + system of it and its reaped workers; ratios: medians of per-round ratios" % (min(args.records, RANDOM_MAX), WORKERS,
                                                                         BATCH, args.repeat))
     print()
     print_table(results, rows)
