@@ -251,12 +251,8 @@ class Writer:
             if not (0 <= rank < world_size):
                 raise ValueError("part must be (rank, world_size) with 0 <= rank < world_size")
         self.part = part
-        # The C extension stores zstd literals raw, as the Swift writer does by default (FORMAT 7:
-        # faster to write and to read, 3 % larger); python-zstandard cannot, its frames Huffman-code
-        # them. Continuing a cache whose frames are coded the other way leaves the manifest's
-        # field out (the cache mixes both).
         self._native = _accel.native()
-        self._literals = "raw" if self._native is not None else "huffman"
+        self._choose_literals()
         self._seen = set()
         self._digest = hashlib.sha256()
         self._shards = []  # manifest entries of finished shards
@@ -283,6 +279,16 @@ class Writer:
             self._unlock()
             raise
 
+    def _choose_literals(self):
+        # With byte planes the C extension stores zstd literals raw, as the Swift writer does by
+        # default (FORMAT 7: there most literals are mantissa noise, so raw frames are 3 % larger
+        # and faster to write and to read). Without byte planes Huffman coding pays (raw frames
+        # of interleaved bf16 measured 26 % larger), and python-zstandard cannot store them raw
+        # anyway. Continuing a cache whose frames are coded the other way leaves the manifest's
+        # field out (the cache mixes both).
+        self._raw_literals = self._native is not None and self.shuffle == "byte-planes"
+        self._literals = "raw" if self._raw_literals else "huffman"
+
     @property
     def committed(self):
         """Records that are durable: a writer that dies now keeps exactly these."""
@@ -308,6 +314,7 @@ class Writer:
         self.level = int(m["compression"]["level"])
         self.shuffle = m["compression"]["shuffle"]
         self.cap = int(m["shard_cap_bytes"])
+        self._choose_literals()
         if m["compression"].get("literals") != self._literals:
             self._literals = None
         self.classes = m.get("classes", self.classes)
@@ -557,7 +564,8 @@ class Writer:
         for arr in arrays:
             digest.update(arr)
         if self._native is not None:
-            frame = self._native.encode(header, tuple(arrays), self.shuffle == "byte-planes", self.level, True)
+            frame = self._native.encode(header, tuple(arrays), self.shuffle == "byte-planes", self.level,
+                                       self._raw_literals)
         else:
             frame = _frame_python(self._cctx, header, arrays, self.shuffle == "byte-planes")
         return header, frame, digest.digest()

@@ -149,6 +149,51 @@ def test_round_trip_every_dtype_and_shuffle():
                 assert np.array_equal(b["latents"][1], c[1]["latents"]) and b["ids"] == [recs[j]["id"] for j in (3, 1, 2)]
 
 
+def literal_block_types(frame):
+    """The Literals_Block_Type (0 raw, 1 RLE, 2 Huffman, 3 Huffman with the previous table) of
+    each compressed block of a zstd frame (RFC 8878, 3.1.1 and 3.1.1.3.1)."""
+    assert frame[:4] == b"\x28\xb5\x2f\xfd"
+    fhd = frame[4]
+    single, fcs_flag, dict_flag = fhd >> 5 & 1, fhd >> 6, fhd & 3
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + ((1 if single else 0), 2, 4, 8)[fcs_flag]
+    types = []
+    while True:
+        bh = int.from_bytes(frame[at:at + 3], "little")
+        kind, size = bh >> 1 & 3, bh >> 3
+        at += 3
+        if kind == 2:
+            types.append(frame[at] & 3)
+        at += 1 if kind == 1 else size
+        if bh & 1:
+            return types
+
+
+def test_literals_stored_raw_only_with_byte_planes():
+    """The C extension stores literals raw with byte planes (the Swift writer's default) and
+    Huffman-codes them without (where raw literals made frames a quarter larger); the pure-Python
+    writer always Huffman-codes them. The manifest says which."""
+    from mtokcache import _accel
+    for shuffle in ("byte-planes", "none"):
+        with TempDir() as d:
+            write(d + "/c", make_records(20, k=64, c=16, n_patches=64), shuffle=shuffle, latent_dtype="bf16", records_per_chunk=4)
+            c = mtokcache.open(d + "/c")
+            raw = _accel.native() is not None and shuffle == "byte-planes"
+            assert c.manifest["compression"]["literals"] == ("raw" if raw else "huffman"), c.manifest["compression"]
+            c.close()
+            import lmdb
+            from mtokcache import writer as mw
+            env = lmdb.open(d + "/c/shards/shard-00000.mdb", subdir=False, readonly=True, lock=False, max_dbs=4)
+            with env.begin() as txn:
+                chunk = txn.get(struct.pack(">Q", 0), db=env.open_db(b"records", txn=txn, create=False))
+            env.close()
+            types = [t for f in mw._chunk_frames(chunk, 4) for t in literal_block_types(f)]
+            assert types, "no compressed block"
+            if raw:
+                assert set(types) <= {0, 1}, types
+            else:
+                assert {2, 3} & set(types), types
+
+
 def test_content_digest_and_manifest():
     import hashlib
     with TempDir() as d:
