@@ -25,12 +25,15 @@ public final class CacheWriter {
         /// Records packed into one LMDB value; fixed for the life of a cache.
         public var recordsPerChunk: Int = 16
         public var compressionLevel: Int = 3
-        /// Huffman-code zstd literals. Off by default: frames about 3% larger, decoding about
-        /// 1.8× faster (Schemas/FORMAT.md, section 7). Readers need not know: a frame decodes
-        /// the same either way.
-        public var compressLiterals: Bool = false
+        /// Huffman-code zstd literals; nil (the default) stores them raw with byte planes and
+        /// Huffman-codes them without. With byte planes raw literals make frames about 3% larger
+        /// and decoding about 1.8× faster; without, they made frames 26% larger
+        /// (Schemas/FORMAT.md, section 7). Readers need not know: a frame decodes the same either way.
+        public var compressLiterals: Bool? = nil
         /// Byte-plane shuffle of tensors before compression (`ByteShuffle`).
         public var shuffle: Bool = true
+        /// Whether the frames Huffman-code their literals: `compressLiterals`, or its default.
+        public var literalsCompressed: Bool { compressLiterals ?? !shuffle }
         /// A sealed shard is compacted only when its free pages exceed this many bytes (and 1%
         /// of it): compacting reads the whole file through LMDB's map, raising peak memory by the
         /// file's size, which a few free pages do not pay for...
@@ -110,12 +113,12 @@ public final class CacheWriter {
         } else {
             manifest = Manifest(createdBy: opts.createdBy, recordsPerChunk: opts.recordsPerChunk,
                                 compressionLevel: opts.compressionLevel, shuffle: opts.shuffle,
-                                compressLiterals: opts.compressLiterals, shardCapBytes: opts.shardCapBytes,
+                                compressLiterals: opts.literalsCompressed, shardCapBytes: opts.shardCapBytes,
                                 settings: settings, classes: classes, part: part)
         }
         self.options = opts
         workers = (0..<max(1, opts.threads)).map { _ in
-            EncodeWorker(compressor: ZstdCompressor(level: Int32(opts.compressionLevel), compressLiterals: opts.compressLiterals))
+            EncodeWorker(compressor: ZstdCompressor(level: Int32(opts.compressionLevel), compressLiterals: opts.literalsCompressed))
         }
         try recover()
         if arithmetic != nil, manifest.arithmetic == nil, manifest.totals.records > 0 {

@@ -104,7 +104,7 @@ extension BenchStoreCommand {
     /// of this format at these settings (LMDB, the kernel and syncing come on top).
     static func unavoidableWork(_ pool: [TokenRecord], options: CacheWriter.Options)
         throws -> (serialize: Double, compress: Double, fileHash: Double) {
-        let compressor = ZstdCompressor(level: Int32(options.compressionLevel), compressLiterals: options.compressLiterals)
+        let compressor = ZstdCompressor(level: Int32(options.compressionLevel), compressLiterals: options.literalsCompressed)
         // Whole passes are timed (getrusage is too coarse for one record at a time), into one
         // reused buffer as the writer's threads do; compressing is the second pass less the first.
         var bytes: [UInt8] = []

@@ -403,6 +403,28 @@ struct ResumeKeepsLayoutTests {
     }
 }
 
+struct LiteralCodingTests {
+    /// Raw literals pay only with byte planes (FORMAT 7): by default a writer stores them raw
+    /// with byte planes and Huffman-codes them without; an explicit setting wins either way.
+    @Test func literalsAreRawOnlyWithBytePlanesByDefault() throws {
+        let gen = synthetic()
+        func written(shuffle: Bool, literals: Bool?) throws -> Manifest {
+            var o = smallOptions(shuffle: shuffle)
+            o.compressLiterals = literals
+            return try writeCache(try TestSupport.temporaryDirectory(), gen, count: 20, batch: 20, options: o)
+        }
+        let planesRaw = try written(shuffle: true, literals: nil)
+        let plainHuffman = try written(shuffle: false, literals: nil)
+        let plainRaw = try written(shuffle: false, literals: false)
+        #expect(planesRaw.compression.literals == "raw")
+        #expect(plainHuffman.compression.literals == "huffman")
+        #expect(plainRaw.compression.literals == "raw")
+        #expect(try written(shuffle: true, literals: true).compression.literals == "huffman")
+        #expect(plainHuffman.totals.compressedBytes < plainRaw.totals.compressedBytes,
+                "Huffman literals should shrink unshuffled frames: \(plainHuffman.totals.compressedBytes) vs \(plainRaw.totals.compressedBytes)")
+    }
+}
+
 /// `Manifest.arithmetic`: which kernels made which records, per writing session.
 struct ArithmeticSegmentTests {
     static let haswell = Manifest.Arithmetic(revision: 3, blas: "OpenBLAS 0.3.21", kernel: "Haswell")
