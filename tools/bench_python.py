@@ -203,33 +203,28 @@ def mtok_write_level1(src, path, opts):
 
 
 def mtok_encode_only(src, path, opts):
-    """The part of a write that the format's default asks for on every record, with nothing
-    stored: the record's header, the SHA-256 of its payload, byte planes and the zstd-3 frame with
-    its checksum (the writer's own functions: the C extension when it is built), and SHA-256 over
-    the frames (what sealing the shard hashes, less LMDB's pages). Writes only the count."""
+    """The part of a write that the format's default encoding asks for on every record, with
+    nothing stored: the record's header, the SHA-256 of its payload, byte planes and the zstd-3
+    frame with its checksum (a default Writer's own checks and _encode: the C extension when it is
+    built), and SHA-256 over the frames (what sealing the shard hashes, less LMDB's pages). The
+    writer holds no record; only the count is written, beside it."""
     import hashlib
 
     import mtokcache
-    from mtokcache import writer as mw
+    from mtokcache.writer import _Headers
 
     n = len(src)
-    native = mw._accel.native()
-    level, shuffle = 3, True
-    headers = mw._Headers([("latents", "BF16", src.latents[0]), ("indices", "U32", src.indices[0]),
-                           ("groups", "U16", src.groups[0])])
-    cctx = None if native else __import__("zstandard").ZstdCompressor(level=level, write_checksum=True)
+    w = mtokcache.Writer(os.path.join(path, "empty"), settings=opts["settings"], latent_dtype="bf16")
+    tensors, _ = w._tensors(src.latents, src.indices, src.groups, None, n)
+    headers = _Headers([(name, dt, arr[0]) for name, dt, arr in tensors])
+    arrays = [t[2] for t in tensors]
     content, shard = hashlib.sha256(), hashlib.sha256()
     for i in range(n):
-        header = headers(src.ids[i], 0, int(src.labels[i]), (0, 0), (0, 0, 0, 0), "")
-        arrays = (src.latents[i], src.indices[i], src.groups[i])
-        digest = hashlib.sha256(header)
-        for a in arrays:
-            digest.update(a)
-        content.update(digest.digest())
-        frame = native.encode(header, arrays, shuffle, level, True) if native else \
-            mw._frame_python(cctx, header, arrays, shuffle)
+        _, frame, digest = w._encode(headers(src.ids[i], 0, int(src.labels[i]), (0, 0), (0, 0, 0, 0), ""),
+                                     [a[i] for a in arrays])
+        content.update(digest)
         shard.update(frame)
-    os.makedirs(path, exist_ok=True)
+    w.close()
     with open(os.path.join(path, "count"), "w") as f:
         f.write(str(n))
     return n, None
@@ -303,26 +298,10 @@ def plain_decode(raw):
     return lat, ind, grp
 
 
-def plain_write(src, path, opts):
-    import lmdb
-    import zstandard
-
-    n = len(src)
-    env = lmdb.open(path, map_size=max(1 << 30, 2 * n * (2 * K * C + 6 * K)))
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    for lo in range(0, n, BATCH):
-        with env.begin(write=True) as txn:
-            for i in range(lo, min(lo + BATCH, n)):
-                txn.put(plain_key(i), cctx.compress(src.latents[i].tobytes() + src.indices[i].tobytes()
-                                                    + src.groups[i].tobytes()))
-    env.close()
-    return n, None
-
-
-def plain_write_checked(src, path, opts):
-    """The plain loop with the integrity work mtok's format asks of a writer: an XXH64 checksum in
-    every frame, the SHA-256 of every record's bytes (stored in front of its frame, and hashed into
-    a digest of the whole), and the SHA-256 of the data file once it is closed."""
+def plain_write(src, path, opts, integrity=False):
+    """The plain loop. With `integrity`, plus the integrity work mtok's format asks of a writer:
+    an XXH64 checksum in every frame, the SHA-256 of every record's bytes (stored in front of its
+    frame, and hashed into a digest of the whole), and the SHA-256 of the data file once closed."""
     import hashlib
 
     import lmdb
@@ -330,24 +309,27 @@ def plain_write_checked(src, path, opts):
 
     n = len(src)
     env = lmdb.open(path, map_size=max(1 << 30, 2 * n * (2 * K * C + 6 * K)))
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=integrity)
     content = hashlib.sha256()
     for lo in range(0, n, BATCH):
         with env.begin(write=True) as txn:
             for i in range(lo, min(lo + BATCH, n)):
                 raw = src.latents[i].tobytes() + src.indices[i].tobytes() + src.groups[i].tobytes()
-                digest = hashlib.sha256(raw).digest()
-                content.update(digest)
-                txn.put(plain_key(i), digest + cctx.compress(raw))
+                if integrity:
+                    digest = hashlib.sha256(raw).digest()
+                    content.update(digest)
+                    txn.put(plain_key(i), digest + cctx.compress(raw))
+                else:
+                    txn.put(plain_key(i), cctx.compress(raw))
     env.close()
-    h, block = hashlib.sha256(), bytearray(1 << 20)
-    with open(os.path.join(path, "data.mdb"), "rb", buffering=0) as f:
-        while True:
-            got = f.readinto(block)
-            if not got:
-                break
-            h.update(memoryview(block)[:got])
+    if integrity:
+        from mtokcache.writer import _file_sha256
+        _file_sha256(os.path.join(path, "data.mdb"))
     return n, None
+
+
+def plain_write_checked(src, path, opts):
+    return plain_write(src, path, opts, integrity=True)
 
 
 def plain_open(path):

@@ -93,6 +93,20 @@ def _frame_python(cctx, header, arrays, shuffle):
     return cctx.compress(b"".join(parts))
 
 
+def _file_sha256(path):
+    """SHA-256 (hex) of a file, read through one buffer used again and again: a fresh 1 MiB
+    bytes object per read cost the process a page fault per 4 KiB of the file."""
+    h = hashlib.sha256()
+    block = bytearray(1 << 20)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(block)
+            if not n:
+                return h.hexdigest()
+            h.update(view[:n])
+
+
 def _chunk_frames(chunk, records_per_chunk):
     """The zstd frames of one stored chunk (FORMAT 3.2), its offsets checked as the readers check
     them (ValueError)."""
@@ -673,7 +687,7 @@ class Writer:
             self._open_shard()
         with self._env.begin(write=True) as txn:
             for chunk_no, chunk, digests, new, rewrite in items:
-                ckey = struct.pack(">Q", chunk_no)
+                ckey = _reader._CHUNK_KEY(chunk_no)
                 txn.put(ckey, chunk, db=self._db["records"], append=not rewrite)
                 txn.put(ckey, digests, db=self._db["digests"], append=not rewrite)
                 _, added = txn.cursor(db=self._db["ids"]).putmulti(
@@ -730,21 +744,11 @@ class Writer:
         lock = self._shard_path + "-lock"
         if os.path.exists(lock):
             os.remove(lock)
-        h = hashlib.sha256()
-        # One buffer read into again and again: a fresh 1 MiB bytes per read cost the process a
-        # page fault per 4 KiB of the shard.
-        block = bytearray(1 << 20)
-        view = memoryview(block)
-        with open(self._shard_path, "rb", buffering=0) as f:
-            while True:
-                n = f.readinto(block)
-                if not n:
-                    break
-                h.update(view[:n])
+        sha256 = _file_sha256(self._shard_path)
         os.chmod(self._shard_path, 0o444)
         self._shards.append({"file": self._file, "records": self._count, "payload_bytes": self._payload_bytes,
                              "compressed_bytes": self._compressed_bytes,
-                             "bytes": os.path.getsize(self._shard_path), "sealed": True, "sha256": h.hexdigest()})
+                             "bytes": os.path.getsize(self._shard_path), "sealed": True, "sha256": sha256})
         self._count = 0  # its records now count through self._shards
         # A partial chunk committed by flush() stays the sealed shard's last chunk: the next shard
         # starts a chunk of its own.
